@@ -1,0 +1,88 @@
+"""Lag statistics against a NumPy brute force and constructed sequences."""
+
+import numpy as np
+import pytest
+import torch
+
+from zigzag.lagstats import FlatGradients, LagRing
+from zigzag.models import build_model
+
+
+def brute_force(grads: np.ndarray, lags: int):
+    """dot[k, l] = <g_k, g_{k-l}>, opposite[k, l] = share of entries with g_k * g_{k-l} < 0."""
+    k_steps = len(grads)
+    dot = np.full((k_steps, lags + 1), np.nan)
+    opp = np.full((k_steps, lags + 1), np.nan)
+    for k in range(k_steps):
+        for lag in range(min(k, lags) + 1):
+            a, b = grads[k].astype(np.float64), grads[k - lag].astype(np.float64)
+            dot[k, lag] = a @ b
+            opp[k, lag] = np.mean(a * b < 0)
+    return dot, opp
+
+
+def run_ring(grads: np.ndarray, lags: int):
+    ring = LagRing(grads.shape[1], lags)
+    rows = [ring.push(torch.from_numpy(g)) for g in grads]
+    return np.stack([r[0].numpy() for r in rows]), np.stack([r[1].numpy() for r in rows])
+
+
+@pytest.mark.parametrize("lags", [1, 3, 8])
+def test_random_sequence_matches_brute_force(lags):
+    rng = np.random.default_rng(lags)
+    grads = rng.standard_normal((13, 257)).astype(np.float32)
+    grads[:, :20] = 0.0  # exact zeros never count as opposite
+    grads[3, 50:60] = 0.0
+    dot, opp = run_ring(grads, lags)
+    ref_dot, ref_opp = brute_force(grads, lags)
+    np.testing.assert_array_equal(np.isnan(dot), np.isnan(ref_dot))
+    np.testing.assert_allclose(dot, ref_dot, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(opp, ref_opp)
+
+
+def test_alternating_sequence_gives_minus_one_and_full_sign_shift():
+    g = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    ring = LagRing(4, 3)
+    for k, grad in enumerate([g, -g, g, -g]):
+        dot, opp = ring.push(grad)
+    cos1 = dot[1] / torch.sqrt(dot[0] * dot[0])
+    assert cos1.item() == pytest.approx(-1.0)
+    assert opp[1].item() == 1.0 and opp[2].item() == 0.0 and opp[3].item() == 1.0
+    assert dot[2].item() == pytest.approx(dot[0].item())
+
+
+def test_constant_sequence_gives_plus_one_and_no_sign_shift():
+    g = torch.tensor([1.0, -2.0, 0.0])
+    ring = LagRing(3, 2)
+    rows = [ring.push(g) for _ in range(3)]
+    dot, opp = rows[-1]
+    assert (dot[1:] / dot[0]).tolist() == [1.0, 1.0]
+    assert opp.tolist() == [0.0, 0.0, 0.0]
+    assert torch.isnan(rows[0][0][1:]).all() and torch.isnan(rows[1][0][2])
+
+
+def test_state_dict_round_trip_continues_identically():
+    rng = np.random.default_rng(0)
+    grads = rng.standard_normal((9, 31)).astype(np.float32)
+    ring = LagRing(31, 4)
+    for g in grads[:5]:
+        ring.push(torch.from_numpy(g))
+    resumed = LagRing(31, 4)
+    resumed.load_state_dict(ring.state_dict())
+    for g in grads[5:]:
+        a, b = ring.push(torch.from_numpy(g)), resumed.push(torch.from_numpy(g))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_flat_gradients_are_views_filled_by_backward():
+    torch.manual_seed(0)
+    model = build_model("cnn", width=0.25, in_channels=1, batch_norm=True)
+    grads = FlatGradients(model)
+    x, y = torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    for _ in range(2):
+        grads.zero_()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        assert grads.intact()
+    reference = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert torch.equal(grads.flat, reference)
+    assert grads.flat.abs().sum() > 0

@@ -1,0 +1,88 @@
+"""Gradient lag statistics: pure tensor code, no I/O (DESIGN.md, "Definitions").
+
+At step k, for lags l = 0..L:
+
+    dot[k, l]      = <g_k, g_{k-l}>
+    opposite[k, l] = s(k, k-l) = #{i : g_k[i] * g_{k-l}[i] < 0} / P     (an exact 0 is never opposite)
+
+both NaN where k - l < 0. They are sufficient statistics: every mu(j, k) = dot / sqrt(dot_jj dot_kk)
+(paper eq. 2) with |j - k| <= L, every h x h window matrix with h <= L + 1 and every mean_mu (eq. 3)
+follow from them exactly.
+
+``LagRing`` keeps the last L + 1 gradients (values and int8 signs) in ring buffers on the training
+device; one step costs one matrix-vector product and one sign comparison against the buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FlatGradients:
+    """One flat gradient buffer whose slices are the ``.grad`` of every trainable parameter.
+
+    Backward accumulates into ``p.grad`` in place, so after a backward pass ``self.flat`` *is* the
+    flattened gradient (parameter order of ``model.parameters()``): no per-step concatenation.
+    Zero it with ``zero_()``, never with ``optimizer.zero_grad()`` (which would detach the views).
+    """
+
+    def __init__(self, model: nn.Module):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        first = self.params[0]
+        self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=first.dtype, device=first.device)
+        offset = 0
+        for p in self.params:
+            p.grad = self.flat[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    def zero_(self) -> None:
+        self.flat.zero_()
+
+    def intact(self) -> bool:
+        """True while every ``p.grad`` still lives in ``self.flat`` (autograd did not replace one)."""
+        base = self.flat.data_ptr()
+        end = base + self.flat.numel() * self.flat.element_size()
+        return all(p.grad is not None and base <= p.grad.data_ptr() < end for p in self.params)
+
+
+class LagRing:
+    """Ring buffer of the last ``lags + 1`` gradients; ``push(g)`` returns the step's lag statistics."""
+
+    def __init__(self, n_params: int, lags: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        if lags < 1:
+            raise ValueError("lags must be >= 1")
+        self.lags = lags
+        self.values = torch.zeros(lags + 1, n_params, dtype=dtype, device=device)
+        self.signs = torch.zeros(lags + 1, n_params, dtype=torch.int8, device=device)
+        self.step = 0  # number of gradients pushed so far
+
+    def push(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store g_k (k = number pushed before) and return ``(dot[0..L], opposite[0..L])`` in float64 on CPU."""
+        k, width = self.step, self.lags + 1
+        row = k % width
+        self.values[row].copy_(grad)
+        sign = torch.sign(grad).to(torch.int8)
+        self.signs[row].copy_(sign)
+        # Opposite iff the stored sign equals -sign(g_k) and g_k[i] != 0; map 0 to 2 so it never matches.
+        target = torch.where(sign == 0, torch.full_like(sign, 2), -sign)
+        ring_dot = self.values @ grad
+        ring_opposite = (self.signs == target).sum(dim=1)
+        # Ring row of lag l is (k - l) mod (L + 1).
+        order = torch.tensor([(k - lag) % width for lag in range(width)], device=grad.device)
+        dot = ring_dot[order].double().cpu()
+        opposite = ring_opposite[order].double().cpu() / grad.numel()
+        undefined = torch.arange(width) > k
+        dot[undefined] = float("nan")
+        opposite[undefined] = float("nan")
+        self.step = k + 1
+        return dot, opposite
+
+    def state_dict(self) -> dict:
+        return {"values": self.values.clone(), "signs": self.signs.clone(), "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values.copy_(state["values"])
+        self.signs.copy_(state["signs"])
+        self.step = int(state["step"])
