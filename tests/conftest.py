@@ -1,0 +1,40 @@
+"""Shared fixtures: small synthetic datasets written through the real store."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from zigzag import store
+
+
+def write_synthetic_dataset(path, n_train=96, n_test=32, channels=1, size=16, classes=10, seed=0):
+    """Random uint8 images whose class shifts the mean brightness, so a model can learn something."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        labels = rng.integers(0, classes, n)
+        images = rng.integers(0, 160, (n, channels, size, size)) + (labels * 9)[:, None, None, None]
+        return images.astype(np.uint8), labels.astype(np.int64)
+
+    (train_x, train_y), (test_x, test_y) = split(n_train), split(n_test)
+    pixels = train_x.astype(np.float64) / 255.0
+    store.write_dataset(path, store.DatasetArrays(
+        train_x, train_y, test_x, test_y,
+        mean=pixels.mean(axis=(0, 2, 3)), std=pixels.std(axis=(0, 2, 3)), num_classes=classes,
+        config={"source": "synthetic", "seed": seed}))
+    return path
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    return str(write_synthetic_dataset(tmp_path / "tiny.h5"))
+
+
+def zigzag_cli(*args, check=True):
+    """Run the CLI in a subprocess, as a workflow rule would."""
+    result = subprocess.run([sys.executable, "-m", "zigzag", *map(str, args)], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"zigzag {args} failed:\n{result.stderr}")
+    return result

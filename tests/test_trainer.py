@@ -1,0 +1,189 @@
+"""The trainer: exact full-batch gradients, the trajectory file, resume after SIGKILL, divergence."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import zigzag_cli
+from zigzag import store
+from zigzag.models import build_model
+from zigzag.runconfig import RunConfig
+from zigzag.trainer import Trainer, accumulate_gradient
+
+
+@pytest.mark.parametrize("micro_batch", [3, 7, 32, 50])
+def test_micro_batch_gradient_equals_one_giant_batch(micro_batch):
+    torch.manual_seed(0)
+    model = build_model("cnn", width=0.5, in_channels=1, image_size=16, batch_norm=False)
+    x, y = torch.randn(100, 1, 16, 16), torch.randint(0, 10, (100,))
+    F.cross_entropy(model(x), y).backward()
+    reference = torch.cat([p.grad.reshape(-1).clone() for p in model.parameters()])
+    model.zero_grad()
+    loss_sum, correct = accumulate_gradient(model, x, y, micro_batch)
+    chunked = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    rel = ((chunked - reference).abs().max() / reference.abs().max()).item()
+    assert rel <= 1e-5
+    assert loss_sum.item() / 100 == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
+    assert correct.item() == (model(x).argmax(1) == y).sum().item()
+
+
+def train(tiny_dataset, out, **overrides):
+    settings = dict(dataset=tiny_dataset, model="cnn", width=0.5, lr=0.05, steps=12, lags=4, micro_batch=40,
+                    batch_norm=False, eval_every=5, checkpoint_every=4, device="cpu")
+    settings.update(overrides)
+    return Trainer(RunConfig.from_dict(settings), out, progress=False).run()
+
+
+def test_trajectory_schema_and_statistics_match_raw_gradients(tiny_dataset, tmp_path):
+    out = tmp_path / "run" / "trajectory.h5"
+    assert train(tiny_dataset, out, raw_gradients="every:1") == "completed"
+    assert not (tmp_path / "run" / "trajectory.h5.resume").exists()
+    with h5py.File(out, "r") as f:
+        assert f.attrs["format"] == "zigzag-trajectory" and f.attrs["status"] == "completed"
+        assert f.attrs["lags"] == 4 and f.attrs["n_train"] == 96
+        for name in ("loss", "accuracy", "lr", "epoch", "grad_norm", "time", "test_loss", "test_accuracy"):
+            assert f["steps"][name].shape == (12,) and f["steps"][name].attrs["description"]
+        dot, opp = f["steps/dot"][()], f["steps/opposite"][()]
+        raw = f["raw/gradients"][()].astype(np.float64)
+        assert raw.shape == (12, f.attrs["n_params"]) and f["raw/steps"][()].tolist() == list(range(12))
+        test_loss = f["steps/test_loss"][()]
+        assert np.isfinite(test_loss[[0, 5, 10, 11]]).all() and np.isnan(test_loss[[1, 2, 3, 4, 6]]).all()
+        np.testing.assert_allclose(f["steps/grad_norm"][()], np.linalg.norm(raw, axis=1), rtol=1e-5)
+        assert f["steps/epoch"][()].tolist() == list(range(12))
+        assert np.allclose(f["steps/lr"][()], 0.05)
+    for k in range(12):
+        for lag in range(5):
+            if k - lag < 0:
+                assert np.isnan(dot[k, lag]) and np.isnan(opp[k, lag])
+                continue
+            assert dot[k, lag] == pytest.approx(raw[k] @ raw[k - lag], rel=1e-4, abs=1e-9)
+            assert opp[k, lag] == pytest.approx(np.mean(raw[k] * raw[k - lag] < 0), abs=1e-12)
+
+
+def test_gd_update_follows_the_recorded_gradient(tiny_dataset, tmp_path):
+    """theta_1 = theta_0 - lr g_0, so the loss at step 1 is the loss of a model moved by the raw g_0."""
+    out = tmp_path / "t.h5"
+    train(tiny_dataset, out, steps=2, raw_gradients="0")
+    traj = store.read_trajectory(out)
+    with h5py.File(out, "r") as f:
+        g0 = torch.from_numpy(f["raw/gradients"][0])
+    torch.manual_seed(0)
+    model = build_model("cnn", width=0.5, in_channels=1, image_size=16, batch_norm=False)
+    data = store.read_dataset(tiny_dataset)
+    x = (torch.from_numpy(data.train_images).float() / 255 - torch.tensor(data.mean).float().view(1, -1, 1, 1)) \
+        / torch.tensor(data.std).float().view(1, -1, 1, 1)
+    y = torch.from_numpy(data.train_labels)
+    assert F.cross_entropy(model(x), y).item() == pytest.approx(traj.steps["loss"][0], rel=1e-5)
+    torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector(model.parameters()) - 0.05 * g0,
+                                        model.parameters())
+    assert F.cross_entropy(model(x), y).item() == pytest.approx(traj.steps["loss"][1], rel=1e-5)
+
+
+def test_same_seed_is_deterministic(tiny_dataset, tmp_path):
+    train(tiny_dataset, tmp_path / "a.h5", batch_norm=True)
+    train(tiny_dataset, tmp_path / "b.h5", batch_norm=True)
+    a, b = store.read_trajectory(tmp_path / "a.h5"), store.read_trajectory(tmp_path / "b.h5")
+    for name in ("loss", "dot", "opposite", "test_accuracy"):
+        np.testing.assert_array_equal(a.steps[name], b.steps[name])
+
+
+def test_sigkill_then_rerun_resumes_and_equals_uninterrupted_run(tiny_dataset, tmp_path):
+    args = ["train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "1", "--lr", "0.05",
+            "--steps", "60", "--lags", "3", "--micro-batch", "32", "--checkpoint-every", "5",
+            "--raw-gradients", "every:7", "--device", "cpu", "--threads", "1"]
+    killed = tmp_path / "killed" / "trajectory.h5"
+    partial = killed.parent / "trajectory.h5.resume" / "trajectory.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "zigzag", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (killed.parent / "trajectory.h5.resume" / "checkpoint.pt").exists():
+            try:
+                with h5py.File(partial, "r", locking=False) as f:
+                    if f["steps/loss"].shape[0] >= 13:
+                        break
+            except (OSError, KeyError):
+                pass
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not killed.exists(), "the declared output must not exist before the run finishes"
+    result = zigzag_cli(*args, "--out", killed)
+    assert "resuming at step" in result.stderr
+    zigzag_cli(*args, "--out", tmp_path / "straight.h5")
+    with h5py.File(killed, "r") as a, h5py.File(tmp_path / "straight.h5", "r") as b:
+        assert a.attrs["status"] == b.attrs["status"] == "completed"
+        for name in ("steps/loss", "steps/accuracy", "steps/lr", "steps/grad_norm", "steps/dot",
+                     "steps/opposite", "steps/test_loss", "steps/test_accuracy", "raw/gradients", "raw/steps"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+        assert a["steps/time"].shape == b["steps/time"].shape == (60,)
+
+
+def test_divergence_is_recorded_and_exits_zero(tiny_dataset, tmp_path):
+    out = tmp_path / "div.h5"
+    result = zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "1e12",
+                        "--steps", "50", "--no-batch-norm", "--micro-batch", "96", "--device", "cpu", "--out", out)
+    assert result.returncode == 0
+    warnings = [line for line in result.stderr.splitlines() if "diverged" in line]
+    assert len(warnings) == 1
+    traj = store.read_trajectory(out)
+    assert traj.status == "diverged"
+    k = traj.attrs["diverged_at"]
+    assert len(traj) == k + 1 and k < 49
+    assert not np.isfinite([traj.steps["loss"][k], traj.steps["grad_norm"][k]]).all()
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--model", "mlp"], "cnn, vgg16, resnet18, resnet34"),
+    (["--lr", "0"], "lr"),
+    (["--lr", "-1"], "lr"),
+    (["--steps", "0"], "steps"),
+    (["--lags", "0"], "lags"),
+    (["--micro-batch", "0"], "micro_batch"),
+    (["--raw-gradients", "3,99"], "outside the run's steps"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_dataset, tmp_path, flags, expected):
+    base = {"--dataset": tiny_dataset, "--model": "cnn", "--lr": "0.1", "--steps": "5", "--out": tmp_path / "x.h5"}
+    for flag, value in zip(flags[::2], flags[1::2]):
+        base[flag] = value
+    result = zigzag_cli("train", *[a for kv in base.items() for a in kv], check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and expected in result.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_wrong_input_format_and_unwritable_folder(tiny_dataset, tmp_path):
+    traj = tmp_path / "t.h5"
+    train(tiny_dataset, traj, steps=1)
+    result = zigzag_cli("train", "--dataset", traj, "--model", "cnn", "--lr", "0.1", "--steps", "1",
+                        "--out", tmp_path / "y.h5", check=False)
+    assert result.returncode == 2 and "expected a zigzag-dataset" in result.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--lr", "0.1", "--steps", "1",
+                        "--out", blocker / "out.h5", check=False)
+    assert result.returncode == 2 and "output folder" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_inspect_summarises_and_rejects_foreign_or_truncated_files(tiny_dataset, tmp_path):
+    out = tmp_path / "t.h5"
+    train(tiny_dataset, out, steps=3)
+    result = zigzag_cli("inspect", out)
+    assert "zigzag-trajectory" in result.stdout and "/steps/dot (3, 5)" in result.stdout
+    assert "status: completed" in result.stdout and "/steps/loss: first [" in result.stdout
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = [1, 2]
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(out.read_bytes()[:2000])
+    for path, message in ((foreign, "not a zigzag file"), (truncated, "truncated"), (tmp_path / "none.h5", "no such")):
+        result = zigzag_cli("inspect", path, check=False)
+        assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1

@@ -1,0 +1,3 @@
+from zigzag.cli import main
+
+raise SystemExit(main())

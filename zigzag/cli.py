@@ -1,0 +1,129 @@
+"""The ``zigzag`` command line: every workflow rule calls one of these subcommands.
+
+A ``ZigzagError`` (bad input, missing or foreign file) is printed as one line ``zigzag: error: ...``
+and exits with code 2; nothing already written is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from zigzag.errors import ZigzagError
+
+TRAIN_FLAGS = {  # flag -> (RunConfig key, type, help)
+    "--dataset": ("dataset", str, "prepared dataset file (zigzag prepare)"),
+    "--model": ("model", str, "cnn, vgg16, resnet18 or resnet34"),
+    "--width": ("width", float, "channel width multiplier (1 = the standard CIFAR model)"),
+    "--lr": ("lr", float, "learning rate (> 0)"),
+    "--steps": ("steps", int, "GD steps (epochs)"),
+    "--optimizer": ("optimizer", str, "gd (full batch) or sgd"),
+    "--epochs": ("epochs", int, "SGD epochs"),
+    "--batch-size": ("batch_size", int, "SGD batch size"),
+    "--base-batch": ("base_batch", int, "SGD linear scaling: lr x batch_size / base_batch"),
+    "--momentum": ("momentum", float, "SGD momentum"),
+    "--weight-decay": ("weight_decay", float, "weight decay"),
+    "--lags": ("lags", int, "lags L of the gradient statistics (window h <= L + 1)"),
+    "--micro-batch": ("micro_batch", int, "micro-batch size of the gradient accumulation"),
+    "--seed": ("seed", int, "seed of the initialisation and the SGD batches"),
+    "--eval-every": ("eval_every", int, "test loss/accuracy every N steps"),
+    "--raw-gradients": ("raw_gradients", str, "none, every:N or a list of steps like 0,5,10"),
+    "--raw-dtype": ("raw_dtype", str, "float32 or float16"),
+    "--raw-compression": ("raw_compression", str, "none, gzip or lzf"),
+    "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (resume after a kill)"),
+    "--device": ("device", str, "auto, cpu or cuda"),
+}
+
+
+def _train(args) -> int:
+    import yaml
+
+    from zigzag.runconfig import RunConfig
+
+    values = {}
+    if args.config:
+        try:
+            with open(args.config) as f:
+                values = yaml.safe_load(f) or {}
+        except OSError as err:
+            raise ZigzagError(f"cannot read --config {args.config}: {err.strerror}") from None
+        if not isinstance(values, dict):
+            raise ZigzagError(f"--config {args.config}: expected a mapping of run settings")
+    for flag, (key, _, _) in TRAIN_FLAGS.items():
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = value
+    if args.batch_norm is not None:
+        values["batch_norm"] = args.batch_norm
+    config = RunConfig.from_dict(values)
+    _set_threads(args.threads)
+
+    from zigzag.trainer import Trainer
+
+    status = Trainer(config, args.out, progress=not args.quiet).run()
+    print(f"{args.out}: {status}")
+    return 0
+
+
+def _prepare(args) -> int:
+    from zigzag.data import prepare
+
+    arrays = prepare(args.dataset, args.out, data_root=args.data_root, download=args.download,
+                     train_size=args.train_size, seed=args.seed)
+    print(f"{args.out}: {len(arrays.train_labels)} train / {len(arrays.test_labels)} test images "
+          f"{tuple(arrays.train_images.shape[1:])}")
+    return 0
+
+
+def _inspect(args) -> int:
+    from zigzag.inspect import summary
+
+    print(summary(args.file))
+    return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zigzag", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="write a dataset cache (zigzag-dataset HDF5)")
+    p.add_argument("--dataset", required=True, help="mnist5k (embedded), mnist, cifar10 or svhn")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-root", help="folder with the torchvision files (mnist, cifar10, svhn)")
+    p.add_argument("--download", action="store_true", help="download through torchvision (needs internet)")
+    p.add_argument("--train-size", type=int, help="stratified subset of the training split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the subset")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("train", help="train one run and write its trajectory (zigzag-trajectory HDF5)")
+    p.add_argument("--config", help="YAML file with run settings (same keys as the flags, underscores)")
+    p.add_argument("--out", required=True, help="trajectory file to write")
+    for flag, (key, typ, help_) in TRAIN_FLAGS.items():
+        p.add_argument(flag, dest=key, type=typ, help=help_)
+    p.add_argument("--batch-norm", dest="batch_norm", action=argparse.BooleanOptionalAction,
+                   help="BatchNorm in the cnn model")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("inspect", help="summarise any zigzag HDF5 file")
+    p.add_argument("file")
+    p.set_defaults(func=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ZigzagError as err:
+        print(f"zigzag: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,55 @@
+"""``zigzag inspect``: a readable summary of any zigzag HDF5 file."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+
+from zigzag import store
+from zigzag.errors import ZigzagError
+
+MAIN_SERIES = ("loss", "accuracy", "lr", "grad_norm", "mean_mu", "phase")
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in np.asarray(values, dtype=float)) + "]"
+
+
+def summary(path) -> str:
+    """Format, settings, status, every dataset with shape and description, head and tail of main series."""
+    try:
+        return _summary(path)
+    except (OSError, KeyError, ValueError) as err:
+        raise ZigzagError(f"{path}: damaged or truncated zigzag file ({err}); re-create it") from None
+
+
+def _summary(path) -> str:
+    lines = []
+    with store.open_file(path) as f:
+        lines.append(f"{path}: {f.attrs['format']} (format_version {f.attrs['format_version']})")
+        for key in sorted(f.attrs):
+            if key in ("format", "format_version", "config", "versions"):
+                continue
+            lines.append(f"  {key}: {store._plain(f.attrs[key])}")
+        lines.append(f"  versions: {f.attrs['versions']}")
+        config = json.loads(f.attrs["config"])
+        lines.append("  config:")
+        lines += [f"    {k}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(config.items())]
+        lines.append("  datasets:")
+        series = []
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                lines.append(f"    /{name} {obj.shape} {obj.dtype}: {obj.attrs.get('description', '')}")
+                if obj.ndim == 1 and name.split("/")[-1] in MAIN_SERIES:
+                    series.append((name, obj))
+
+        f.visititems(visit)
+        for name, ds in series:
+            n = ds.shape[0]
+            head = _fmt(ds[: min(3, n)])
+            tail = _fmt(ds[max(0, n - 3):]) if n > 3 else ""
+            lines.append(f"  /{name}: first {head}" + (f" ... last {tail}" if tail else ""))
+    return "\n".join(lines)

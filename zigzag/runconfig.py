@@ -1,0 +1,139 @@
+"""The settings of one training run, validated in one place (CLI flags, ``--config run.yaml``, the workflow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from zigzag.errors import ZigzagError
+from zigzag.models import MODELS
+
+OPTIMIZERS = ("gd", "sgd")
+RAW_DTYPES = ("float32", "float16")
+COMPRESSIONS = ("none", "gzip", "lzf")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RunConfig:
+    """One run. ``steps`` counts updates: epochs for GD, iterations for SGD (``epochs`` x batches)."""
+
+    dataset: str
+    model: str
+    lr: float
+    steps: int = 0
+    width: float = 1.0
+    batch_norm: bool = True
+    optimizer: str = "gd"
+    epochs: int = 0
+    batch_size: int = 0
+    base_batch: int = 0
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lags: int = 8
+    micro_batch: int = 1000
+    seed: int = 0
+    eval_every: int = 10
+    raw_gradients: str = "none"
+    raw_dtype: str = "float32"
+    raw_compression: str = "none"
+    checkpoint_every: int = 50
+    device: str = "auto"
+    schedule: dict = field(default_factory=dict)
+    sharpness: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ZigzagError(f"unknown run setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        missing = [name for name in ("dataset", "model", "lr") if values.get(name) is None]
+        if missing:
+            raise ZigzagError(f"missing run setting(s) {', '.join(missing)}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def effective_lr(self) -> float:
+        """The base lr, linearly scaled by batch_size / base_batch when base_batch is set (SGD)."""
+        if self.optimizer == "sgd" and self.base_batch:
+            return self.lr * self.batch_size / self.base_batch
+        return self.lr
+
+    def validate(self) -> None:
+        def bad(key, value, allowed):
+            raise ZigzagError(f"invalid {key}={value!r}: must be {allowed}")
+
+        if self.model not in MODELS:
+            bad("model", self.model, f"one of {', '.join(MODELS)}")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            bad("lr", self.lr, "a number > 0")
+        if self.width <= 0:
+            bad("width", self.width, "> 0")
+        if self.optimizer == "gd" and self.steps < 1:
+            bad("steps", self.steps, "an integer >= 1 (full-batch GD: one step per epoch)")
+        if self.optimizer == "sgd":
+            if self.epochs < 1:
+                bad("epochs", self.epochs, "an integer >= 1 for optimizer sgd")
+            if self.batch_size < 1:
+                bad("batch_size", self.batch_size, "an integer >= 1 for optimizer sgd")
+        if self.lags < 1:
+            bad("lags", self.lags, "an integer >= 1")
+        if self.micro_batch < 1:
+            bad("micro_batch", self.micro_batch, "an integer >= 1")
+        if self.eval_every < 1:
+            bad("eval_every", self.eval_every, "an integer >= 1")
+        if self.checkpoint_every < 1:
+            bad("checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        if not 0 <= self.momentum < 1:
+            bad("momentum", self.momentum, "in [0, 1)")
+        if self.weight_decay < 0:
+            bad("weight_decay", self.weight_decay, ">= 0")
+        if self.raw_dtype not in RAW_DTYPES:
+            bad("raw_dtype", self.raw_dtype, f"one of {', '.join(RAW_DTYPES)}")
+        if self.raw_compression not in COMPRESSIONS:
+            bad("raw_compression", self.raw_compression, f"one of {', '.join(COMPRESSIONS)}")
+        if self.device not in DEVICES:
+            bad("device", self.device, f"one of {', '.join(DEVICES)}")
+        parse_step_selection(self.raw_gradients, 1 << 62, "raw_gradients")
+
+
+def parse_step_selection(spec, total_steps: int, key: str) -> set[int] | int | None:
+    """``none`` -> None; ``every:N`` -> N (every N-th step from 0); ``"0,5,9"`` or a list -> a set of steps.
+
+    Steps in a list must lie in ``0..total_steps-1``.
+    """
+    if spec is None or spec == "none" or spec == []:
+        return None
+    if isinstance(spec, str) and spec.startswith("every:"):
+        try:
+            every = int(spec[len("every:"):])
+        except ValueError:
+            every = 0
+        if every < 1:
+            raise ZigzagError(f"invalid {key}={spec!r}: 'every:N' needs an integer N >= 1")
+        return every
+    try:
+        steps = {int(s) for s in (spec.split(",") if isinstance(spec, str) else spec)}
+    except (TypeError, ValueError):
+        raise ZigzagError(f"invalid {key}={spec!r}: use none, every:N or a list of steps like 0,5,10") from None
+    outside = sorted(s for s in steps if not 0 <= s < total_steps)
+    if outside:
+        raise ZigzagError(f"invalid {key}: step(s) {outside} outside the run's steps 0..{total_steps - 1}")
+    return steps
+
+
+def selected(selection: set[int] | int | None, step: int) -> bool:
+    if selection is None:
+        return False
+    if isinstance(selection, int):
+        return step % selection == 0
+    return step in selection

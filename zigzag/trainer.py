@@ -1,0 +1,294 @@
+"""Training with gradient lag statistics at every step: exact full-batch GD or mini-batch SGD.
+
+Full-batch GD (paper eq. 1): g_k = (1/n) sum_i grad l(f(x_i), y_i) at theta_k, accumulated as
+sum-reduced cross-entropy over micro-batches of the device-resident training set, each divided by n;
+for a model without batch statistics this equals the one-giant-batch gradient. With BatchNorm the
+model runs in train mode, so each micro-batch is normalised by its own statistics ("ghost batches" of
+size ``micro_batch``): g_k is then the gradient of the mean of per-micro-batch-normalised losses, the
+one-batch gradient only when ``micro_batch >= n``. Running statistics (used for the test evaluation)
+are updated once per micro-batch. SGD draws batches of ``batch_size`` from a permutation per epoch,
+seeded by (seed, epoch), dropping the last incomplete batch; a step is one iteration.
+
+Loss and accuracy of step k come from the same forward passes that computed g_k. A checkpoint (model,
+optimizer, lag ring, schedule, clock) is written every ``checkpoint_every`` steps into
+``<out>.resume/`` beside the output, together with the trajectory being written; rerunning with the
+same settings resumes there, and the finished trajectory is renamed to ``<out>`` at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zigzag import store
+from zigzag.errors import ZigzagError
+from zigzag.lagstats import FlatGradients, LagRing
+from zigzag.models import build_model
+from zigzag.runconfig import RunConfig, parse_step_selection, selected
+
+PROGRESS_H = 5  # window of the mean gradient correlation shown while training (paper eq. 3)
+
+
+@dataclass
+class DeviceData:
+    """Normalised float32 images and int64 labels, resident on the training device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    dataset_config: dict
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ZigzagError("device=cuda but no CUDA GPU is visible; use device auto or cpu")
+    return torch.device(name)
+
+
+def load_data(path: str, device: torch.device) -> DeviceData:
+    arrays = store.read_dataset(path)
+    mean = torch.tensor(arrays.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(arrays.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    def images(a: np.ndarray) -> torch.Tensor:
+        return (torch.from_numpy(a).to(device).float().div_(255.0) - mean) / std
+
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(device)
+
+    return DeviceData(images(arrays.train_images), labels(arrays.train_labels),
+                      images(arrays.test_images), labels(arrays.test_labels),
+                      arrays.num_classes, arrays.config)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in eval mode (BatchNorm uses running statistics)."""
+    model.eval()
+    loss, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
+    for i in range(0, len(x), micro_batch):
+        out = model(x[i:i + micro_batch])
+        loss += F.cross_entropy(out, y[i:i + micro_batch], reduction="sum")
+        correct += (out.argmax(1) == y[i:i + micro_batch]).sum()
+    model.train()
+    return loss.item() / len(x), correct.item() / len(x)
+
+
+def accumulate_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add the gradient of the mean loss over (x, y) to the parameters' ``.grad``.
+
+    Sum-reduced loss per micro-batch divided by n = len(x); returns (loss sum, correct count) as tensors.
+    """
+    n = len(x)
+    loss_sum, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
+    for i in range(0, n, micro_batch):
+        xb, yb = x[i:i + micro_batch], y[i:i + micro_batch]
+        out = model(xb)
+        loss = F.cross_entropy(out, yb, reduction="sum")
+        (loss / n).backward()
+        loss_sum += loss.detach()
+        correct += (out.detach().argmax(1) == yb).sum()
+    return loss_sum, correct
+
+
+class Progress:
+    """tqdm bar on a terminal; otherwise one line about every 10% of the run."""
+
+    def __init__(self, total: int, start: int, name: str, enabled: bool = True):
+        self.total, self.enabled, self.name = total, enabled, name
+        self.every = max(1, math.ceil(total / 10))
+        self.bar = None
+        self.t0, self.k0 = time.perf_counter(), start
+        if enabled and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=name, unit="step")
+
+    def update(self, k: int, loss: float, mean_mu: float) -> None:
+        if not self.enabled:
+            return
+        rate = (k + 1 - self.k0) / max(time.perf_counter() - self.t0, 1e-9)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", mean_mu=f"{mean_mu:+.3f}", refresh=False)
+            self.bar.update(1)
+        elif (k + 1) % self.every == 0 or k + 1 == self.total:
+            print(f"{self.name}: step {k + 1}/{self.total} loss {loss:.4f} mean_mu(h={PROGRESS_H}) "
+                  f"{mean_mu:+.3f} {rate:.2f} steps/s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    """Runs one ``RunConfig`` and writes its trajectory file (DESIGN.md, ``trajectory.h5``)."""
+
+    def __init__(self, config: RunConfig, out: str | os.PathLike, progress: bool = True):
+        self.config, self.out, self.progress = config, Path(out), progress
+        self.resume_dir = self.out.with_name(self.out.name + ".resume")
+        self.partial = self.resume_dir / "trajectory.h5"
+        self.checkpoint = self.resume_dir / "checkpoint.pt"
+        store.check_writable(self.out)
+        self.device = resolve_device(config.device)
+        self.data = load_data(config.dataset, self.device)
+        n = len(self.data.train_x)
+        if config.optimizer == "sgd":
+            if config.batch_size > n:
+                raise ZigzagError(f"invalid batch_size={config.batch_size}: larger than the training set ({n})")
+            self.batches_per_epoch = n // config.batch_size
+            self.total_steps = config.epochs * self.batches_per_epoch
+        else:
+            self.batches_per_epoch = 1
+            self.total_steps = config.steps
+        self.raw_selection = parse_step_selection(config.raw_gradients, self.total_steps, "raw_gradients")
+        torch.manual_seed(config.seed)
+        shape = self.data.train_x.shape
+        self.model = build_model(config.model, width=config.width, in_channels=shape[1], image_size=shape[2],
+                                 num_classes=self.data.num_classes, batch_norm=config.batch_norm).to(self.device)
+        self.model.train()
+        self.grads = FlatGradients(self.model)
+        self.n_params = self.grads.flat.numel()
+        self.ring = LagRing(self.n_params, config.lags, self.device)
+        self.optimizer = torch.optim.SGD(self.grads.params, lr=config.effective_lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self._epoch_order: tuple[int, torch.Tensor] | None = None
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training samples of step k: the whole set (GD) or batch k of its epoch's permutation (SGD)."""
+        if self.config.optimizer == "gd":
+            return self.data.train_x, self.data.train_y
+        epoch, b = divmod(k, self.batches_per_epoch)
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+            order = torch.randperm(len(self.data.train_x), generator=gen).to(self.device)
+            self._epoch_order = (epoch, order)
+        idx = self._epoch_order[1][b * self.config.batch_size:(b + 1) * self.config.batch_size]
+        return self.data.train_x[idx], self.data.train_y[idx]
+
+    def lr(self, k: int) -> float:
+        return self.config.effective_lr
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _save_checkpoint(self, n_steps: int, elapsed: float, recent: deque, prev_sq: float) -> None:
+        state = {
+            "config": self.config.to_dict(),
+            "n_steps": n_steps,
+            "elapsed": elapsed,
+            "recent_cosines": list(recent),
+            "prev_sq": prev_sq,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ring": self.ring.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.checkpoint.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint)
+
+    def _load_checkpoint(self) -> dict | None:
+        """The checkpoint of an interrupted run with the same settings, or None (then start afresh)."""
+        if not (self.checkpoint.exists() and self.partial.exists()):
+            return None
+        state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        if state["config"] != self.config.to_dict():
+            print(f"{self.out}: settings changed since the interrupted run; starting from step 0", file=sys.stderr)
+            return None
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ring.load_state_dict(state["ring"])
+        torch.set_rng_state(state["torch_rng"])
+        return state
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Train to the end (or divergence); returns the final status."""
+        cfg = self.config
+        state = self._load_checkpoint()
+        if state is not None:
+            writer = store.TrajectoryWriter.reopen(self.partial, state["n_steps"])
+            start, elapsed0 = state["n_steps"], state["elapsed"]
+            recent = deque(state["recent_cosines"], maxlen=PROGRESS_H - 1)
+            prev_sq = state["prev_sq"]
+            print(f"{self.out}: resuming at step {start} from {self.checkpoint}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.resume_dir, ignore_errors=True)
+            self.resume_dir.mkdir(parents=True)
+            writer = store.TrajectoryWriter.create(
+                self.partial, {**cfg.to_dict(), "dataset_config": self.data.dataset_config},
+                n_params=self.n_params, n_train=len(self.data.train_x), lags=cfg.lags,
+                raw_dtype=cfg.raw_dtype if self.raw_selection is not None else None,
+                raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
+                attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
+                       "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch})
+            start, elapsed0, recent, prev_sq = 0, 0.0, deque(maxlen=PROGRESS_H - 1), None
+
+        progress = Progress(self.total_steps, start, self.out.parent.name or str(self.out), self.progress)
+        t0 = time.perf_counter() - elapsed0
+        status = "completed"
+        for k in range(start, self.total_steps):
+            x, y = self.batch(k)
+            self.grads.zero_()
+            loss_sum, correct = accumulate_gradient(self.model, x, y, cfg.micro_batch)
+            dot, opposite = self.ring.push(self.grads.flat)
+            loss = loss_sum.item() / len(x)
+            grad_norm = math.sqrt(dot[0]) if dot[0] >= 0 else math.nan
+            lr = self.lr(k)
+            row = {"loss": loss, "accuracy": correct.item() / len(x), "lr": lr,
+                   "epoch": k // self.batches_per_epoch, "grad_norm": grad_norm,
+                   "dot": dot.numpy(), "opposite": opposite.numpy()}
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                row["time"] = time.perf_counter() - t0
+                writer.append(row)
+                status = "diverged"
+                print(f"warning: {self.out}: training diverged at step {k} (loss {loss}, |g| {grad_norm}); "
+                      f"trajectory kept with status=diverged", file=sys.stderr)
+                writer.finish(status, diverged_at=k)
+                break
+            if k % cfg.eval_every == 0 or k == self.total_steps - 1:
+                row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
+                                                                  cfg.micro_batch)
+            if selected(self.raw_selection, k):
+                writer.append_raw(k, self.grads.flat.to("cpu", copy=True).numpy().astype(cfg.raw_dtype))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            row["time"] = time.perf_counter() - t0
+            writer.append(row)
+            if prev_sq is not None:
+                recent.append(float(dot[1]) / math.sqrt(float(dot[0]) * prev_sq))
+            prev_sq = float(dot[0])
+            progress.update(k, loss, sum(recent) / len(recent) if len(recent) == recent.maxlen else math.nan)
+            if (k + 1) % cfg.checkpoint_every == 0 and k + 1 < self.total_steps:
+                self._save_checkpoint(k + 1, row["time"], recent, prev_sq)
+        else:
+            writer.finish(status)
+        progress.close()
+        os.replace(self.partial, self.out)
+        shutil.rmtree(self.resume_dir, ignore_errors=True)
+        return status
+
+    def _bn_semantics(self) -> str:
+        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        if not has_bn:
+            return "no batch normalisation: g_k equals the one-giant-batch gradient"
+        return (f"ghost batches: BatchNorm in train mode normalises each micro-batch of {self.config.micro_batch} "
+                f"by its own statistics; running statistics updated once per micro-batch")
