@@ -82,6 +82,30 @@ def _inspect(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from zigzag import store
+    from zigzag.analysis import analyze
+    from zigzag.runconfig import parse_step_selection
+
+    traj = store.read_trajectory(args.trajectory)
+    lags = int(traj.attrs["lags"])
+    if not 2 <= args.h <= lags + 1:
+        raise ZigzagError(f"invalid h={args.h}: must be in 2..lags+1 = {lags + 1} for {args.trajectory}")
+    if args.zigzag_below > args.smooth_above:
+        raise ZigzagError(f"invalid thresholds: zigzag_below={args.zigzag_below} > smooth_above={args.smooth_above}")
+    total = int(traj.attrs["total_steps"])
+    windows = parse_step_selection(args.windows, total, "windows") or set()
+    if isinstance(windows, int):
+        windows = set(range(0, total, windows))
+    result = analyze(traj.steps, args.h, sorted(windows), args.smooth_above, args.zigzag_below)
+    config = {"trajectory": str(args.trajectory), "h": args.h, "windows": sorted(windows),
+              "smooth_above": args.smooth_above, "zigzag_below": args.zigzag_below}
+    store.write_analysis(args.out, result, config, traj.attrs)
+    print(f"{args.out}: zigzag share of the loss decrease {result.zigzag_loss_share:.3f}, "
+          f"{len(result.transitions)} phase changes, GAWU change point {result.change_point}")
+    return 0
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -112,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("analyze", help="mean correlation, windows, phases from a trajectory (zigzag-analysis)")
+    p.add_argument("trajectory")
+    p.add_argument("--out", required=True)
+    p.add_argument("--h", type=int, default=5, help="window size (<= lags + 1)")
+    p.add_argument("--windows", default="none", help="steps k whose h x h matrices to keep: 5,675,1490 or every:N")
+    p.add_argument("--smooth-above", type=float, default=0.5, help="mean_mu above this: smooth")
+    p.add_argument("--zigzag-below", type=float, default=-0.5, help="mean_mu below this: zigzag")
+    p.set_defaults(func=_analyze)
 
     p = sub.add_parser("inspect", help="summarise any zigzag HDF5 file")
     p.add_argument("file")

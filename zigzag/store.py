@@ -289,3 +289,42 @@ def read_trajectory(path) -> Trajectory:
             attrs={key: _plain(v) for key, v in f.attrs.items()},
             config=file_config(f),
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# zigzag-analysis
+
+
+def write_analysis(path, analysis, config: dict, trajectory_attrs: dict) -> None:
+    """Write an ``analysis.Analysis`` atomically: mean_mu, phase, windows and the scalar results."""
+    a = analysis
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        _write_root(
+            f, ANALYSIS, config, h=a.h, smooth_above=a.smooth_above, zigzag_below=a.zigzag_below,
+            zigzag_loss_share=a.zigzag_loss_share,
+            transitions=json.dumps(a.transitions),
+            change_point=-1 if a.change_point is None else a.change_point,
+            trajectory_status=trajectory_attrs["status"],
+            diverged_at=int(trajectory_attrs.get("diverged_at", -1)),
+        )
+        _put(f, "mean_mu", a.mean_mu, f"mean gradient correlation (eq. 3), window of h={a.h} steps starting at k; "
+             "NaN for the last h-1 steps")
+        _put(f, "adjacent_mu", a.adjacent_mu, "mu(k-1, k), cosine of adjacent gradients; NaN at k=0")
+        _put(f, "phase", a.phase, f"int8 phase of step k: 0 smooth (mean_mu > {a.smooth_above}), 1 zigzag "
+             f"(mean_mu < {a.zigzag_below}), 2 random (between), -1 undefined")
+        w = f.create_group("windows")
+        _put(w, "steps", a.window_steps, "first step k of each window")
+        _put(w, "corr", a.window_corr, "h x h matrices mu(k+a, k+b); NaN where past the recorded steps")
+        _put(w, "opposite", a.window_opposite, "h x h matrices s(k+a, k+b), fraction of entries with opposite "
+             "signs (an exact 0 is never opposite)")
+
+
+def read_analysis(path) -> dict:
+    """Arrays and attributes of an analysis file as plain Python/NumPy values."""
+    with open_file(path, ANALYSIS) as f:
+        out = {name: f[name][()] for name in ("mean_mu", "adjacent_mu", "phase")}
+        out.update({f"windows/{name}": f["windows"][name][()] for name in ("steps", "corr", "opposite")})
+        out["attrs"] = {key: _plain(v) for key, v in f.attrs.items()}
+        out["attrs"]["transitions"] = json.loads(out["attrs"]["transitions"])
+        out["config"] = file_config(f)
+    return out

@@ -1,0 +1,91 @@
+"""Analysis against a brute force from raw gradients, and on constructed sequences."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import zigzag_cli
+from zigzag import analysis, store
+from zigzag.lagstats import LagRing
+from zigzag.schedules import GAWU
+
+
+def lag_stats(grads, lags):
+    ring = LagRing(grads.shape[1], lags)
+    rows = [ring.push(torch.as_tensor(g, dtype=torch.float32)) for g in grads]
+    return np.stack([r[0].numpy() for r in rows]), np.stack([r[1].numpy() for r in rows])
+
+
+def cos(a, b):
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+
+def test_analyze_cli_matches_brute_force_from_raw_gradients(tiny_dataset, tmp_path):
+    traj = tmp_path / "traj.h5"
+    zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.3", "--steps", "14",
+               "--lags", "5", "--micro-batch", "48", "--raw-gradients", "every:1", "--device", "cpu", "--out", traj)
+    with h5py.File(traj, "r") as f:
+        raw = f["raw/gradients"][()].astype(np.float64)
+    for h in (3, 6):
+        out = tmp_path / f"a{h}.h5"
+        zigzag_cli("analyze", traj, "--out", out, "--h", h, "--windows", "0,4,8,12")
+        result = store.read_analysis(out)
+        brute_mean = [np.mean([cos(raw[k + m - 1], raw[k + m]) for m in range(1, h)]) for k in range(14 - h + 1)]
+        np.testing.assert_allclose(result["mean_mu"][: 14 - h + 1], brute_mean, rtol=1e-5, atol=1e-6)
+        assert np.isnan(result["mean_mu"][14 - h + 1:]).all()
+        for e, k in enumerate(result["windows/steps"]):
+            if k + h > 14:
+                assert np.isnan(result["windows/corr"][e]).all()
+                continue
+            corr = [[cos(raw[k + a], raw[k + b]) for b in range(h)] for a in range(h)]
+            opp = [[np.mean(raw[k + a] * raw[k + b] < 0) for b in range(h)] for a in range(h)]
+            np.testing.assert_allclose(result["windows/corr"][e], corr, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(result["windows/opposite"][e], opp, atol=1e-12)
+        assert result["attrs"]["h"] == h and result["attrs"]["format"] == "zigzag-analysis"
+
+
+def test_alternating_gradients_are_zigzag_with_full_sign_shift():
+    g = np.random.default_rng(0).standard_normal(50)
+    dot, opp = lag_stats(np.stack([g * (-1) ** k for k in range(10)]), lags=4)
+    result = analysis.analyze({"dot": dot, "opposite": opp, "loss": np.linspace(2, 1, 10)}, 5, [2], 0.5, -0.5)
+    np.testing.assert_allclose(result.mean_mu[:6], -1.0, atol=1e-6)
+    assert (result.phase[:6] == analysis.ZIGZAG).all() and (result.phase[6:] == analysis.UNDEFINED).all()
+    expected = np.fromfunction(lambda a, b: (-1.0) ** (a + b), (5, 5))
+    np.testing.assert_allclose(result.window_corr[0], expected, atol=1e-6)
+    np.testing.assert_array_equal(result.window_opposite[0], (expected < 0).astype(float))
+
+
+def test_phases_transitions_and_loss_share_on_a_constructed_run():
+    mean = np.array([0.9, 0.8, -0.9, -0.95, 0.1, 0.0, np.nan])
+    phase = analysis.phases(mean, 0.5, -0.5)
+    assert phase.tolist() == [0, 0, 1, 1, 2, 2, -1]
+    assert analysis.transitions(phase) == [(2, "smooth", "zigzag"), (4, "zigzag", "random")]
+    loss = np.array([10.0, 9.0, 8.0, 5.0, 2.0, 1.5, 1.0])
+    # zigzag steps 2 and 3 make (8-5) + (5-2) = 6 of the total 9.
+    assert analysis.zigzag_loss_share(loss, phase) == pytest.approx(6 / 9)
+    assert np.isnan(analysis.zigzag_loss_share(np.array([1.0, 2.0]), np.array([1, 1])))
+
+
+def test_online_change_point_agrees_with_the_gawu_scheduler():
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal(40)
+    grads = [g + 0.1 * rng.standard_normal(40) for _ in range(8)]
+    grads += [(-1) ** k * g + 0.1 * rng.standard_normal(40) for k in range(12)]
+    dot, opp = lag_stats(np.stack(grads), lags=4)
+    expected = analysis.online_change_point(analysis.mean_mu(dot, 5), 5)
+    param = torch.nn.Parameter(torch.zeros(40))
+    sched = GAWU(torch.optim.SGD([param], lr=1.0), eta0=1e-3, omega=0.1, total=len(grads))
+    for grad in grads:
+        sched.observe(torch.as_tensor(grad, dtype=torch.float32))
+        sched.step()
+    assert expected is not None and sched.change_point == expected
+
+
+def test_h_beyond_lags_is_refused(tiny_dataset, tmp_path):
+    traj = tmp_path / "traj.h5"
+    zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.1",
+               "--steps", "3", "--lags", "2", "--device", "cpu", "--out", traj)
+    result = zigzag_cli("analyze", traj, "--out", tmp_path / "a.h5", "--h", "5", check=False)
+    assert result.returncode == 2 and "h=5" in result.stderr and not (tmp_path / "a.h5").exists()

@@ -1,0 +1,150 @@
+"""From lag statistics to the paper's quantities: mu, window matrices, mean_mu, phases, loss share.
+
+Everything here is exact arithmetic on ``dot[k, l] = <g_k, g_{k-l}>`` and
+``opposite[k, l] = s(k, k-l)`` (DESIGN.md, "Definitions"), so it needs no gradients:
+
+    mu(j, k)      = dot[k, k-j] / sqrt(dot[j, 0] dot[k, 0])                     (eq. 2), |k - j| <= L
+    M_k[a, b]     = mu(k+a, k+b),  a, b = 0..h-1                               (the h x h window)
+    mean_mu_k     = 1/(h-1) sum_{m=1..h-1} mu(k+m-1, k+m)                      (eq. 3; NaN for k > K-h)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SMOOTH, ZIGZAG, RANDOM, UNDEFINED = 0, 1, 2, -1
+PHASE_NAMES = {SMOOTH: "smooth", ZIGZAG: "zigzag", RANDOM: "random", UNDEFINED: "undefined"}
+
+
+def mu(dot: np.ndarray, j: int, k: int) -> float:
+    """Pairwise gradient correlation mu(j, k) (eq. 2) from the lag statistics."""
+    j, k = min(j, k), max(j, k)
+    lag = k - j
+    if lag >= dot.shape[1]:
+        raise ValueError(f"mu({j}, {k}) needs lag {lag} but only lags 0..{dot.shape[1] - 1} were recorded")
+    return float(dot[k, lag] / np.sqrt(dot[j, 0] * dot[k, 0]))
+
+
+def adjacent_mu(dot: np.ndarray) -> np.ndarray:
+    """mu(k-1, k) for every step k (NaN at k = 0)."""
+    norms_sq = dot[:, 0]
+    out = np.full(len(dot), np.nan)
+    out[1:] = dot[1:, 1] / np.sqrt(norms_sq[1:] * norms_sq[:-1])
+    return out
+
+
+def mean_mu(dot: np.ndarray, h: int) -> np.ndarray:
+    """Eq. (3): the window starts at step k and looks forward; NaN for the last h-1 steps."""
+    adjacent = adjacent_mu(dot)
+    out = np.full(len(dot), np.nan)
+    if len(dot) >= h:
+        csum = np.concatenate([[0.0], np.cumsum(adjacent[1:])])  # csum[i] = sum adjacent[1..i]
+        k = np.arange(len(dot) - h + 1)
+        out[: len(k)] = (csum[k + h - 1] - csum[k]) / (h - 1)
+    return out
+
+
+def window(lag_matrix: np.ndarray, k: int, h: int, normalise: bool) -> np.ndarray:
+    """The h x h matrix at step k: mu(k+a, k+b) (``normalise``, from dot) or s(k+a, k+b) (from opposite).
+
+    NaN-filled where the window runs past the recorded steps (e.g. a diverged run).
+    """
+    if h > lag_matrix.shape[1]:
+        raise ValueError(f"window h={h} needs lags >= {h - 1}, the trajectory has {lag_matrix.shape[1] - 1}")
+    out = np.full((h, h), np.nan)
+    if k < 0 or k + h > len(lag_matrix):
+        return out
+    for a in range(h):
+        for b in range(a, h):
+            value = lag_matrix[k + b, b - a]
+            if normalise:
+                value = value / np.sqrt(lag_matrix[k + a, 0] * lag_matrix[k + b, 0])
+            out[a, b] = out[b, a] = value
+    return out
+
+
+def phases(mean_mu_k: np.ndarray, smooth_above: float, zigzag_below: float) -> np.ndarray:
+    """Phase per step (int8): smooth if mean_mu > smooth_above, zigzag if < zigzag_below, else random."""
+    out = np.full(len(mean_mu_k), RANDOM, dtype=np.int8)
+    out[mean_mu_k > smooth_above] = SMOOTH
+    out[mean_mu_k < zigzag_below] = ZIGZAG
+    out[np.isnan(mean_mu_k)] = UNDEFINED
+    return out
+
+
+def transitions(phase: np.ndarray) -> list[tuple[int, str, str]]:
+    """(step, from, to) wherever the defined phase changes."""
+    out, previous = [], None
+    for k, p in enumerate(phase):
+        if p == UNDEFINED:
+            continue
+        if previous is not None and p != previous:
+            out.append((k, PHASE_NAMES[int(previous)], PHASE_NAMES[int(p)]))
+        previous = p
+    return out
+
+
+def zigzag_loss_share(loss: np.ndarray, phase: np.ndarray) -> float:
+    """Share of the total loss decrease made during zigzag steps.
+
+    sum over zigzag steps k of (loss_k - loss_{k+1}), divided by loss_0 - loss_{K-1}; the update of
+    step k is credited to the phase of step k. NaN if the loss did not decrease overall.
+    """
+    if len(loss) < 2:
+        return float("nan")
+    total = loss[0] - loss[-1]
+    if not np.isfinite(total) or total <= 0:
+        return float("nan")
+    decrease = loss[:-1] - loss[1:]
+    in_zigzag = phase[:-1] == ZIGZAG
+    return float(np.nansum(decrease[in_zigzag]) / total)
+
+
+def online_change_point(mean_mu_k: np.ndarray, h: int) -> int | None:
+    """The step GAWU would switch at: the online value at step k is mean_mu_{k-h+1} (the window
+    ending at k); the first k where it is negative after a positive one was seen (zigzag.schedules.GAWU)."""
+    seen_positive = False
+    for k in range(h - 1, len(mean_mu_k) + h - 1):
+        value = mean_mu_k[k - h + 1]
+        if value < 0 and seen_positive:
+            return k
+        seen_positive |= bool(value > 0)
+    return None
+
+
+@dataclass
+class Analysis:
+    """What ``analysis.h5`` holds for one run (DESIGN.md, "HDF5 contracts")."""
+
+    h: int
+    smooth_above: float
+    zigzag_below: float
+    adjacent_mu: np.ndarray
+    mean_mu: np.ndarray
+    phase: np.ndarray
+    window_steps: np.ndarray
+    window_corr: np.ndarray
+    window_opposite: np.ndarray
+    zigzag_loss_share: float
+    transitions: list
+    change_point: int | None
+
+
+def analyze(steps: dict[str, np.ndarray], h: int, window_steps: list[int], smooth_above: float,
+            zigzag_below: float) -> Analysis:
+    """All the analysis of one trajectory's ``/steps`` series."""
+    dot, opposite = steps["dot"], steps["opposite"]
+    m = mean_mu(dot, h)
+    phase = phases(m, smooth_above, zigzag_below)
+    ws = np.asarray(sorted(set(window_steps)), dtype=np.int64)
+    return Analysis(
+        h=h, smooth_above=smooth_above, zigzag_below=zigzag_below,
+        adjacent_mu=adjacent_mu(dot), mean_mu=m, phase=phase, window_steps=ws,
+        window_corr=np.stack([window(dot, k, h, True) for k in ws]) if len(ws) else np.zeros((0, h, h)),
+        window_opposite=np.stack([window(opposite, k, h, False) for k in ws]) if len(ws) else np.zeros((0, h, h)),
+        zigzag_loss_share=zigzag_loss_share(steps["loss"], phase),
+        transitions=transitions(phase),
+        change_point=online_change_point(m, h),
+    )
