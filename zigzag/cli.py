@@ -7,6 +7,7 @@ and exits with code 2; nothing already written is touched.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from zigzag.errors import ZigzagError
@@ -41,7 +42,12 @@ def _train(args) -> int:
     from zigzag.runconfig import RunConfig
 
     values = {}
-    if args.config:
+    if args.settings:
+        try:
+            values = json.loads(args.settings)
+        except json.JSONDecodeError as err:
+            raise ZigzagError(f"--settings is not valid JSON: {err}") from None
+    elif args.config:
         try:
             with open(args.config) as f:
                 values = yaml.safe_load(f) or {}
@@ -106,6 +112,18 @@ def _analyze(args) -> int:
     return 0
 
 
+def _figure(args) -> int:
+    from zigzag import figures
+
+    if args.kind == "trajectory":
+        figures.trajectory_figure(args.trajectory, args.analysis, args.png, args.pdf, args.title)
+    else:
+        panels = [(path, label, int(step)) for path, label, step in args.panel]
+        figures.sign_shift_figure(panels, args.png, args.pdf, args.title)
+    print(f"{args.png}, {args.pdf}")
+    return 0
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -128,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one run and write its trajectory (zigzag-trajectory HDF5)")
     p.add_argument("--config", help="YAML file with run settings (same keys as the flags, underscores)")
+    p.add_argument("--settings", help="run settings as one JSON mapping (what the workflow passes)")
     p.add_argument("--out", required=True, help="trajectory file to write")
     for flag, (key, typ, help_) in TRAIN_FLAGS.items():
         p.add_argument(flag, dest=key, type=typ, help=help_)
@@ -145,6 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth-above", type=float, default=0.5, help="mean_mu above this: smooth")
     p.add_argument("--zigzag-below", type=float, default=-0.5, help="mean_mu below this: zigzag")
     p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("figure", help="render one figure (PNG and PDF)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    for kind in ("trajectory", "sign-shift"):
+        k = kinds.add_parser(kind, help={"trajectory": "loss, mean correlation and h x h matrices (paper Fig. 1)",
+                                         "sign-shift": "matrices with the % of opposite signs (paper Fig. 8)"}[kind])
+        k.add_argument("--title", required=True)
+        k.add_argument("--png", required=True)
+        k.add_argument("--pdf", required=True)
+        if kind == "trajectory":
+            k.add_argument("--trajectory", required=True)
+            k.add_argument("--analysis", required=True)
+        else:
+            k.add_argument("--panel", nargs=3, action="append", required=True, metavar=("ANALYSIS", "LABEL", "STEP"))
+        k.set_defaults(func=_figure)
 
     p = sub.add_parser("inspect", help="summarise any zigzag HDF5 file")
     p.add_argument("file")

@@ -1,0 +1,22 @@
+# zigzag: the optimization geometry of deep networks, from data to the paper's figures.
+#   snakemake --cores 8 all_figures                         # the offline default (config.yaml)
+#   snakemake --cores 8 all_figures --configfile presets/paper.yaml   # the paper, on a GPU
+
+# A --configfile (e.g. a preset) is a whole config: it replaces config.yaml instead of merging into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.all_figures.input,
+        rules.all_tables.input,

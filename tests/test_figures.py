@@ -1,0 +1,134 @@
+"""Figures from small trajectories and analyses written through the real store and analysis."""
+
+import matplotlib.image
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from zigzag import analysis, figures, store
+from zigzag.errors import ZigzagError
+
+H, LAGS = 5, 4
+
+
+def write_run(folder, grads, *, optimizer="gd", windows=(0, 4), diverged_at=None):
+    """A trajectory with exact lag statistics of ``grads`` and its analysis (h = 5); returns both paths."""
+    traj_path, analysis_path = folder / "trajectory.h5", folder / "analysis.h5"
+    writer = store.TrajectoryWriter.create(traj_path, {"optimizer": optimizer, "model": "cnn"},
+                                           n_params=grads.shape[1], n_train=10, lags=LAGS)
+    for k, g in enumerate(grads):
+        dot, opposite = np.full(LAGS + 1, np.nan), np.full(LAGS + 1, np.nan)
+        for lag in range(min(k, LAGS) + 1):
+            dot[lag] = g @ grads[k - lag]
+            opposite[lag] = np.mean(g * grads[k - lag] < 0)
+        loss = 2.0 * 0.8 ** k
+        if k == diverged_at:  # as the trainer records it: a non-finite loss and gradient
+            loss, dot[:] = np.nan, np.nan
+        writer.append({"loss": loss, "epoch": k, "dot": dot, "opposite": opposite})
+    if diverged_at is None:
+        writer.finish("completed")
+    else:
+        writer.finish("diverged", diverged_at=diverged_at)
+    traj = store.read_trajectory(traj_path)
+    result = analysis.analyze(traj.steps, H, list(windows), 0.5, -0.5)
+    store.write_analysis(analysis_path, result, {"h": H, "windows": list(windows)}, traj.attrs)
+    return str(traj_path), str(analysis_path)
+
+
+def alternating(n_steps, n_params=30):
+    g = np.random.default_rng(0).standard_normal(n_params)
+    return np.stack([g * (-1) ** k for k in range(n_steps)])
+
+
+def texts(ax):
+    return [t.get_text() for t in ax.texts]
+
+
+def matrix_axes(fig):
+    return [ax for ax in fig.axes if ax.images or "not reached" in texts(ax)]
+
+
+def test_trajectory_figure_of_an_alternating_run(tmp_path):
+    traj, an = write_run(tmp_path, alternating(12), windows=(0, 4))
+    fig = figures.build_trajectory_figure(traj, an, "alternating", label="g, -g, g, ...")
+    mats = matrix_axes(fig)
+    assert [ax.get_title() for ax in mats] == ["epoch 0", "epoch 4"]
+    for ax in mats:
+        (image,) = ax.images
+        assert image.get_clim() == (-1.0, 1.0)
+        assert texts(ax).count("-1.00") == 12 and texts(ax).count("1.00") == 13  # 5 x 5, (-1)^(a+b)
+    assert [t.get_text() for t in mats[1].get_xticklabels()] == ["4", "5", "6", "7", "8"]
+    loss_ax, mu_ax = fig.axes[:2]
+    assert loss_ax.get_yscale() == "log" and loss_ax.get_xlabel() == "epoch"
+    assert mu_ax.get_ylim() == (-1.05, 1.05)
+    np.testing.assert_allclose(mu_ax.get_lines()[-1].get_ydata()[:8], -1.0, atol=1e-12)
+    assert "DIVERGED" not in fig.get_suptitle()
+
+    png, pdf = tmp_path / "out" / "fig.png", tmp_path / "out" / "fig.pdf"
+    figures.trajectory_figure(traj, an, str(png), str(pdf), "alternating")
+    image = matplotlib.image.imread(png)
+    assert image.shape[1] == 10 * figures.DPI and image.shape[0] == round(7.2 * figures.DPI)
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 10_000
+    assert sorted(p.name for p in png.parent.iterdir()) == ["fig.pdf", "fig.png"]
+
+
+def test_diverged_sgd_run_is_marked_and_a_window_past_the_end_is_not_reached(tmp_path):
+    traj, an = write_run(tmp_path, alternating(7), optimizer="sgd", windows=(2, 8), diverged_at=6)
+    fig = figures.build_trajectory_figure(traj, an, "sgd run")
+    assert "DIVERGED at step 6" in fig.get_suptitle()
+    for ax in fig.axes[:2]:
+        assert ax.get_xlabel() == "iteration"
+        assert any(line.get_linestyle() == "--" and list(line.get_xdata()) == [6, 6] for line in ax.get_lines())
+    reached, past = matrix_axes(fig)
+    assert reached.get_title() == "iteration 2" and texts(reached).count("n/a") == 2 * H - 1  # the window holds step 6 (NaN)
+    assert past.get_title() == "iteration 8" and texts(past) == ["not reached"] and not past.images
+
+
+def test_sign_shift_figure_annotates_correlation_and_opposite_signs(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    _, zig = write_run(tmp_path / "a", alternating(12), windows=(0, 5))
+    _, past = write_run(tmp_path / "b", alternating(7), windows=(4,), diverged_at=6)
+    fig = figures.build_sign_shift_figure([(zig, "(a) CNN", 5), (past, "(b) diverged", 4)], "sign shift")
+    zig_ax, past_ax = fig.axes[:2]
+    assert zig_ax.get_title() == "(a) CNN (epoch 5)" and zig_ax.images[0].get_clim() == (-1.0, 1.0)
+    cells = np.array(texts(zig_ax)).reshape(H, H)
+    assert cells[0, 1] == cells[3, 2] == "-1.00\n100%"  # lag 1: opposite gradients, every entry flips
+    assert cells[0, 2] == "1.00\n0%" and all(cells[a, a] == "1.00\n0%" for a in range(H))
+    assert "DIVERGED at step 6" in past_ax.get_title() and texts(past_ax) == ["not reached"]
+
+    png, pdf = tmp_path / "sign.png", tmp_path / "sign.pdf"
+    figures.sign_shift_figure([(zig, "(a) CNN", 5)], str(png), str(pdf), "sign shift")
+    assert matplotlib.image.imread(png).shape[:2] == (round(4.8 * figures.DPI), round(5.3 * figures.DPI))
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_a_step_that_is_not_a_window_is_refused(tmp_path):
+    _, an = write_run(tmp_path, alternating(12), windows=(0, 4))
+    with pytest.raises(ZigzagError, match=r"step 3 is not an analysed window \(available: 0, 4\)"):
+        figures.sign_shift_figure([(an, "x", 3)], str(tmp_path / "s.png"), str(tmp_path / "s.pdf"), "t")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_a_failed_render_leaves_no_file(tmp_path, monkeypatch):
+    traj, an = write_run(tmp_path, alternating(12))
+    real_savefig = Figure.savefig
+
+    def savefig(self, path, format, **kwargs):
+        if format == "pdf":
+            raise RuntimeError("disk full")
+        real_savefig(self, path, format=format, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        figures.trajectory_figure(traj, an, str(out / "f.png"), str(out / "f.pdf"), "t")
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("windows", [(), (20,)])
+def test_a_run_without_windows_to_mark_renders_cleanly(tmp_path, windows):
+    traj, an = write_run(tmp_path, alternating(8), windows=windows)
+    figures.trajectory_figure(traj, an, str(tmp_path / "f.png"), str(tmp_path / "f.pdf"), "no windows")
+    assert (tmp_path / "f.png").stat().st_size > 10_000

@@ -1,0 +1,123 @@
+"""The Snakemake workflow end to end on a tiny config, and which stages a change re-runs."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir, *args, check=True):
+    env = {**os.environ, "PYTHONPATH": str(workdir)}  # the copied package, so a test may edit it
+    result = subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True, text=True,
+                            env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def planned_jobs(workdir) -> dict[str, int]:
+    """Rule -> job count of what ``all_figures`` would run now (parsed from the dry run's job stats)."""
+    out = snakemake(workdir, "-n", "all_figures").stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def edit_config(workdir, change):
+    path = workdir / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    change(config)
+    path.write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A copy of the workflow and the package, with the tiny config built once."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    shutil.copy(ROOT / "Snakefile", workdir)
+    shutil.copytree(ROOT / "workflow", workdir / "workflow")
+    shutil.copytree(ROOT / "zigzag", workdir / "zigzag", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / ".test" / "config.yaml", workdir / "config.yaml")
+    snakemake(workdir, "all_figures")
+    return workdir
+
+
+@pytest.fixture
+def workdir(built, tmp_path):
+    """A fresh copy of the built workflow per test (outputs, metadata and mtimes preserved)."""
+    copy = tmp_path / "wf"
+    shutil.copytree(built, copy, symlinks=True)
+    return copy
+
+
+def test_all_figures_builds_every_figure_and_report(workdir):
+    for fid in ("fig_a", "fig_b", "fig_sign"):
+        for ext in ("png", "pdf"):
+            assert (workdir / "results" / "figures" / f"{fid}.{ext}").stat().st_size > 1000
+    with h5py.File(workdir / "results" / "analysis" / "cnn_a.h5", "r") as f:
+        assert f.attrs["h"] == 4 and f["windows/steps"][()].tolist() == [1, 6]
+    with h5py.File(workdir / "results" / "runs" / "cnn_b" / "trajectory.h5", "r") as f:
+        assert f.attrs["status"] == "completed" and f["steps/dot"].shape == (10, 4)
+    assert (workdir / "results" / "benchmarks" / "train" / "cnn_a.tsv").exists()
+    assert (workdir / "results" / "logs" / "train" / "cnn_a.log").exists()
+    snakemake(workdir, "all_figures", "--report", "report.html")
+    assert (workdir / "report.html").stat().st_size > 10_000
+
+
+def test_nothing_changed_nothing_to_do(workdir):
+    assert planned_jobs(workdir) == {}
+
+
+def test_changed_lr_reruns_only_that_run_and_its_figures(workdir):
+    edit_config(workdir, lambda c: c["runs"]["cnn_b"].update(lr=0.07))
+    assert planned_jobs(workdir) == {"train": 1, "analyze": 1, "figure_fig_b": 1, "figure_fig_sign": 1,
+                                     "all_figures": 1}
+
+
+def test_changed_h_or_shown_steps_never_retrains(workdir):
+    edit_config(workdir, lambda c: c["analysis"].update(h=3))
+    assert planned_jobs(workdir) == {"analyze": 2, "figure_fig_a": 1, "figure_fig_b": 1, "figure_fig_sign": 1,
+                                     "all_figures": 1}
+    edit_config(workdir, lambda c: c["analysis"].update(h=4))
+    edit_config(workdir, lambda c: c["figures"]["fig_b"].update(steps=[3]))
+    assert planned_jobs(workdir) == {"analyze": 1, "figure_fig_b": 1, "figure_fig_sign": 1, "all_figures": 1}
+
+
+def test_edited_plotting_module_reruns_figures_only(workdir):
+    with open(workdir / "zigzag" / "figures.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert planned_jobs(workdir) == {"figure_fig_a": 1, "figure_fig_b": 1, "figure_fig_sign": 1, "all_figures": 1}
+
+
+def test_edited_trainer_reruns_training_and_everything_after(workdir):
+    with open(workdir / "zigzag" / "trainer.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert planned_jobs(workdir) == {"train": 2, "analyze": 2, "figure_fig_a": 1, "figure_fig_b": 1,
+                                     "figure_fig_sign": 1, "all_figures": 1}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["runs"]["cnn_a"].update(model="mlp"), "runs.cnn_a.model: 'mlp' is not allowed; allowed: cnn,"),
+    (lambda c: c["runs"]["cnn_a"].update(lrr=0.1), "runs.cnn_a: unknown key 'lrr'; allowed:"),
+    (lambda c: c["figures"]["fig_a"].update(run="nope"), "figures.fig_a.run: 'nope' is not defined"),
+    (lambda c: c["runs"]["cnn_b"].update(lr=0), "runs.cnn_b.lr: 0 is not allowed; must be > 0"),
+    (lambda c: c["analysis"].update(h=5), "analysis.h: 5 needs lags >= 4"),
+])
+def test_bad_config_fails_before_any_job_with_one_line(workdir, change, message):
+    edit_config(workdir, change)
+    result = snakemake(workdir, "all_figures", check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("zigzag: config error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Building DAG" not in result.stderr + result.stdout
