@@ -60,11 +60,16 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @property
-    def effective_lr(self) -> float:
-        """The base lr, linearly scaled by batch_size / base_batch when base_batch is set (SGD)."""
+    def lr_scale(self) -> float:
+        """Linear scaling rule: batch_size / base_batch when base_batch is set (SGD), else 1."""
         if self.optimizer == "sgd" and self.base_batch:
-            return self.lr * self.batch_size / self.base_batch
-        return self.lr
+            return self.batch_size / self.base_batch
+        return 1.0
+
+    @property
+    def effective_lr(self) -> float:
+        """The constant lr (a warm-up schedule sets its own, from its scaled eta0)."""
+        return self.lr * self.lr_scale
 
     def validate(self) -> None:
         def bad(key, value, allowed):
@@ -104,6 +109,34 @@ class RunConfig:
         if self.device not in DEVICES:
             bad("device", self.device, f"one of {', '.join(DEVICES)}")
         parse_step_selection(self.raw_gradients, 1 << 62, "raw_gradients")
+        self._validate_schedule()
+
+    def _validate_schedule(self) -> None:
+        s = self.schedule
+        kind = s.get("kind", "constant")
+        allowed = {"constant": {"kind"}, "warmup_cosine": {"kind", "eta0", "omega", "change_point", "unit"},
+                   "gawu": {"kind", "eta0", "omega", "unit", "h", "max_warmup"}}
+        if kind not in allowed:
+            raise ZigzagError(f"invalid schedule.kind={kind!r}: must be one of {', '.join(allowed)}")
+        unknown = sorted(set(s) - allowed[kind])
+        if unknown:
+            raise ZigzagError(f"unknown schedule key(s) {', '.join(unknown)} for {kind}; "
+                              f"valid: {', '.join(sorted(allowed[kind]))}")
+        for key in sorted(allowed[kind] & {"eta0", "omega"}):
+            value = s.get(key)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ZigzagError(f"invalid schedule.{key}={value!r}: must be a number > 0")
+        if kind == "warmup_cosine" and not (isinstance(s.get("change_point"), int) and s["change_point"] >= 0):
+            raise ZigzagError(f"invalid schedule.change_point={s.get('change_point')!r}: must be an integer >= 0")
+        if s.get("unit", "epoch") not in ("epoch", "iteration"):
+            raise ZigzagError(f"invalid schedule.unit={s['unit']!r}: must be epoch or iteration")
+        if kind == "warmup_cosine" and self.optimizer == "gd" and s["change_point"] >= self.steps:
+            raise ZigzagError(f"invalid schedule.change_point={s['change_point']}: beyond the budget of "
+                              f"{self.steps} steps; must be in 0..{self.steps - 1}")
+        if kind == "warmup_cosine" and self.optimizer == "sgd" and s.get("unit", "epoch") == "epoch" \
+                and s["change_point"] >= self.epochs:
+            raise ZigzagError(f"invalid schedule.change_point={s['change_point']}: beyond the budget of "
+                              f"{self.epochs} epochs; must be in 0..{self.epochs - 1}")
 
 
 def parse_step_selection(spec, total_steps: int, key: str) -> set[int] | int | None:

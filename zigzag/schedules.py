@@ -152,9 +152,14 @@ class GradientCorrelationMonitor:
             denominator = math.sqrt(self._previous_sqnorm * sqnorm)
             if denominator > 0:
                 cosine = min(1.0, max(-1.0, float(torch.dot(previous, current)) / denominator))
-            self._cosines.append(cosine)
+            self.add_cosine(cosine)
         self._previous, self._previous_sqnorm = current, sqnorm
         return cosine
+
+    def add_cosine(self, cosine: float) -> None:
+        """Record an adjacent cosine ``mu(k-1, k)`` computed elsewhere (e.g. from the trainer's lag
+        statistics) instead of feeding gradients; use one way or the other for a monitor."""
+        self._cosines.append(cosine)
 
     @property
     def mean_correlation(self) -> float:

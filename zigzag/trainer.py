@@ -22,7 +22,6 @@ import os
 import shutil
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from zigzag.errors import ZigzagError
 from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.models import build_model
 from zigzag.runconfig import RunConfig, parse_step_selection, selected
+from zigzag.schedules import GAWU, GradientCorrelationMonitor, WarmupCosine
 
 PROGRESS_H = 5  # window of the mean gradient correlation shown while training (paper eq. 3)
 
@@ -166,7 +166,26 @@ class Trainer:
         self.ring = LagRing(self.n_params, config.lags, self.device)
         self.optimizer = torch.optim.SGD(self.grads.params, lr=config.effective_lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
+        self.scheduler, self.steps_per_unit = self._build_scheduler()
+        self.progress_monitor = GradientCorrelationMonitor(PROGRESS_H)
         self._epoch_order: tuple[int, torch.Tensor] | None = None
+
+    def _build_scheduler(self) -> tuple[WarmupCosine | GAWU | None, int]:
+        """The run's LR schedule and how many steps make one of its units (epoch or iteration)."""
+        sched = self.config.schedule
+        kind = sched.get("kind", "constant")
+        per_unit = self.batches_per_epoch if sched.get("unit", "epoch") == "epoch" else 1
+        total = self.total_steps // per_unit
+        if kind == "constant":
+            return None, 1
+        eta0 = sched["eta0"] * self.config.lr_scale
+        if kind == "warmup_cosine":
+            if not 0 <= sched["change_point"] < total:
+                raise ZigzagError(f"invalid schedule.change_point={sched['change_point']}: must be in 0..{total - 1}, "
+                                  f"the run has {total} {sched.get('unit', 'epoch')}s")
+            return WarmupCosine(self.optimizer, eta0, sched["omega"], sched["change_point"], total), per_unit
+        return GAWU(self.optimizer, eta0, sched["omega"], total, h=sched.get("h", 5),
+                    max_warmup=sched.get("max_warmup")), per_unit
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -182,18 +201,16 @@ class Trainer:
         idx = self._epoch_order[1][b * self.config.batch_size:(b + 1) * self.config.batch_size]
         return self.data.train_x[idx], self.data.train_y[idx]
 
-    def lr(self, k: int) -> float:
-        return self.config.effective_lr
-
     # -- checkpoints ----------------------------------------------------------------------------
 
-    def _save_checkpoint(self, n_steps: int, elapsed: float, recent: deque, prev_sq: float) -> None:
+    def _save_checkpoint(self, n_steps: int, elapsed: float, prev_sq: float) -> None:
         state = {
             "config": self.config.to_dict(),
             "n_steps": n_steps,
             "elapsed": elapsed,
-            "recent_cosines": list(recent),
             "prev_sq": prev_sq,
+            "progress_monitor": self.progress_monitor.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ring": self.ring.state_dict(),
@@ -214,6 +231,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.ring.load_state_dict(state["ring"])
+        self.progress_monitor.load_state_dict(state["progress_monitor"])
+        if self.scheduler:
+            self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         return state
 
@@ -225,9 +245,7 @@ class Trainer:
         state = self._load_checkpoint()
         if state is not None:
             writer = store.TrajectoryWriter.reopen(self.partial, state["n_steps"])
-            start, elapsed0 = state["n_steps"], state["elapsed"]
-            recent = deque(state["recent_cosines"], maxlen=PROGRESS_H - 1)
-            prev_sq = state["prev_sq"]
+            start, elapsed0, prev_sq = state["n_steps"], state["elapsed"], state["prev_sq"]
             print(f"{self.out}: resuming at step {start} from {self.checkpoint}", file=sys.stderr)
         else:
             shutil.rmtree(self.resume_dir, ignore_errors=True)
@@ -239,7 +257,7 @@ class Trainer:
                 raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
                 attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
                        "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch})
-            start, elapsed0, recent, prev_sq = 0, 0.0, deque(maxlen=PROGRESS_H - 1), None
+            start, elapsed0, prev_sq = 0, 0.0, None
 
         progress = Progress(self.total_steps, start, self.out.parent.name or str(self.out), self.progress)
         t0 = time.perf_counter() - elapsed0
@@ -251,7 +269,7 @@ class Trainer:
             dot, opposite = self.ring.push(self.grads.flat)
             loss = loss_sum.item() / len(x)
             grad_norm = math.sqrt(dot[0]) if dot[0] >= 0 else math.nan
-            lr = self.lr(k)
+            lr = self.optimizer.param_groups[0]["lr"]
             row = {"loss": loss, "accuracy": correct.item() / len(x), "lr": lr,
                    "epoch": k // self.batches_per_epoch, "grad_norm": grad_norm,
                    "dot": dot.numpy(), "opposite": opposite.numpy()}
@@ -261,30 +279,38 @@ class Trainer:
                 status = "diverged"
                 print(f"warning: {self.out}: training diverged at step {k} (loss {loss}, |g| {grad_norm}); "
                       f"trajectory kept with status=diverged", file=sys.stderr)
-                writer.finish(status, diverged_at=k)
+                writer.finish(status, diverged_at=k, change_point=self._change_point())
                 break
             if k % cfg.eval_every == 0 or k == self.total_steps - 1:
                 row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
                                                                   cfg.micro_batch)
             if selected(self.raw_selection, k):
                 writer.append_raw(k, self.grads.flat.to("cpu", copy=True).numpy().astype(cfg.raw_dtype))
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
             self.optimizer.step()
             row["time"] = time.perf_counter() - t0
             writer.append(row)
             if prev_sq is not None:
-                recent.append(float(dot[1]) / math.sqrt(float(dot[0]) * prev_sq))
+                cosine = float(dot[1]) / math.sqrt(float(dot[0]) * prev_sq)
+                self.progress_monitor.add_cosine(cosine)
+                if isinstance(self.scheduler, GAWU):
+                    self.scheduler.monitor.add_cosine(cosine)
             prev_sq = float(dot[0])
-            progress.update(k, loss, sum(recent) / len(recent) if len(recent) == recent.maxlen else math.nan)
+            if self.scheduler and (k + 1) % self.steps_per_unit == 0:
+                self.scheduler.step()
+            progress.update(k, loss, self.progress_monitor.mean_correlation)
             if (k + 1) % cfg.checkpoint_every == 0 and k + 1 < self.total_steps:
-                self._save_checkpoint(k + 1, row["time"], recent, prev_sq)
+                self._save_checkpoint(k + 1, row["time"], prev_sq)
         else:
-            writer.finish(status)
+            writer.finish(status, change_point=self._change_point())
         progress.close()
         os.replace(self.partial, self.out)
         shutil.rmtree(self.resume_dir, ignore_errors=True)
         return status
+
+    def _change_point(self) -> int:
+        """The schedule's change point in units (GAWU: the detected one), -1 if none."""
+        t = getattr(self.scheduler, "change_point", None)
+        return -1 if t is None else int(t)
 
     def _bn_semantics(self) -> str:
         has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
