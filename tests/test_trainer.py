@@ -187,3 +187,24 @@ def test_inspect_summarises_and_rejects_foreign_or_truncated_files(tiny_dataset,
     for path, message in ((foreign, "not a zigzag file"), (truncated, "truncated"), (tmp_path / "none.h5", "no such")):
         result = zigzag_cli("inspect", path, check=False)
         assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_sharpness_is_recorded_at_selected_steps_and_matches_a_direct_solve(tiny_dataset, tmp_path):
+    from zigzag.sharpness import top_eigenpair
+
+    out = tmp_path / "sharp.h5"
+    train(tiny_dataset, out, steps=5, sharpness={"every": "every:2", "subset": 48, "tol": 1e-6, "ncv": 12})
+    traj = store.read_trajectory(out)
+    sharp = traj.steps["sharpness"]
+    assert np.isfinite(sharp[[0, 2, 4]]).all() and np.isnan(sharp[[1, 3]]).all()
+    assert np.all((traj.steps["grad_eigvec_cosine"][[0, 2, 4]] >= 0) & (traj.steps["grad_eigvec_cosine"][[0, 2, 4]] <= 1))
+    assert traj.steps["sharpness_hvps"][0] >= 1
+    # Step 0: theta_0 is the seeded initialisation; the subset is the seeded sorted sample of 48.
+    torch.manual_seed(0)
+    model = build_model("cnn", width=0.5, in_channels=1, image_size=16, batch_norm=False)
+    data = store.read_dataset(tiny_dataset)
+    x = (torch.from_numpy(data.train_images).float() / 255 - torch.tensor(data.mean).float().view(1, -1, 1, 1)) \
+        / torch.tensor(data.std).float().view(1, -1, 1, 1)
+    order = torch.randperm(96, generator=torch.Generator().manual_seed(0))[:48].sort().values
+    direct = top_eigenpair(model, x[order], torch.from_numpy(data.train_labels)[order], 40, tol=1e-6, ncv=12)
+    assert sharp[0] == pytest.approx(direct.eigenvalue, rel=1e-4)

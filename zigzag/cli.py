@@ -59,6 +59,8 @@ def _train(args) -> int:
         value = getattr(args, key)
         if value is not None:
             values[key] = value
+    if args.sharpness is not None:
+        values["sharpness"] = {**values.get("sharpness", {}), "every": args.sharpness}
     if args.batch_norm is not None:
         values["batch_norm"] = args.batch_norm
     config = RunConfig.from_dict(values)
@@ -112,15 +114,40 @@ def _analyze(args) -> int:
     return 0
 
 
+def _curves(specs: list[list[str]]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """``--curve LABEL TRAJ ANALYSIS [TRAJ ANALYSIS ...]`` -> (label, [(trajectory, analysis) per seed])."""
+    curves = []
+    for label, *files in specs:
+        if not files or len(files) % 2:
+            raise ZigzagError(f"--curve {label!r}: give pairs of trajectory and analysis files, one pair per seed")
+        curves.append((label, list(zip(files[::2], files[1::2]))))
+    return curves
+
+
 def _figure(args) -> int:
     from zigzag import figures
 
     if args.kind == "trajectory":
         figures.trajectory_figure(args.trajectory, args.analysis, args.png, args.pdf, args.title)
-    else:
+    elif args.kind == "sign-shift":
         panels = [(path, label, int(step)) for path, label, step in args.panel]
         figures.sign_shift_figure(panels, args.png, args.pdf, args.title)
+    elif args.kind == "warmup":
+        figures.warmup_figure(_curves(args.curve)[0], args.png, args.pdf, args.title)
+    elif args.kind == "batch-sizes":
+        figures.batch_size_figure(_curves(args.curve), args.png, args.pdf, args.title)
+    else:
+        figures.schedules_figure(_curves(args.curve), args.png, args.pdf, args.title)
     print(f"{args.png}, {args.pdf}")
+    return 0
+
+
+def _table(args) -> int:
+    from zigzag import tables
+
+    rows = [(label, files) for label, *files in args.row]
+    tables.write_table(tables.schedule_table(rows), args.out, args.caption)
+    print(f"{args.out}.csv, .md, .tex")
     return 0
 
 
@@ -152,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, dest=key, type=typ, help=help_)
     p.add_argument("--batch-norm", dest="batch_norm", action=argparse.BooleanOptionalAction,
                    help="BatchNorm in the cnn model")
+    p.add_argument("--sharpness", help="top Hessian eigenvalue at every:K steps or a list of steps")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_train)
@@ -167,18 +195,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("figure", help="render one figure (PNG and PDF)")
     kinds = p.add_subparsers(dest="kind", required=True)
-    for kind in ("trajectory", "sign-shift"):
-        k = kinds.add_parser(kind, help={"trajectory": "loss, mean correlation and h x h matrices (paper Fig. 1)",
-                                         "sign-shift": "matrices with the % of opposite signs (paper Fig. 8)"}[kind])
+    figure_kinds = {
+        "trajectory": "loss, mean correlation and h x h matrices (paper Figs. 1-6)",
+        "sign-shift": "matrices with the %% of opposite signs (paper Fig. 8)",
+        "warmup": "mean correlation with the warm-up lr on a twin axis (paper Fig. 7)",
+        "batch-sizes": "mean correlation for several batch sizes (paper Fig. 9)",
+        "schedules": "training loss and lr, GAWU vs WU (paper Fig. 10)",
+    }
+    for kind, help_ in figure_kinds.items():
+        k = kinds.add_parser(kind, help=help_)
         k.add_argument("--title", required=True)
         k.add_argument("--png", required=True)
         k.add_argument("--pdf", required=True)
         if kind == "trajectory":
             k.add_argument("--trajectory", required=True)
             k.add_argument("--analysis", required=True)
-        else:
+        elif kind == "sign-shift":
             k.add_argument("--panel", nargs=3, action="append", required=True, metavar=("ANALYSIS", "LABEL", "STEP"))
+        else:
+            k.add_argument("--curve", nargs="+", action="append", required=True,
+                           metavar="LABEL TRAJECTORY ANALYSIS", help="a label, then a trajectory and analysis per seed")
         k.set_defaults(func=_figure)
+
+    p = sub.add_parser("table", help="write a table as CSV, Markdown and LaTeX")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    k = kinds.add_parser("schedules", help="final test accuracy and change point per schedule (paper Table 1)")
+    k.add_argument("--row", nargs="+", action="append", required=True, metavar="LABEL TRAJECTORY",
+                   help="a label, then one trajectory per seed")
+    k.add_argument("--caption", required=True)
+    k.add_argument("--out", required=True, help="output prefix: writes .csv, .md and .tex")
+    k.set_defaults(func=_table)
 
     p = sub.add_parser("inspect", help="summarise any zigzag HDF5 file")
     p.add_argument("file")

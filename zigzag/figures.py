@@ -4,11 +4,16 @@
   then the h x h gradient correlation matrix of every analysed window.
 - ``sign_shift_figure`` (paper Figure 8): chosen windows, each cell annotated with the correlation and the
   percentage of gradient entries with opposite signs.
+- ``warmup_figure`` (Figure 7), ``batch_size_figure`` (Figure 9), ``schedules_figure`` (Figure 10): curves
+  against the epoch, each curve one label and one (trajectory, analysis) pair per seed; several seeds are
+  drawn as mean +- 1 sample standard deviation.
 
 The ``build_*`` functions return the ``Figure``; the others save it as PNG and PDF, atomically.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import matplotlib.colors
 from matplotlib.cm import ScalarMappable
@@ -180,3 +185,234 @@ def trajectory_figure(trajectory: str, analysis: str, out_png: str, out_pdf: str
 def sign_shift_figure(panels: list[tuple[str, str, int]], out_png: str, out_pdf: str, title: str) -> None:
     """Render ``build_sign_shift_figure`` to PNG and PDF."""
     _save(build_sign_shift_figure(panels, title), out_png, out_pdf)
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves over seeds: paper Figures 7, 9 and 10.
+#
+# A curve is ``(label, [(trajectory, analysis), ...])``, one pair of files per seed. The x axis is the
+# epoch, step / batches_per_epoch (fractional for SGD iterations; the step itself for GD). Several seeds
+# are drawn as their mean with a band of +-1 sample standard deviation (ddof = 1); one seed as its line.
+
+Curve = tuple[str, list[tuple[str, str]]]
+CORR_COLOUR, LR_COLOUR, CHANGE_COLOUR = "tab:red", "tab:green", "0.25"
+BAND_ALPHA = 0.22
+
+
+@dataclass
+class CurveData:
+    """The seeds of one curve, cut to their common prefix of steps."""
+
+    label: str
+    x: np.ndarray                  # epoch of each step: step / batches_per_epoch
+    series: dict[str, np.ndarray]  # "mean_mu", "loss", "lr": [seeds, steps]
+    h: int
+    schedule_kind: str             # constant | warmup_cosine | gawu
+    unit: str                      # the schedule's unit: epoch | iteration
+    batches_per_epoch: int
+    change_points: list[int]       # per seed, in schedule units; -1: none
+    diverged: int                  # seeds that diverged
+    notes: list[str]
+
+    @property
+    def n(self) -> int:
+        return len(self.change_points)
+
+    def mean_sd(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean over seeds and the sample standard deviation (None for one seed); NaN where any seed is."""
+        values = self.series[name]
+        if self.n == 1:
+            return values[0], None
+        return values.mean(axis=0), values.std(axis=0, ddof=1)
+
+    def change_epoch(self, t: int) -> float:
+        """A change point in schedule units as an epoch (the x axis)."""
+        return t / self.batches_per_epoch if self.unit == "iteration" else float(t)
+
+    def t_text(self, t: int) -> str:
+        return f"{t} iterations" if self.unit == "iteration" else str(t)
+
+
+def load_curve(curve: Curve) -> CurveData:
+    """Read every seed of ``curve``; unequal lengths (diverged or unfinished seeds) are cut to the
+    common prefix, and the notes say so."""
+    label, pairs = curve
+    if not pairs:
+        raise ZigzagError(f"curve {label!r}: no (trajectory, analysis) files; give one pair per seed")
+    trajs, analyses = [], []
+    for traj_path, analysis_path in pairs:
+        traj, an = store.read_trajectory(traj_path), store.read_analysis(analysis_path)
+        if len(an["mean_mu"]) != len(traj):
+            raise ZigzagError(f"{analysis_path}: {len(an['mean_mu'])} steps, but its trajectory {traj_path} has "
+                              f"{len(traj)}; re-run `zigzag analyze` on that trajectory")
+        trajs.append(traj)
+        analyses.append(an)
+    bpe = {int(t.attrs.get("batches_per_epoch", 1)) for t in trajs}
+    hs = {int(a["attrs"]["h"]) for a in analyses}
+    if len(bpe) > 1 or len(hs) > 1:
+        raise ZigzagError(f"curve {label!r}: its seeds differ in batches per epoch ({sorted(bpe)}) or window h "
+                          f"({sorted(hs)}); a curve's seeds must share every setting but the seed")
+    (bpe,), (h,) = bpe, hs
+    lengths = [len(t) for t in trajs]
+    k = min(lengths)
+    schedule = trajs[0].config.get("schedule") or {}
+    diverged = [int(t.attrs.get("diverged_at", -1)) for t in trajs if t.attrs.get("status") == "diverged"]
+    notes = []
+    if diverged:
+        where = ", ".join(map(str, diverged))
+        notes.append(f"{label}: {len(diverged)} of {len(trajs)} seeds diverged (at step {where})"
+                     if len(trajs) > 1 else f"{label}: diverged at step {where}")
+    if len(set(lengths)) > 1:
+        notes.append(f"{label}: seeds aligned on their common first {k} steps")
+    series = {name: np.stack([src[name][:k] for src in sources])
+              for name, sources in (("mean_mu", analyses), ("loss", [t.steps for t in trajs]),
+                                    ("lr", [t.steps for t in trajs]))}
+    return CurveData(label=label, x=np.arange(k) / bpe, series=series, h=h,
+                     schedule_kind=schedule.get("kind", "constant"), unit=schedule.get("unit", "epoch"),
+                     batches_per_epoch=bpe, change_points=[int(t.attrs.get("change_point", -1)) for t in trajs],
+                     diverged=len(diverged), notes=notes)
+
+
+def _draw(ax, data: CurveData, name: str, colour, label: str | None, lw: float = 1.3):
+    """The mean line of ``name`` (and its +-1 sd band for several seeds); returns a legend handle."""
+    mean, sd = data.mean_sd(name)
+    (line,) = ax.plot(data.x, mean, color=colour, lw=lw, label=label)
+    if sd is None:
+        return line
+    band = ax.fill_between(data.x, mean - sd, mean + sd, color=colour, alpha=BAND_ALPHA, lw=0)
+    band.set_label("_band")  # kept out of automatic legends; the handle pairs it with its line
+    return (band, line)
+
+
+def _seed_note(curves: list[CurveData]) -> str | None:
+    """How the lines aggregate seeds, for the figure's footnote (None when every curve is one seed)."""
+    counts = sorted({c.n for c in curves})
+    if counts == [1]:
+        return None
+    if len(counts) == 1:
+        return f"lines: mean over {counts[0]} seeds, shaded: mean ± 1 sd"
+    return "lines: mean over seeds (n in the legend), shaded: mean ± 1 sd; one seed: its line"
+
+
+def _legend_label(data: CurveData, mixed_seeds: bool, with_t: bool = True) -> str:
+    """The curve's label; with ``with_t``, a GAWU curve's detected t per seed ("GAWU (t = 10, 11)")."""
+    label = data.label
+    if with_t and data.schedule_kind == "gawu":
+        ts = ", ".join(data.t_text(t) if t >= 0 else "none" for t in data.change_points)
+        label += f" (t = {ts})"
+    if mixed_seeds:
+        label += f" [n = {data.n}]"
+    if data.diverged:
+        label += f", {data.diverged} of {data.n} diverged" if data.n > 1 else ", diverged"
+    return label
+
+
+def _footnote(fig: Figure, curves: list[CurveData]) -> None:
+    notes = [n for n in [_seed_note(curves)] if n] + [n for c in curves for n in c.notes]
+    if notes:
+        fig.supxlabel("\n".join(notes), fontsize=8, color="0.35")
+
+
+def _mu_axes(ax, h: int) -> None:
+    ax.axhline(0.0, color="black", lw=0.6)
+    ax.set(xlabel="epoch", ylabel=f"mean gradient correlation (h = {h})", ylim=(-1.05, 1.05))
+
+
+def _epoch_xlim(ax, curves: list[CurveData]) -> None:
+    right = max(float(c.x[-1]) if len(c.x) else 0.0 for c in curves)
+    ax.set_xlim(0.0, max(right, 1.0))
+
+
+def build_warmup_figure(curve: Curve, title: str) -> Figure:
+    """Paper Figure 7: the mean gradient correlation (red, left axis) and the learning rate (green, right
+    axis) against the epoch; the change point ``t`` of a warm-up schedule as a dotted vertical line."""
+    data = load_curve(curve)
+    fig = Figure(figsize=(10.0, 4.6), layout="constrained")
+    ax = fig.subplots()
+    ax_lr = ax.twinx()
+    handles = [_draw(ax, data, "mean_mu", CORR_COLOUR, "mean gradient correlation"),
+               _draw(ax_lr, data, "lr", LR_COLOUR, "learning rate")]
+    labels = ["mean gradient correlation", "learning rate"]
+    _mu_axes(ax, data.h)
+    ax.yaxis.label.set_color(CORR_COLOUR)
+    ax_lr.set_ylabel("learning rate", color=LR_COLOUR)
+    ax_lr.set_ylim(bottom=0.0)
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+    _epoch_xlim(ax, [data])
+    detected = [t for t in data.change_points if t >= 0]
+    for i, t in enumerate(sorted(set(detected))):
+        share = detected.count(t)
+        text = f"t = {data.t_text(t)}" + (f" ({share} of {data.n} seeds)" if share < data.n else "")
+        x = data.change_epoch(t)
+        handles.append(ax.axvline(x, color=CHANGE_COLOUR, ls=":", lw=1.5))
+        labels.append(text)
+        ax.annotate(f" t = {data.t_text(t)}", (x, 1.0 - 0.06 * (i % 3)), xycoords=("data", "axes fraction"),
+                    va="top", ha="left", fontsize=9, color=CHANGE_COLOUR)
+    fig.legend(handles, labels, title=_legend_label(data, False), fontsize=8, title_fontsize=9,
+               loc="outside right upper")
+    ax.set_zorder(ax_lr.get_zorder() + 1)  # the correlation above the lr band ...
+    ax.patch.set_visible(False)            # ... without hiding it
+    fig.suptitle(title, fontsize=13)
+    _footnote(fig, [data])
+    return fig
+
+
+def build_batch_size_figure(curves: list[Curve], title: str) -> Figure:
+    """Paper Figure 9: the mean gradient correlation against the epoch, one line (and band) per curve."""
+    if not curves:
+        raise ZigzagError("batch-size figure: no curves given; name at least one (label, files)")
+    data = [load_curve(c) for c in curves]
+    mixed = len({d.n for d in data}) > 1
+    fig = Figure(figsize=(8.0, 4.6), layout="constrained")
+    ax = fig.subplots()
+    colours = matplotlib.colormaps["tab10"].colors
+    handles = [_draw(ax, d, "mean_mu", colours[i % 10], d.label) for i, d in enumerate(data)]
+    _mu_axes(ax, data[0].h)
+    _epoch_xlim(ax, data)
+    ax.legend(handles, [_legend_label(d, mixed, with_t=False) for d in data], fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=13)
+    _footnote(fig, data)
+    return fig
+
+
+def build_schedules_figure(curves: list[Curve], title: str) -> Figure:
+    """Paper Figure 10: training loss (log scale) and learning rate against the epoch, one line per
+    schedule; a GAWU curve's legend label carries its detected change point(s) t."""
+    if not curves:
+        raise ZigzagError("schedules figure: no curves given; name at least one (label, files)")
+    data = [load_curve(c) for c in curves]
+    mixed = len({d.n for d in data}) > 1
+    fig = Figure(figsize=(11.0, 4.6), layout="constrained")
+    ax_loss, ax_lr = fig.subplots(1, 2)
+    colours = matplotlib.colormaps["tab10"].colors
+    handles = []
+    for i, d in enumerate(data):
+        handles.append(_draw(ax_loss, d, "loss", colours[i % 10], d.label))
+        _draw(ax_lr, d, "lr", colours[i % 10], d.label)
+    losses = np.concatenate([d.series["loss"].ravel() for d in data])
+    if (losses[np.isfinite(losses)] > 0).all():
+        ax_loss.set_yscale("log")
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
+    ax_lr.set(title="learning rate", xlabel="epoch", ylabel="learning rate")
+    ax_lr.set_ylim(bottom=0.0)
+    for ax in (ax_loss, ax_lr):
+        _epoch_xlim(ax, data)
+    fig.legend(handles, [_legend_label(d, mixed) for d in data], loc="outside right upper", fontsize=9)
+    fig.suptitle(title, fontsize=13)
+    _footnote(fig, data)
+    return fig
+
+
+def warmup_figure(curve: Curve, out_png: str, out_pdf: str, title: str) -> None:
+    """Render ``build_warmup_figure`` to PNG and PDF."""
+    _save(build_warmup_figure(curve, title), out_png, out_pdf)
+
+
+def batch_size_figure(curves: list[Curve], out_png: str, out_pdf: str, title: str) -> None:
+    """Render ``build_batch_size_figure`` to PNG and PDF."""
+    _save(build_batch_size_figure(curves, title), out_png, out_pdf)
+
+
+def schedules_figure(curves: list[Curve], out_png: str, out_pdf: str, title: str) -> None:
+    """Render ``build_schedules_figure`` to PNG and PDF."""
+    _save(build_schedules_figure(curves, title), out_png, out_pdf)

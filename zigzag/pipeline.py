@@ -21,9 +21,11 @@ PACKAGE = Path(__file__).parent
 # Package modules each stage runs (a change to one re-runs that stage and what follows from its output).
 STAGE_MODULES = {
     "prepare": ("data.py", "store.py"),
-    "train": ("trainer.py", "lagstats.py", "models.py", "runconfig.py", "store.py"),
+    "train": ("trainer.py", "lagstats.py", "models.py", "runconfig.py", "schedules.py",
+              "sharpness.py", "store.py"),
     "analyze": ("analysis.py", "store.py"),
     "figures": ("figures.py", "store.py"),
+    "tables": ("tables.py", "store.py"),
 }
 
 
@@ -99,37 +101,105 @@ def _check_references(config: dict) -> None:
             raise ZigzagError(f"runs.{name}: {run['optimizer']} needs {key!r}")
         if run["optimizer"] == "sgd" and "batch_size" not in run:
             raise ZigzagError(f"runs.{name}: sgd needs 'batch_size'")
+        if "lr" not in run and run["schedule"]["kind"] == "constant":
+            raise ZigzagError(f"runs.{name}: needs 'lr' (or a schedule of kind warmup_cosine or gawu)")
         if h > run["lags"] + 1:
             raise ZigzagError(f"analysis.h: {h} needs lags >= {h - 1}, runs.{name}.lags is {run['lags']}; "
                               f"raise lags or lower h")
-    for fid, figure in config["figures"].items():
-        for where, run, step in _figure_windows(fid, figure):
-            if run not in runs:
-                raise ZigzagError(f"{where}.run: {run!r} is not defined; defined runs: {', '.join(runs)}")
-            steps = runs[run].get("steps")
-            if steps is not None and step + h > steps:
-                raise ZigzagError(f"{where}: window at step {step} needs steps {step}..{step + h - 1} but "
-                                  f"runs.{run}.steps is {steps}; allowed: 0..{steps - h}")
+        _check_run_settings(name, run)
+    for section in ("figures", "tables"):
+        for fid, spec in config[section].items():
+            for where, run, step in _references(f"{section}.{fid}", spec):
+                if run not in runs:
+                    raise ZigzagError(f"{where}.run: {run!r} is not defined; defined runs: {', '.join(runs)}")
+                steps = runs[run].get("steps")
+                if step is not None and steps is not None and step + h > steps:
+                    raise ZigzagError(f"{where}: window at step {step} needs steps {step}..{step + h - 1} but "
+                                      f"runs.{run}.steps is {steps}; allowed: 0..{steps - h}")
 
 
-def _figure_windows(fid: str, figure: dict):
-    """(config path, run, window step) for every matrix a figure draws."""
-    if figure["kind"] == "trajectory":
-        for step in figure["steps"]:
-            yield f"figures.{fid}", figure["run"], step
+def _check_run_settings(name: str, run: dict) -> None:
+    """What the trainer itself checks (e.g. a change point beyond the budget), before any job starts."""
+    from zigzag.runconfig import RunConfig
+
+    try:
+        RunConfig.from_dict(single_seed_settings(run, run.get("seeds", [run["seed"]])[0], "<dataset>"))
+    except ZigzagError as err:
+        raise ZigzagError(f"runs.{name}: {err}") from None
+
+
+def _references(where: str, spec: dict):
+    """(config path, run, window step or None) for every run a figure or table reads."""
+    if spec["kind"] == "trajectory":
+        for step in spec["steps"]:
+            yield where, spec["run"], step
+    elif spec["kind"] == "sign_shift":
+        for i, panel in enumerate(spec["panels"]):
+            yield f"{where}.panels.{i}", panel["run"], panel["step"]
+    elif spec["kind"] == "warmup":
+        yield where, spec["run"], None
     else:
-        for i, panel in enumerate(figure["panels"]):
-            yield f"figures.{fid}.panels.{i}", panel["run"], panel["step"]
+        for i, item in enumerate(spec.get("curves") or spec["rows"]):
+            yield f"{where}.{'curves' if 'curves' in spec else 'rows'}.{i}", item["run"], None
 
 
-def figure_runs(figure: dict) -> list[str]:
-    return sorted({run for _, run, _ in _figure_windows("", figure)})
+# ---------------------------------------------------------------------------------------------
+# Run instances: one training job per (run, seed).
 
 
-def run_windows(config: dict, run: str) -> list[int]:
-    """Every window step any figure draws from ``run`` (the analysis keeps exactly these matrices)."""
+def seeds(run: dict) -> list[int]:
+    return list(run.get("seeds", [run["seed"]]))
+
+
+def instances(config: dict, run: str) -> list[str]:
+    """Job names of a run: the run's name, or ``<run>-seed<s>`` for each of several seeds."""
+    spec = config["runs"][run]
+    if "seeds" not in spec:
+        return [run]
+    return [f"{run}-seed{s}" for s in spec["seeds"]]
+
+
+def all_instances(config: dict) -> dict[str, tuple[str, int]]:
+    """Every job name -> (run, seed)."""
+    return {name: (run, seed) for run in config["runs"]
+            for name, seed in zip(instances(config, run), seeds(config["runs"][run]))}
+
+
+def single_seed_settings(run: dict, seed: int, dataset_path: str) -> dict:
+    settings = {key: value for key, value in run.items() if key != "seeds"}
+    settings.update(seed=seed, dataset=dataset_path)
+    if settings["schedule"].get("kind") == "constant":
+        settings["schedule"] = {}
+    return settings
+
+
+def run_settings(config: dict, instance: str, dataset_path: str) -> str:
+    """One job's training settings as sorted JSON (what ``zigzag train --settings`` takes)."""
+    run, seed = all_instances(config)[instance]
+    return json.dumps(single_seed_settings(config["runs"][run], seed, dataset_path), sort_keys=True)
+
+
+def run_of(config: dict, instance: str) -> str:
+    return all_instances(config)[instance][0]
+
+
+def spec_runs(spec: dict) -> list[str]:
+    return sorted({run for _, run, _ in _references("", spec)})
+
+
+def spec_instances(config: dict, spec: dict) -> list[str]:
+    """The jobs a figure or table reads: every seed of curve/table runs; the first seed for matrices."""
+    first_only = spec["kind"] in ("trajectory", "sign_shift")
+    return [name for run in spec_runs(spec) for name in instances(config, run)[: 1 if first_only else None]]
+
+
+def run_windows(config: dict, instance: str) -> list[int]:
+    """Every window step any figure draws from this job (the analysis keeps exactly these matrices)."""
+    run = run_of(config, instance)
+    if instance != instances(config, run)[0]:
+        return []
     return sorted({step for fid, fig in config["figures"].items()
-                   for _, r, step in _figure_windows(fid, fig) if r == run})
+                   for _, r, step in _references(fid, fig) if r == run and step is not None})
 
 
 def dataset_args(config: dict, name: str) -> str:
@@ -145,20 +215,15 @@ def dataset_args(config: dict, name: str) -> str:
     return " ".join(args)
 
 
-def run_settings(config: dict, run: str, dataset_path: str) -> str:
-    """The run's training settings as sorted JSON (what ``zigzag train --settings`` takes)."""
-    return json.dumps({**config["runs"][run], "dataset": dataset_path}, sort_keys=True)
-
-
-def analysis_args(config: dict, run: str) -> str:
+def analysis_args(config: dict, instance: str) -> str:
     a = config["analysis"]
-    windows = ",".join(map(str, run_windows(config, run))) or "none"
+    windows = ",".join(map(str, run_windows(config, instance))) or "none"
     return f"--h {a['h']} --windows {windows} --smooth-above {a['smooth_above']} --zigzag-below {a['zigzag_below']}"
 
 
-def uses_gpu(config: dict, run: str) -> int:
-    """1 when the run trains on CUDA (device cuda, or auto on a machine that has nvidia-smi)."""
+def uses_gpu(config: dict, instance: str) -> int:
+    """1 when the job trains on CUDA (device cuda, or auto on a machine that has nvidia-smi)."""
     import shutil
 
-    device = config["runs"][run]["device"]
+    device = config["runs"][run_of(config, instance)]["device"]
     return int(device == "cuda" or (device == "auto" and shutil.which("nvidia-smi") is not None))

@@ -21,7 +21,7 @@ class RunConfig:
 
     dataset: str
     model: str
-    lr: float
+    lr: float = 0.0
     steps: int = 0
     width: float = 1.0
     batch_norm: bool = True
@@ -49,7 +49,9 @@ class RunConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ZigzagError(f"unknown run setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        missing = [name for name in ("dataset", "model", "lr") if values.get(name) is None]
+        needed = ("dataset", "model") if values.get("schedule", {}).get("kind", "constant") != "constant" \
+            else ("dataset", "model", "lr")
+        missing = [name for name in needed if values.get(name) is None]
         if missing:
             raise ZigzagError(f"missing run setting(s) {', '.join(missing)}")
         config = cls(**values)
@@ -79,7 +81,8 @@ class RunConfig:
             bad("model", self.model, f"one of {', '.join(MODELS)}")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        constant = self.schedule.get("kind", "constant") == "constant"
+        if constant and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             bad("lr", self.lr, "a number > 0")
         if self.width <= 0:
             bad("width", self.width, "> 0")
@@ -110,6 +113,20 @@ class RunConfig:
             bad("device", self.device, f"one of {', '.join(DEVICES)}")
         parse_step_selection(self.raw_gradients, 1 << 62, "raw_gradients")
         self._validate_schedule()
+        self._validate_sharpness()
+
+    def _validate_sharpness(self) -> None:
+        s = self.sharpness
+        allowed = {"every", "subset", "tol", "max_iter", "ncv"}
+        unknown = sorted(set(s) - allowed)
+        if unknown:
+            raise ZigzagError(f"unknown sharpness key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
+        parse_step_selection(s.get("every", "none"), 1 << 62, "sharpness.every")
+        for key, low in (("subset", 1), ("max_iter", 1), ("ncv", 3)):
+            if key in s and not (isinstance(s[key], int) and s[key] >= low):
+                raise ZigzagError(f"invalid sharpness.{key}={s[key]!r}: must be an integer >= {low}")
+        if "tol" in s and not (isinstance(s["tol"], (int, float)) and 0 < s["tol"] < 1):
+            raise ZigzagError(f"invalid sharpness.tol={s['tol']!r}: must be in (0, 1)")
 
     def _validate_schedule(self) -> None:
         s = self.schedule

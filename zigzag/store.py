@@ -36,6 +36,13 @@ STEP_SERIES = {
     "test_loss": "test loss (mean cross-entropy, nats) at theta_k; NaN where not evaluated",
     "test_accuracy": "test accuracy (fraction correct) at theta_k; NaN where not evaluated",
 }
+SHARPNESS_SERIES = {
+    "sharpness": "top eigenvalue of the training-loss Hessian at theta_k on the sharpness subset "
+    "(1/lr units of stability: GD is unstable on a quadratic above 2/lr); NaN where not computed",
+    "sharpness_hvps": "Hessian-vector products the Lanczos solve used at step k; NaN where not computed",
+    "grad_eigvec_cosine": "|cos(g_k, v_k)| between the gradient and the top Hessian eigenvector; NaN where "
+    "not computed",
+}
 LAG_SERIES = {
     "dot": "<g_k, g_k-l> for lag l = column (squared gradient units); NaN where k-l < 0",
     "opposite": "fraction of entries with opposite signs in g_k and g_k-l (an exact 0 in either "

@@ -35,6 +35,7 @@ from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.models import build_model
 from zigzag.runconfig import RunConfig, parse_step_selection, selected
 from zigzag.schedules import GAWU, GradientCorrelationMonitor, WarmupCosine
+from zigzag.sharpness import gradient_eigenvector_cosine, top_eigenpair
 
 PROGRESS_H = 5  # window of the mean gradient correlation shown while training (paper eq. 3)
 
@@ -156,6 +157,15 @@ class Trainer:
             self.batches_per_epoch = 1
             self.total_steps = config.steps
         self.raw_selection = parse_step_selection(config.raw_gradients, self.total_steps, "raw_gradients")
+        self.sharpness_selection = parse_step_selection(config.sharpness.get("every", "none"), self.total_steps,
+                                                        "sharpness.every")
+        subset = config.sharpness.get("subset") or n
+        if subset > n:
+            raise ZigzagError(f"invalid sharpness.subset={subset}: larger than the training set ({n})")
+        # A fixed seeded subset, in the order of the training set, so its micro-batches stay the same.
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:subset].sort().values
+        self.sharpness_data = (self.data.train_x[order.to(self.device)], self.data.train_y[order.to(self.device)])
+        self.eigenvector: torch.Tensor | None = None  # warm start of the next Lanczos solve
         torch.manual_seed(config.seed)
         shape = self.data.train_x.shape
         self.model = build_model(config.model, width=config.width, in_channels=shape[1], image_size=shape[2],
@@ -211,6 +221,7 @@ class Trainer:
             "prev_sq": prev_sq,
             "progress_monitor": self.progress_monitor.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "eigenvector": self.eigenvector,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ring": self.ring.state_dict(),
@@ -234,6 +245,7 @@ class Trainer:
         self.progress_monitor.load_state_dict(state["progress_monitor"])
         if self.scheduler:
             self.scheduler.load_state_dict(state["scheduler"])
+        self.eigenvector = state["eigenvector"]
         torch.set_rng_state(state["torch_rng"])
         return state
 
@@ -255,6 +267,7 @@ class Trainer:
                 n_params=self.n_params, n_train=len(self.data.train_x), lags=cfg.lags,
                 raw_dtype=cfg.raw_dtype if self.raw_selection is not None else None,
                 raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
+                extra_series=store.SHARPNESS_SERIES if self.sharpness_selection is not None else None,
                 attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
                        "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch})
             start, elapsed0, prev_sq = 0, 0.0, None
@@ -284,6 +297,8 @@ class Trainer:
             if k % cfg.eval_every == 0 or k == self.total_steps - 1:
                 row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
                                                                   cfg.micro_batch)
+            if selected(self.sharpness_selection, k):
+                row.update(self.sharpness(self.grads.flat))
             if selected(self.raw_selection, k):
                 writer.append_raw(k, self.grads.flat.to("cpu", copy=True).numpy().astype(cfg.raw_dtype))
             self.optimizer.step()
@@ -306,6 +321,16 @@ class Trainer:
         os.replace(self.partial, self.out)
         shutil.rmtree(self.resume_dir, ignore_errors=True)
         return status
+
+    def sharpness(self, grad: torch.Tensor) -> dict:
+        """Top Hessian eigenvalue at theta_k on the sharpness subset, warm-started from the last eigenvector."""
+        s = self.config.sharpness
+        pair = top_eigenpair(self.model, *self.sharpness_data, self.config.micro_batch, v0=self.eigenvector,
+                             tol=s.get("tol", 1e-3), max_iter=s.get("max_iter", 100), ncv=s.get("ncv", 8),
+                             seed=self.config.seed)
+        self.eigenvector = pair.eigenvector
+        return {"sharpness": pair.eigenvalue, "sharpness_hvps": pair.n_hvp,
+                "grad_eigvec_cosine": gradient_eigenvector_cosine(grad, pair.eigenvector)}
 
     def _change_point(self) -> int:
         """The schedule's change point in units (GAWU: the detected one), -1 if none."""

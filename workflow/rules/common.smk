@@ -1,4 +1,5 @@
 # Validation and helpers shared by every rule. A bad config stops here, before any job, with one line.
+import re
 import sys
 
 from zigzag import pipeline
@@ -12,15 +13,21 @@ except ZigzagError as err:
 
 R = config["results"]
 ZIGZAG = f"{sys.executable} -m zigzag"
+INSTANCES = pipeline.all_instances(config)  # job name -> (run, seed): one training job each
 
 
-def dataset_file(run):
-    return f"{R}/data/{config['runs'][run]['dataset']}.h5"
+wildcard_constraints:
+    run="|".join(re.escape(name) for name in INSTANCES) or "^$",
+    dataset="|".join(re.escape(name) for name in config["datasets"]),
 
 
-def trajectory_file(run):
-    return f"{R}/runs/{run}/trajectory.h5"
+def dataset_file(instance):
+    return f"{R}/data/{config['runs'][pipeline.run_of(config, instance)]['dataset']}.h5"
 
 
-def analysis_file(run):
-    return f"{R}/analysis/{run}.h5"
+def trajectory_file(instance):
+    return f"{R}/runs/{instance}/trajectory.h5"
+
+
+def analysis_file(instance):
+    return f"{R}/analysis/{instance}.h5"
