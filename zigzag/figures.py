@@ -363,13 +363,13 @@ def build_batch_size_figure(curves: list[Curve], title: str) -> Figure:
         raise ZigzagError("batch-size figure: no curves given; name at least one (label, files)")
     data = [load_curve(c) for c in curves]
     mixed = len({d.n for d in data}) > 1
-    fig = Figure(figsize=(8.0, 4.6), layout="constrained")
+    fig = Figure(figsize=(10.0, 4.6), layout="constrained")
     ax = fig.subplots()
     colours = matplotlib.colormaps["tab10"].colors
     handles = [_draw(ax, d, "mean_mu", colours[i % 10], d.label) for i, d in enumerate(data)]
     _mu_axes(ax, data[0].h)
     _epoch_xlim(ax, data)
-    ax.legend(handles, [_legend_label(d, mixed, with_t=False) for d in data], fontsize=8, loc="lower right")
+    fig.legend(handles, [_legend_label(d, mixed, with_t=False) for d in data], fontsize=9, loc="outside right upper")
     fig.suptitle(title, fontsize=13)
     _footnote(fig, data)
     return fig
