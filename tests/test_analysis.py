@@ -89,3 +89,14 @@ def test_h_beyond_lags_is_refused(tiny_dataset, tmp_path):
                "--steps", "3", "--lags", "2", "--device", "cpu", "--out", traj)
     result = zigzag_cli("analyze", traj, "--out", tmp_path / "a.h5", "--h", "5", check=False)
     assert result.returncode == 2 and "h=5" in result.stderr and not (tmp_path / "a.h5").exists()
+
+
+def test_edge_of_stability_step_and_zigzag_onset():
+    sharp = np.array([np.nan, 5.0, np.nan, 17.0, 19.5, 25.0])
+    lr = np.full(6, 0.1)  # 2/lr = 20
+    assert analysis.edge_of_stability_step(sharp, lr, 0.1) == 4  # threshold 18: 17 < 18 <= 19.5
+    assert analysis.edge_of_stability_step(sharp, lr, 0.0) == 5
+    assert analysis.edge_of_stability_step(sharp, lr, 0.2) == 3
+    assert analysis.edge_of_stability_step(np.full(3, np.nan), np.full(3, 0.1), 0.1) is None
+    assert analysis.zigzag_onset(np.array([-1, 0, 2, 1, 1, 0])) == 3
+    assert analysis.zigzag_onset(np.array([0, 0])) is None

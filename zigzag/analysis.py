@@ -114,6 +114,23 @@ def online_change_point(mean_mu_k: np.ndarray, h: int) -> int | None:
     return None
 
 
+def zigzag_onset(phase: np.ndarray) -> int | None:
+    """First step in the zigzag phase, or None."""
+    steps = np.flatnonzero(phase == ZIGZAG)
+    return int(steps[0]) if len(steps) else None
+
+
+def edge_of_stability_step(sharpness: np.ndarray, lr: np.ndarray, tolerance: float) -> int | None:
+    """First step where the sharpness reaches 2/lr: lambda_max(k) >= (1 - tolerance) * 2 / lr_k.
+
+    Steps where the sharpness was not computed (NaN) are skipped; None if it never does.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reached = sharpness >= (1.0 - tolerance) * 2.0 / lr
+    steps = np.flatnonzero(reached)
+    return int(steps[0]) if len(steps) else None
+
+
 @dataclass
 class Analysis:
     """What ``analysis.h5`` holds for one run (DESIGN.md, "HDF5 contracts")."""
@@ -130,11 +147,14 @@ class Analysis:
     zigzag_loss_share: float
     transitions: list
     change_point: int | None
+    zigzag_onset: int | None
+    eos_step: int | None
+    eos_tolerance: float
 
 
 def analyze(steps: dict[str, np.ndarray], h: int, window_steps: list[int], smooth_above: float,
-            zigzag_below: float) -> Analysis:
-    """All the analysis of one trajectory's ``/steps`` series."""
+            zigzag_below: float, eos_tolerance: float = 0.1) -> Analysis:
+    """All the analysis of one trajectory's ``/steps`` series (``eos_step`` needs ``/steps/sharpness``)."""
     dot, opposite = steps["dot"], steps["opposite"]
     m = mean_mu(dot, h)
     phase = phases(m, smooth_above, zigzag_below)
@@ -147,4 +167,8 @@ def analyze(steps: dict[str, np.ndarray], h: int, window_steps: list[int], smoot
         zigzag_loss_share=zigzag_loss_share(steps["loss"], phase),
         transitions=transitions(phase),
         change_point=online_change_point(m, h),
+        zigzag_onset=zigzag_onset(phase),
+        eos_step=edge_of_stability_step(steps["sharpness"], steps["lr"], eos_tolerance)
+        if "sharpness" in steps else None,
+        eos_tolerance=eos_tolerance,
     )

@@ -105,9 +105,10 @@ def _analyze(args) -> int:
     windows = parse_step_selection(args.windows, total, "windows") or set()
     if isinstance(windows, int):
         windows = set(range(0, total, windows))
-    result = analyze(traj.steps, args.h, sorted(windows), args.smooth_above, args.zigzag_below)
+    result = analyze(traj.steps, args.h, sorted(windows), args.smooth_above, args.zigzag_below, args.eos_tolerance)
     config = {"trajectory": str(args.trajectory), "h": args.h, "windows": sorted(windows),
-              "smooth_above": args.smooth_above, "zigzag_below": args.zigzag_below}
+              "smooth_above": args.smooth_above, "zigzag_below": args.zigzag_below,
+              "eos_tolerance": args.eos_tolerance}
     store.write_analysis(args.out, result, config, traj.attrs)
     print(f"{args.out}: zigzag share of the loss decrease {result.zigzag_loss_share:.3f}, "
           f"{len(result.transitions)} phase changes, GAWU change point {result.change_point}")
@@ -129,6 +130,8 @@ def _figure(args) -> int:
 
     if args.kind == "trajectory":
         figures.trajectory_figure(args.trajectory, args.analysis, args.png, args.pdf, args.title)
+    elif args.kind == "sharpness":
+        figures.sharpness_figure(args.trajectory, args.analysis, args.png, args.pdf, args.title)
     elif args.kind == "sign-shift":
         panels = [(path, label, int(step)) for path, label, step in args.panel]
         figures.sign_shift_figure(panels, args.png, args.pdf, args.title)
@@ -145,8 +148,19 @@ def _figure(args) -> int:
 def _table(args) -> int:
     from zigzag import tables
 
-    rows = [(label, files) for label, *files in args.row]
-    tables.write_table(tables.schedule_table(rows), args.out, args.caption)
+    if args.kind == "schedules":
+        rows = [(label, files) for label, *files in args.row]
+        tables.write_table(tables.schedule_table(rows), args.out, args.caption)
+    else:
+        from zigzag.claims import claims_table
+
+        try:
+            spec = json.loads(args.spec)
+        except json.JSONDecodeError as err:
+            raise ZigzagError(f"--spec is not valid JSON: {err}") from None
+        df = claims_table(spec["groups"], spec["thresholds"])
+        tables.write_table(df, args.out, args.caption)
+        print(df[["claim", "verdict"]].to_string(index=False))
     print(f"{args.out}.csv, .md, .tex")
     return 0
 
@@ -191,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", default="none", help="steps k whose h x h matrices to keep: 5,675,1490 or every:N")
     p.add_argument("--smooth-above", type=float, default=0.5, help="mean_mu above this: smooth")
     p.add_argument("--zigzag-below", type=float, default=-0.5, help="mean_mu below this: zigzag")
+    p.add_argument("--eos-tolerance", type=float, default=0.1,
+                   help="sharpness counts as at 2/lr once >= (1 - this) * 2/lr")
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("figure", help="render one figure (PNG and PDF)")
@@ -201,13 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
         "warmup": "mean correlation with the warm-up lr on a twin axis (paper Fig. 7)",
         "batch-sizes": "mean correlation for several batch sizes (paper Fig. 9)",
         "schedules": "training loss and lr, GAWU vs WU (paper Fig. 10)",
+        "sharpness": "sharpness with 2/lr, mean correlation and gradient-eigenvector cosine",
     }
     for kind, help_ in figure_kinds.items():
         k = kinds.add_parser(kind, help=help_)
         k.add_argument("--title", required=True)
         k.add_argument("--png", required=True)
         k.add_argument("--pdf", required=True)
-        if kind == "trajectory":
+        if kind in ("trajectory", "sharpness"):
             k.add_argument("--trajectory", required=True)
             k.add_argument("--analysis", required=True)
         elif kind == "sign-shift":
@@ -223,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--row", nargs="+", action="append", required=True, metavar="LABEL TRAJECTORY",
                    help="a label, then one trajectory per seed")
     k.add_argument("--caption", required=True)
+    k.add_argument("--out", required=True, help="output prefix: writes .csv, .md and .tex")
+    k.set_defaults(func=_table)
+    k = kinds.add_parser("claims", help="which of the paper's claims hold in these runs")
+    k.add_argument("--spec", required=True,
+                   help='JSON {"thresholds": {...}, "groups": {group: [[[job, trajectory, analysis], ...], ...]}}')
+    k.add_argument("--caption", default="The paper's claims, checked on these runs")
     k.add_argument("--out", required=True, help="output prefix: writes .csv, .md and .tex")
     k.set_defaults(func=_table)
 

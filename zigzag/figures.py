@@ -416,3 +416,55 @@ def batch_size_figure(curves: list[Curve], out_png: str, out_pdf: str, title: st
 def schedules_figure(curves: list[Curve], out_png: str, out_pdf: str, title: str) -> None:
     """Render ``build_schedules_figure`` to PNG and PDF."""
     _save(build_schedules_figure(curves, title), out_png, out_pdf)
+
+
+# ---------------------------------------------------------------------------------------------
+# Beyond the paper: sharpness (edge of stability) against the gradient geometry.
+
+
+def build_sharpness_figure(trajectory: str, analysis: str, title: str) -> Figure:
+    """Sharpness lambda_max with the 2/lr line (top), mean gradient correlation with the phases (middle)
+    and |cos(g_k, top eigenvector)| (bottom) on a shared step axis; vertical lines mark the first step
+    where the sharpness reaches 2/lr and the zigzag onset."""
+    traj, an = store.read_trajectory(trajectory), store.read_analysis(analysis)
+    if "sharpness" not in traj.steps:
+        raise ZigzagError(f"{trajectory}: no /steps/sharpness; train with sharpness.every set")
+    unit = "epoch" if traj.config.get("optimizer", "gd") == "gd" else "iteration"
+    steps = np.arange(len(traj))
+    sharp, lr = traj.steps["sharpness"], traj.steps["lr"]
+    computed = np.isfinite(sharp)
+    attrs = an["attrs"]
+
+    fig = Figure(figsize=(9.0, 8.0), layout="constrained")
+    ax_s, ax_mu, ax_cos = fig.subplots(3, 1, sharex=True, height_ratios=[1.3, 1.0, 0.8])
+    ax_s.plot(steps[computed], sharp[computed], "o-", color="tab:purple", ms=3, lw=1.2, label="sharpness $\\lambda_{max}$")
+    ax_s.plot(steps, 2.0 / lr, "--", color="black", lw=1.0, label="2 / lr")
+    ax_s.set(ylabel="top Hessian eigenvalue", title="sharpness and the stability threshold 2/lr")
+    for value, (name, colour) in PHASE_COLOURS.items():
+        ax_mu.broken_barh(_phase_runs(an["phase"], value), (-1.05, 2.1), facecolors=colour, alpha=0.6, lw=0,
+                          label=name)
+    ax_mu.axhline(0.0, color="black", lw=0.6)
+    ax_mu.plot(steps, an["mean_mu"], color="tab:blue", lw=1.2, label="mean correlation")
+    ax_mu.set(ylabel=f"mean correlation (h = {attrs['h']})", ylim=(-1.05, 1.05))
+    cosine = traj.steps["grad_eigvec_cosine"]
+    ax_cos.plot(steps[computed], cosine[computed], "o-", color="tab:orange", ms=3, lw=1.0)
+    ax_cos.set(ylabel="|cos(g, v_max)|", xlabel=unit, ylim=(0.0, 1.02))
+    marks = ((attrs["eos_step"], f"sharpness reaches 2/lr (within {attrs['eos_tolerance']:.0%})", "black", "--"),
+             (attrs["zigzag_onset"], "zigzag onset", "tab:red", ":"))
+    for step, label, colour, style in marks:
+        if step >= 0:
+            for ax in (ax_s, ax_mu, ax_cos):
+                ax.axvline(step, color=colour, ls=style, lw=1.3, label=label if ax is ax_s else None)
+    diverged_at = _diverged_at(traj.attrs, "status")
+    suptitle, colour = title, "black"
+    if diverged_at is not None:
+        suptitle, colour = f"{title}\nDIVERGED at step {diverged_at}", DIVERGED
+    ax_s.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax_mu.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(suptitle, color=colour, fontsize=13)
+    return fig
+
+
+def sharpness_figure(trajectory: str, analysis: str, out_png: str, out_pdf: str, title: str) -> None:
+    """Render ``build_sharpness_figure`` to PNG and PDF."""
+    _save(build_sharpness_figure(trajectory, analysis, title), out_png, out_pdf)

@@ -25,7 +25,7 @@ STAGE_MODULES = {
               "sharpness.py", "store.py"),
     "analyze": ("analysis.py", "store.py"),
     "figures": ("figures.py", "store.py"),
-    "tables": ("tables.py", "store.py"),
+    "tables": ("tables.py", "claims.py", "analysis.py", "store.py"),
 }
 
 
@@ -107,6 +107,13 @@ def _check_references(config: dict) -> None:
             raise ZigzagError(f"analysis.h: {h} needs lags >= {h - 1}, runs.{name}.lags is {run['lags']}; "
                               f"raise lags or lower h")
         _check_run_settings(name, run)
+    for group, names in config["claims"].items():
+        if group == "thresholds":
+            continue
+        for name in names:
+            if name not in runs:
+                raise ZigzagError(f"claims.{group}: run {name!r} is not defined; defined runs: {', '.join(runs)}")
+    _add_sharpness_figures(config)
     for section in ("figures", "tables"):
         for fid, spec in config[section].items():
             for where, run, step in _references(f"{section}.{fid}", spec):
@@ -116,6 +123,28 @@ def _check_references(config: dict) -> None:
                 if step is not None and steps is not None and step + h > steps:
                     raise ZigzagError(f"{where}: window at step {step} needs steps {step}..{step + h - 1} but "
                                       f"runs.{run}.steps is {steps}; allowed: 0..{steps - h}")
+
+
+def _add_sharpness_figures(config: dict) -> None:
+    """Every run that records sharpness gets a figure ``sharpness_<run>`` in all_figures."""
+    for name, run in config["runs"].items():
+        if run["sharpness"].get("every", "none") != "none":
+            config["figures"].setdefault(f"sharpness_{name}", {
+                "kind": "sharpness", "run": name,
+                "title": f"Sharpness and gradient geometry: {name} (lr {run.get('lr', 'scheduled')})"})
+
+
+def claims_spec(config: dict, trajectory_file, analysis_file) -> str:
+    """What ``zigzag table claims --spec`` takes: thresholds and, per claim group, every run's seeds' files."""
+    claims = config["claims"]
+    groups = {group: [[[i, trajectory_file(i), analysis_file(i)] for i in instances(config, run)] for run in names]
+              for group, names in claims.items() if group != "thresholds"}
+    return json.dumps({"thresholds": claims["thresholds"], "groups": groups}, sort_keys=True)
+
+
+def claims_instances(config: dict) -> list[str]:
+    return [i for group, names in config["claims"].items() if group != "thresholds"
+            for run in names for i in instances(config, run)]
 
 
 def _check_run_settings(name: str, run: dict) -> None:
@@ -136,7 +165,7 @@ def _references(where: str, spec: dict):
     elif spec["kind"] == "sign_shift":
         for i, panel in enumerate(spec["panels"]):
             yield f"{where}.panels.{i}", panel["run"], panel["step"]
-    elif spec["kind"] == "warmup":
+    elif spec["kind"] in ("warmup", "sharpness"):
         yield where, spec["run"], None
     else:
         for i, item in enumerate(spec.get("curves") or spec["rows"]):
@@ -189,7 +218,7 @@ def spec_runs(spec: dict) -> list[str]:
 
 def spec_instances(config: dict, spec: dict) -> list[str]:
     """The jobs a figure or table reads: every seed of curve/table runs; the first seed for matrices."""
-    first_only = spec["kind"] in ("trajectory", "sign_shift")
+    first_only = spec["kind"] in ("trajectory", "sign_shift", "sharpness")
     return [name for run in spec_runs(spec) for name in instances(config, run)[: 1 if first_only else None]]
 
 
@@ -218,7 +247,8 @@ def dataset_args(config: dict, name: str) -> str:
 def analysis_args(config: dict, instance: str) -> str:
     a = config["analysis"]
     windows = ",".join(map(str, run_windows(config, instance))) or "none"
-    return f"--h {a['h']} --windows {windows} --smooth-above {a['smooth_above']} --zigzag-below {a['zigzag_below']}"
+    return (f"--h {a['h']} --windows {windows} --smooth-above {a['smooth_above']} "
+            f"--zigzag-below {a['zigzag_below']} --eos-tolerance {a['eos_tolerance']}")
 
 
 def uses_gpu(config: dict, instance: str) -> int:

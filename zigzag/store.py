@@ -311,6 +311,9 @@ def write_analysis(path, analysis, config: dict, trajectory_attrs: dict) -> None
             zigzag_loss_share=a.zigzag_loss_share,
             transitions=json.dumps(a.transitions),
             change_point=-1 if a.change_point is None else a.change_point,
+            zigzag_onset=-1 if a.zigzag_onset is None else a.zigzag_onset,
+            eos_step=-1 if a.eos_step is None else a.eos_step,
+            eos_tolerance=a.eos_tolerance,
             trajectory_status=trajectory_attrs["status"],
             diverged_at=int(trajectory_attrs.get("diverged_at", -1)),
         )

@@ -21,10 +21,9 @@ def figure_command(fid, spec):
     """The `zigzag figure ...` arguments of one figure (a plain string: a change re-runs the rule)."""
     args = [f"--title {shlex.quote(spec['title'])}", f"--png {R}/figures/{fid}.png", f"--pdf {R}/figures/{fid}.pdf"]
     kind = spec["kind"]
-    if kind == "trajectory":
+    if kind in ("trajectory", "sharpness"):
         first = pipeline.instances(config, spec["run"])[0]
-        return " ".join(["trajectory", f"--trajectory {trajectory_file(first)}",
-                         f"--analysis {analysis_file(first)}", *args])
+        return " ".join([kind, f"--trajectory {trajectory_file(first)}", f"--analysis {analysis_file(first)}", *args])
     if kind == "sign_shift":
         panels = [f"--panel {analysis_file(pipeline.instances(config, p['run'])[0])} {shlex.quote(p['label'])} "
                   f"{p['step']}" for p in spec["panels"]]
@@ -78,6 +77,24 @@ for tid, spec in config["tables"].items():
             "{ZIGZAG} table {params.command} > {log} 2>&1"
 
 
+rule table_claims:
+    """One row per claim of the paper: paper value, measured value, runs, threshold, verdict."""
+    input:
+        trajectories=[trajectory_file(i) for i in pipeline.claims_instances(config)],
+        analyses=[analysis_file(i) for i in pipeline.claims_instances(config)],
+    output:
+        csv=report(f"{R}/tables/claims.csv", caption="../report/claims.rst", category="Tables"),
+        md=f"{R}/tables/claims.md",
+        tex=f"{R}/tables/claims.tex",
+    params:
+        spec=pipeline.claims_spec(config, trajectory_file, analysis_file),
+        code=TABLE_CODE,
+    log:
+        f"{R}/logs/tables/claims.log",
+    shell:
+        "{ZIGZAG} table claims --spec '{params.spec}' --out {R}/tables/claims > {log} 2>&1"
+
+
 rule all_figures:
     input:
         [f"{R}/figures/{fid}.{ext}" for fid in config["figures"] for ext in ("png", "pdf")],
@@ -85,4 +102,4 @@ rule all_figures:
 
 rule all_tables:
     input:
-        [f"{R}/tables/{tid}.{ext}" for tid in config["tables"] for ext in ("csv", "md", "tex")],
+        [f"{R}/tables/{tid}.{ext}" for tid in [*config["tables"], "claims"] for ext in ("csv", "md", "tex")],
