@@ -121,3 +121,19 @@ def test_bad_config_fails_before_any_job_with_one_line(workdir, change, message)
     errors = [line for line in result.stderr.splitlines() if line.startswith("zigzag: config error:")]
     assert len(errors) == 1 and message in errors[0]
     assert "Building DAG" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("configfile", ["config.yaml", "presets/paper.yaml"])
+def test_default_and_paper_configs_dry_run(configfile, tmp_path):
+    """Both shipped configs validate and build their whole DAG (the paper preset on its own)."""
+    result = subprocess.run([*SNAKEMAKE, "-n", "--cores", "8", "all", "--configfile", configfile,
+                             "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    jobs = result.stdout.split("Job stats:")[1]
+    if configfile == "presets/paper.yaml":
+        assert re.search(r"^train\s+12$", jobs, re.M) and "figure_fig1_cnn " in jobs
+        assert "results-paper/runs/cnn_cifar10_lr0.1/trajectory.h5" in result.stdout
+    else:
+        assert re.search(r"^train\s+17$", jobs, re.M) and "table_table1_gawu" in jobs
+    assert "table_claims" in jobs

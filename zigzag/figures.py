@@ -449,7 +449,7 @@ def build_sharpness_figure(trajectory: str, analysis: str, title: str) -> Figure
     cosine = traj.steps["grad_eigvec_cosine"]
     ax_cos.plot(steps[computed], cosine[computed], "o-", color="tab:orange", ms=3, lw=1.0)
     ax_cos.set(ylabel="|cos(g, v_max)|", xlabel=unit, ylim=(0.0, 1.02))
-    marks = ((attrs["eos_step"], f"sharpness reaches 2/lr (within {attrs['eos_tolerance']:.0%})", "black", "--"),
+    marks = ((attrs["eos_step"], f"sharpness reaches 2/lr (within {attrs['eos_tolerance']:.0%})", "tab:gray", "-."),
              (attrs["zigzag_onset"], "zigzag onset", "tab:red", ":"))
     for step, label, colour, style in marks:
         if step >= 0:
