@@ -76,9 +76,12 @@ def test_online_change_point_agrees_with_the_gawu_scheduler():
     dot, opp = lag_stats(np.stack(grads), lags=4)
     expected = analysis.online_change_point(analysis.mean_mu(dot, 5), 5)
     param = torch.nn.Parameter(torch.zeros(40))
-    sched = GAWU(torch.optim.SGD([param], lr=1.0), eta0=1e-3, omega=0.1, total=len(grads))
+    param.grad = torch.zeros(40)
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    sched = GAWU(optimizer, eta0=1e-3, omega=0.1, total=len(grads))
     for grad in grads:
         sched.observe(torch.as_tensor(grad, dtype=torch.float32))
+        optimizer.step()
         sched.step()
     assert expected is not None and sched.change_point == expected
 

@@ -193,11 +193,11 @@ def test_sharpness_is_recorded_at_selected_steps_and_matches_a_direct_solve(tiny
     from zigzag.sharpness import top_eigenpair
 
     out = tmp_path / "sharp.h5"
-    train(tiny_dataset, out, steps=5, sharpness={"every": "every:2", "subset": 48, "tol": 1e-6, "ncv": 12})
+    train(tiny_dataset, out, steps=4, sharpness={"every": "0,2", "subset": 48, "tol": 1e-5, "ncv": 12})
     traj = store.read_trajectory(out)
-    sharp = traj.steps["sharpness"]
-    assert np.isfinite(sharp[[0, 2, 4]]).all() and np.isnan(sharp[[1, 3]]).all()
-    assert np.all((traj.steps["grad_eigvec_cosine"][[0, 2, 4]] >= 0) & (traj.steps["grad_eigvec_cosine"][[0, 2, 4]] <= 1))
+    sharp, cosine = traj.steps["sharpness"], traj.steps["grad_eigvec_cosine"]
+    assert np.isfinite(sharp[[0, 2]]).all() and np.isnan(sharp[[1, 3]]).all()
+    assert np.all((cosine[[0, 2]] >= 0) & (cosine[[0, 2]] <= 1))
     assert traj.steps["sharpness_hvps"][0] >= 1
     # Step 0: theta_0 is the seeded initialisation; the subset is the seeded sorted sample of 48.
     torch.manual_seed(0)
@@ -206,5 +206,5 @@ def test_sharpness_is_recorded_at_selected_steps_and_matches_a_direct_solve(tiny
     x = (torch.from_numpy(data.train_images).float() / 255 - torch.tensor(data.mean).float().view(1, -1, 1, 1)) \
         / torch.tensor(data.std).float().view(1, -1, 1, 1)
     order = torch.randperm(96, generator=torch.Generator().manual_seed(0))[:48].sort().values
-    direct = top_eigenpair(model, x[order], torch.from_numpy(data.train_labels)[order], 40, tol=1e-6, ncv=12)
+    direct = top_eigenpair(model, x[order], torch.from_numpy(data.train_labels)[order], 40, tol=1e-5, ncv=12)
     assert sharp[0] == pytest.approx(direct.eigenvalue, rel=1e-4)
