@@ -349,7 +349,7 @@ def build_warmup_figure(curve: Curve, title: str) -> Figure:
         ax.annotate(f" t = {data.t_text(t)}", (x, 1.0 - 0.06 * (i % 3)), xycoords=("data", "axes fraction"),
                     va="top", ha="left", fontsize=9, color=CHANGE_COLOUR)
     fig.legend(handles, labels, title=_legend_label(data, False), fontsize=8, title_fontsize=9,
-               loc="outside right upper")
+               loc="outside right center")
     ax.set_zorder(ax_lr.get_zorder() + 1)  # the correlation above the lr band ...
     ax.patch.set_visible(False)            # ... without hiding it
     fig.suptitle(title, fontsize=13)
@@ -369,7 +369,7 @@ def build_batch_size_figure(curves: list[Curve], title: str) -> Figure:
     handles = [_draw(ax, d, "mean_mu", colours[i % 10], d.label) for i, d in enumerate(data)]
     _mu_axes(ax, data[0].h)
     _epoch_xlim(ax, data)
-    fig.legend(handles, [_legend_label(d, mixed, with_t=False) for d in data], fontsize=9, loc="outside right upper")
+    fig.legend(handles, [_legend_label(d, mixed, with_t=False) for d in data], fontsize=9, loc="outside right center")
     fig.suptitle(title, fontsize=13)
     _footnote(fig, data)
     return fig
@@ -397,7 +397,7 @@ def build_schedules_figure(curves: list[Curve], title: str) -> Figure:
     ax_lr.set_ylim(bottom=0.0)
     for ax in (ax_loss, ax_lr):
         _epoch_xlim(ax, data)
-    fig.legend(handles, [_legend_label(d, mixed) for d in data], loc="outside right upper", fontsize=9)
+    fig.legend(handles, [_legend_label(d, mixed) for d in data], loc="outside right center", fontsize=9)
     fig.suptitle(title, fontsize=13)
     _footnote(fig, data)
     return fig
