@@ -56,6 +56,7 @@ class LagRing:
         self.lags = lags
         self.values = torch.zeros(lags + 1, n_params, dtype=dtype, device=device)
         self.signs = torch.zeros(lags + 1, n_params, dtype=torch.int8, device=device)
+        self._match = torch.empty(n_params, dtype=torch.bool, device=device)  # reused comparison buffer
         self.step = 0  # number of gradients pushed so far
 
     def push(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,12 +64,14 @@ class LagRing:
         k, width = self.step, self.lags + 1
         row = k % width
         self.values[row].copy_(grad)
-        sign = torch.sign(grad).to(torch.int8)
-        self.signs[row].copy_(sign)
+        sign = self.signs[row]
+        sign.copy_(torch.sign(grad))
         # Opposite iff the stored sign equals -sign(g_k) and g_k[i] != 0; map 0 to 2 so it never matches.
-        target = torch.where(sign == 0, torch.full_like(sign, 2), -sign)
+        target = sign.neg().masked_fill_(sign == 0, 2)
         ring_dot = self.values @ grad
-        ring_opposite = (self.signs == target).sum(dim=1)
+        # Row by row into one reused buffer: no (L+1) x P temporary.
+        ring_opposite = torch.stack([torch.count_nonzero(torch.eq(self.signs[i], target, out=self._match))
+                                     for i in range(width)])
         # Ring row of lag l is (k - l) mod (L + 1).
         order = torch.tensor([(k - lag) % width for lag in range(width)], device=grad.device)
         dot = ring_dot[order].double().cpu()

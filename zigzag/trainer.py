@@ -300,7 +300,7 @@ class Trainer:
             if selected(self.sharpness_selection, k):
                 row.update(self.sharpness(self.grads.flat))
             if selected(self.raw_selection, k):
-                writer.append_raw(k, self.grads.flat.to("cpu", copy=True).numpy().astype(cfg.raw_dtype))
+                writer.append_raw(k, self.grads.flat.cpu().numpy().astype(cfg.raw_dtype, copy=False))
             self.optimizer.step()
             row["time"] = time.perf_counter() - t0
             writer.append(row)
@@ -325,8 +325,11 @@ class Trainer:
     def sharpness(self, grad: torch.Tensor) -> dict:
         """Top Hessian eigenvalue at theta_k on the sharpness subset, warm-started from the last eigenvector."""
         s = self.config.sharpness
+        # A cold start converges in one Lanczos cycle of 20 vectors where 8 would restart several
+        # times; a warm start needs only a few.
+        ncv = s.get("ncv", 20 if self.eigenvector is None else 8)
         pair = top_eigenpair(self.model, *self.sharpness_data, self.config.micro_batch, v0=self.eigenvector,
-                             tol=s.get("tol", 1e-3), max_iter=s.get("max_iter", 100), ncv=s.get("ncv", 8),
+                             tol=s.get("tol", 1e-3), max_iter=s.get("max_iter", 100), ncv=ncv,
                              seed=self.config.seed)
         self.eigenvector = pair.eigenvector
         return {"sharpness": pair.eigenvalue, "sharpness_hvps": pair.n_hvp,

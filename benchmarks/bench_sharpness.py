@@ -1,0 +1,76 @@
+"""Cost of the sharpness (top Hessian eigenvalue) relative to a GD step, as the pipeline runs it.
+
+Trains the default config's sharpness runs for a few dozen steps with sharpness every K steps and
+reads the per-step wall clock from the trajectory (``/steps/time``): a step without sharpness is the
+GD step; a step with it is GD step + one Lanczos solve (the first one cold, later ones warm-started
+from the previous eigenvector). Prints, per run: step time, cold and warm cost per call in GD steps,
+Hessian-vector products per call, and the total overhead at the run's K over its full length.
+
+    python benchmarks/bench_sharpness.py [--device cpu|cuda] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from zigzag import data, store
+from zigzag.runconfig import RunConfig
+from zigzag.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED_STEPS = {"cnn_lr0.1": 40, "resnet18_lr0.1": 30, "vgg16_lr0.01": 41}
+
+
+def measure(name: str, run: dict, dataset: str, device: str, folder: Path) -> dict:
+    every = int(run["sharpness"]["every"].split(":")[1])
+    steps = MEASURED_STEPS[name]
+    settings = {**run, "dataset": dataset, "steps": steps, "device": device, "eval_every": 10_000,
+                "checkpoint_every": 10_000}
+    out = folder / f"{name}.h5"
+    Trainer(RunConfig.from_dict(settings), out, progress=False).run()
+    traj = store.read_trajectory(out)
+    dt = np.diff(np.concatenate([[0.0], traj.steps["time"]]))
+    with_sharpness = np.isfinite(traj.steps["sharpness"])
+    plain = float(np.median(dt[1:][~with_sharpness[1:]]))  # step 0 carries warm-up costs
+    calls = np.flatnonzero(with_sharpness)
+    cold = (dt[calls[0]] - plain) / plain
+    warm = float(np.median((dt[calls[1:]] - plain) / plain))
+    hvps = traj.steps["sharpness_hvps"][calls]
+    full_steps = run["steps"]
+    n_calls = math.ceil(full_steps / every)
+    overhead = (cold + (n_calls - 1) * warm) / full_steps
+    return {"run": name, "K": every, "subset": run["sharpness"].get("subset", "all"), "step_s": plain,
+            "cold_steps": cold, "warm_steps": warm, "hvps_cold": int(hvps[0]), "hvps_warm": float(np.median(hvps[1:])),
+            "overhead": overhead, "full_steps": full_steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        spec = config["datasets"]["mnist500"]
+        dataset = str(folder / "mnist500.h5")
+        data.prepare(spec["source"], dataset, train_size=spec["train_size"], seed=spec["seed"])
+        rows = [measure(name, config["runs"][name], dataset, args.device, folder) for name in MEASURED_STEPS]
+    print(f"device {args.device}, torch {torch.__version__}, {args.threads} threads")
+    print("run              K  subset  GD step  call cold  call warm  HVPs cold/warm  overhead at K over the run")
+    for r in rows:
+        print(f"{r['run']:<15} {r['K']:>2}  {r['subset']:>6}  {r['step_s']:6.3f}s  {r['cold_steps']:6.1f} st  "
+              f"{r['warm_steps']:6.1f} st  {r['hvps_cold']:>5} / {r['hvps_warm']:<5.0f}  "
+              f"{100 * r['overhead']:5.0f}% of {r['full_steps']} steps")
+
+
+if __name__ == "__main__":
+    main()

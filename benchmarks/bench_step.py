@@ -1,0 +1,381 @@
+"""Per-step overhead of zigzag's GD step against the bare forward+backward pass (DESIGN.md, "Quality bar").
+
+    python benchmarks/bench_step.py [--device cpu|cuda] [--repeats N] [--cases cnn,resnet18] [--samples N]
+
+One run prints, per case, ratios of times measured on the same machine in the same process:
+
+(a) GD step / bare forward+backward over the same samples            target <= 1.05
+(b) LagRing.push inside the GD step / GD step                         target <= 1 %
+(c) (GD step + raw-gradient dump) / GD step - 1                        target <= 10 %
+
+Times are medians over ``--repeats``; each ratio is the median over repeats of the ratio measured within
+one repeat (paired), so load drift between repeats cancels. Variants timed in every repeat (their order
+rotates from repeat to repeat, so drift within a repeat hits all alike):
+
+- ``bare``: forward + backward only, over the same micro-batches, the minimum any full-batch GD needs:
+  ``F.cross_entropy(model(xb), yb, reduction="sum").div(n).backward()`` per micro-batch, nothing else
+  (no zeroing, no optimizer step, no loss bookkeeping).
+- ``nostats``: the GD step below with ``LagRing.push`` left out (dot / opposite / grad_norm are written
+  as NaN): what the step costs without the lag statistics.
+- ``step``: the GD step exactly as ``Trainer.run`` does it for a step without test evaluation,
+  sharpness, progress output or checkpoint, at a constant learning rate: ``Trainer.batch``,
+  ``FlatGradients.zero_``, ``accumulate_gradient`` over micro-batches, ``LagRing.push``, the row (two
+  ``.item()`` syncs), ``optimizer.step`` and ``TrajectoryWriter.append`` into an HDF5 file in a
+  temporary folder. ``LagRing.push`` is also timed on its own inside it (b).
+- ``raw``: ``step`` plus ``TrajectoryWriter.append_raw`` of the flat gradient (float32, no compression),
+  with the same expression as ``Trainer.run``; the dump is also timed on its own inside it.
+
+The components are those of a real ``Trainer`` built on a zigzag-dataset file (model, FlatGradients,
+LagRing, optimizer, device-resident data). Its ``run()`` for a few steps is the warm-up, and the
+per-step times it writes to ``/steps/time`` (steps without test evaluation) are printed beside the
+benchmark's ``step`` as a check that the timed step is the step the Trainer really takes.
+
+Cases: ``cnn``: the paper's CNN, width 1 (32-64-128) with BatchNorm, on the 4,000 training images of
+mnist5k (1 x 32 x 32) prepared by ``zigzag.data.prepare``, micro-batch 1000, lags 8. ``resnet18``:
+ResNet-18 width 1 (11.2M parameters) on ``--samples`` random 3 x 32 x 32 images with 10 classes
+(default 256 on CPU, 5000 on CUDA), micro-batch 128 on CPU / 1000 on CUDA, lags 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zigzag import data as zdata
+from zigzag import store
+from zigzag.runconfig import RunConfig
+from zigzag.trainer import Trainer, accumulate_gradient
+
+TARGET_A = 1.05  # GD step / bare forward+backward
+TARGET_B = 0.01  # LagRing.push / GD step
+TARGET_C = 0.10  # (step + raw dump) / step - 1
+LAGS = 8
+LR = 0.01  # any value: timings do not depend on it; small, so no run diverges during the benchmark
+VARIANTS = ("bare", "nostats", "step", "raw")
+LABELS = {
+    "bare": "bare forward+backward",
+    "nostats": "GD step without lag stats",
+    "step": "GD step (as Trainer.run)",
+    "raw": "GD step + raw dump",
+    "outside": "  step outside its fwd+bwd",
+    "push": "  LagRing.push inside step",
+    "dump": "  raw dump inside step+raw",
+    "run": "Trainer.run per step (/steps/time)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# timing helpers
+
+
+def make_sync(device: torch.device):
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+# ---------------------------------------------------------------------------------------------
+# the cases: a dataset file and the Trainer settings
+
+
+def cnn_dataset(tmp: Path) -> Path:
+    path = tmp / "mnist5k.h5"
+    zdata.prepare("mnist5k", path)  # 4,000 train / 1,000 test images, 1 x 32 x 32
+    return path
+
+
+def random_dataset(tmp: Path, samples: int, n_test: int = 64, seed: int = 0) -> Path:
+    """A zigzag-dataset file of random CIFAR-sized uint8 images (3 x 32 x 32) with 10 random labels."""
+    rng = np.random.default_rng(seed)
+    train_x = rng.integers(0, 256, (samples, 3, 32, 32), dtype=np.uint8)
+    test_x = rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8)
+    train_y = rng.integers(0, 10, samples).astype(np.int64)
+    test_y = rng.integers(0, 10, n_test).astype(np.int64)
+    mean, std = zdata.channel_stats(train_x)
+    config = {"source": "random (benchmark)", "n_train": samples, "n_test": n_test, "seed": seed,
+              "image_shape": [3, 32, 32]}
+    path = tmp / f"random{samples}.h5"
+    store.write_dataset(path, store.DatasetArrays(train_x, train_y, test_x, test_y, mean, std, 10, config))
+    return path
+
+
+def case_settings(name: str, args, tmp: Path) -> tuple[dict, str]:
+    cuda = args.device == "cuda"
+    if name == "cnn":
+        dataset = cnn_dataset(tmp)
+        settings = dict(dataset=str(dataset), model="cnn", width=1.0, batch_norm=True, micro_batch=1000)
+        what = "CNN 32-64-128 + BatchNorm on mnist5k (4000 train images, 1x32x32)"
+    elif name == "resnet18":
+        samples = args.samples or (5000 if cuda else 256)
+        dataset = random_dataset(tmp, samples)
+        settings = dict(dataset=str(dataset), model="resnet18", width=1.0, micro_batch=1000 if cuda else 128)
+        what = f"ResNet-18 width 1 on {samples} random 3x32x32 images, 10 classes"
+    else:
+        raise SystemExit(f"unknown case {name!r}; valid cases: cnn, resnet18")
+    return settings, what
+
+
+# ---------------------------------------------------------------------------------------------
+# one GD step as Trainer.run takes it (zigzag/trainer.py, the loop body of Trainer.run)
+
+
+def gd_step(tr: Trainer, writer: store.TrajectoryWriter, k: int, t0: float, sync, *,
+            stats: bool = True, raw: bool = False) -> dict[str, float]:
+    """Trainer.run's loop body for a step without evaluation, sharpness, progress line or checkpoint.
+
+    Returns the in-step times of ``fwdbwd`` (batch, zeroing and accumulate_gradient), ``push``
+    (LagRing.push) and ``dump`` (the raw-gradient dump), each bracketed by device synchronisation; on
+    CUDA that adds no wait, since the step synchronises right after anyway (``.cpu()`` in push,
+    ``.item()``, the device-to-host copy of the dump).
+    """
+    cfg, parts = tr.config, {}
+    t = time.perf_counter()
+    x, y = tr.batch(k)
+    tr.grads.zero_()
+    loss_sum, correct = accumulate_gradient(tr.model, x, y, cfg.micro_batch)
+    sync()
+    parts["fwdbwd"] = time.perf_counter() - t
+    if stats:
+        t = time.perf_counter()
+        dot, opposite = tr.ring.push(tr.grads.flat)
+        parts["push"] = time.perf_counter() - t
+    loss = loss_sum.item() / len(x)
+    row = {"loss": loss, "accuracy": correct.item() / len(x), "lr": tr.optimizer.param_groups[0]["lr"],
+           "epoch": k // tr.batches_per_epoch}
+    if stats:
+        row["grad_norm"] = math.sqrt(dot[0]) if dot[0] >= 0 else math.nan
+        row["dot"], row["opposite"] = dot.numpy(), opposite.numpy()
+    if raw:
+        sync()
+        t = time.perf_counter()
+        writer.append_raw(k, tr.grads.flat.cpu().numpy().astype("float32", copy=False))
+        parts["dump"] = time.perf_counter() - t
+    tr.optimizer.step()
+    row["time"] = time.perf_counter() - t0
+    writer.append(row)
+    return parts
+
+
+def bare_pass(tr: Trainer) -> None:
+    """Forward + backward over the same micro-batches: the minimum of one full-batch gradient."""
+    x, y = tr.batch(0)
+    n, mb = len(x), tr.config.micro_batch
+    for i in range(0, n, mb):
+        F.cross_entropy(tr.model(x[i:i + mb]), y[i:i + mb], reduction="sum").div(n).backward()
+
+
+# ---------------------------------------------------------------------------------------------
+# one case
+
+
+def run_case(name: str, args, tmp: Path) -> dict:
+    settings, what = case_settings(name, args, tmp)
+    config = RunConfig.from_dict({**settings, "lr": LR, "steps": args.warmup_steps, "lags": LAGS,
+                                  "eval_every": 10 ** 9, "checkpoint_every": 10 ** 9,
+                                  "device": args.device, "seed": 0})
+    torch.manual_seed(0)
+    tr = Trainer(config, tmp / f"{name}_warmup.h5", progress=False)
+    device, sync = tr.device, make_sync(tr.device)
+    n = len(tr.data.train_x)
+    print(f"\n== {name}: {what}\n   {tr.n_params:,} parameters, {n} samples, micro_batch {config.micro_batch}, "
+          f"lags {LAGS}, device {device}", flush=True)
+
+    # Warm-up: the real Trainer.run for a few GD steps; its /steps/time gives the cross-check.
+    t = time.perf_counter()
+    tr.run()
+    warm_s = time.perf_counter() - t
+    times = store.read_trajectory(tmp / f"{name}_warmup.h5").steps["time"]
+    # Steps 1..S-2 are clean (step 0 and the last one evaluate the test set); time[k] - time[k-1] is one
+    # whole step k plus the previous row's writer.append.
+    run_steps = list(np.diff(times)[:-1]) if len(times) >= 3 else []
+    print(f"   warm-up: Trainer.run of {args.warmup_steps} steps in {warm_s:.1f} s", flush=True)
+
+    cfg = tr.config
+    common = dict(n_params=tr.n_params, n_train=n, lags=cfg.lags,
+                  attrs={"device": str(device), "benchmark": "bench_step"})
+    plain = store.TrajectoryWriter.create(tmp / f"{name}_plain.h5", cfg.to_dict(), **common)
+    rawfile = store.TrajectoryWriter.create(tmp / f"{name}_raw.h5", cfg.to_dict(), raw_dtype="float32",
+                                            raw_compression=None, **common)
+    rawfile.append_raw(-1, tr.grads.flat.cpu().numpy().astype("float32", copy=False))  # warm the dump path
+
+    samples: dict[str, list[float]] = {key: [] for key in (*VARIANTS, "outside", "push", "dump")}
+    k, t0 = tr.ring.step, time.perf_counter()
+    for r in range(args.repeats):
+        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
+        for variant in order:
+            sync()
+            t = time.perf_counter()
+            if variant == "bare":
+                bare_pass(tr)
+                parts = {}
+            else:
+                writer = rawfile if variant == "raw" else plain
+                parts = gd_step(tr, writer, k, t0, sync, stats=variant != "nostats", raw=variant == "raw")
+                k += 1
+            sync()
+            samples[variant].append(time.perf_counter() - t)
+            if variant == "step":
+                samples["push"].append(parts["push"])
+                samples["outside"].append(samples["step"][-1] - parts["fwdbwd"])
+            if variant == "raw":
+                samples["dump"].append(parts["dump"])
+        print(f"   repeat {r + 1}/{args.repeats}: " + ", ".join(
+            f"{v} {samples[v][-1]:.3f}s" for v in VARIANTS), flush=True)
+    plain.close()
+    rawfile.close()
+    for f in tmp.glob(f"{name}_*.h5"):
+        f.unlink()
+
+    med = {key: statistics.median(v) for key, v in samples.items() if v}
+    spread = {key: (min(v), max(v)) for key, v in samples.items() if v}
+    if run_steps:
+        med["run"], spread["run"] = statistics.median(run_steps), (min(run_steps), max(run_steps))
+        samples["run"] = run_steps
+    def paired(num: list[float], den: list[float]) -> float:
+        """Median over repeats of the ratio within each repeat: load drift between repeats cancels."""
+        return statistics.median(x / y for x, y in zip(num, den))
+
+    ratios = {
+        "a": paired(samples["step"], samples["bare"]),
+        "a_nostats": paired(samples["nostats"], samples["bare"]),
+        # the step's work outside its forward+backward against the bare pass: the low-noise reading of (a)
+        "a_timer": 1 + paired(samples["outside"], samples["bare"]),
+        "b": paired(samples["push"], samples["step"]),
+        "c": paired(samples["raw"], samples["step"]) - 1,
+        # the dump against the rest of the same step: the low-noise reading of (c)
+        "c_timer": paired(samples["dump"], [r - d for r, d in zip(samples["raw"], samples["dump"])]),
+        "run_vs_step": med["run"] / med["step"] if "run" in med else math.nan,
+    }
+    print_case(name, samples, med, spread, ratios)
+    result = {"case": name, "what": what, "params": tr.n_params, "samples": n, "micro_batch": cfg.micro_batch,
+              "median": med, "ratios": ratios}
+    del tr
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def verdict(value: float, target: float) -> str:
+    return "PASS" if value <= target else "MISS"
+
+
+def print_case(name, samples, med, spread, ratios) -> None:
+    print(f"\n   {'time per step':36s} {'median':>9s} {'min':>9s} {'max':>9s}   n")
+    for key in (*VARIANTS, "outside", "push", "dump", "run"):
+        if key in med:
+            lo, hi = spread[key]
+            print(f"   {LABELS[key]:36s} {med[key]:8.3f}s {lo:8.3f}s {hi:8.3f}s  {len(samples[key]):2d}")
+    a, b, c = ratios["a"], ratios["b"], ratios["c"]
+    print(f"\n   {'ratio (median of per-repeat ratios)':44s} {'value':>8s}   target")
+    print(f"   {'(a) GD step / bare forward+backward':44s} {a:8.3f}   <= {TARGET_A:.2f}  {verdict(a, TARGET_A)}")
+    print(f"   {'    1 + step outside fwd+bwd / bare (low noise)':44s} {ratios['a_timer']:8.3f}   <= {TARGET_A:.2f}  "
+          f"{verdict(ratios['a_timer'], TARGET_A)}")
+    print(f"   {'    step without stats / bare (context)':44s} {ratios['a_nostats']:8.3f}")
+    print(f"   {'(b) LagRing.push / GD step':44s} {100 * b:7.2f}%   <= {100 * TARGET_B:.0f}%    {verdict(b, TARGET_B)}")
+    print(f"   {'(c) (step + raw dump) / step - 1':44s} {100 * c:7.2f}%   <= {100 * TARGET_C:.0f}%   "
+          f"{verdict(c, TARGET_C)}")
+    print(f"   {'    raw dump timer / rest of step (low noise)':44s} {100 * ratios['c_timer']:7.2f}%   "
+          f"<= {100 * TARGET_C:.0f}%   {verdict(ratios['c_timer'], TARGET_C)}")
+    print(f"   {'    Trainer.run step / GD step (medians, ~1)':44s} {ratios['run_vs_step']:8.3f}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def machine_info(device: str) -> list[str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    lines = [f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+             f"{platform.system()} {platform.release()}",
+             f"cpu: {cpu}; {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}"]
+    if hasattr(os, "getloadavg"):
+        lines.append("load average (1/5/15 min): " + " / ".join(f"{x:.2f}" for x in os.getloadavg()))
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        lines.append(f"gpu: {torch.cuda.get_device_name(0)} ({props.total_memory / 2 ** 30:.0f} GiB), "
+                     f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+                     f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+                     f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
+    return lines
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5 on CPU, 20 on CUDA)")
+    parser.add_argument("--cases", default="cnn,resnet18", help="comma-separated: cnn, resnet18")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="resnet18 samples (default 256 on CPU, 5000 on CUDA); cnn always uses mnist5k's 4000")
+    parser.add_argument("--warmup-steps", type=int, default=4,
+                        help="steps of the warm-up Trainer.run (>= 3: steps 1..S-2 give the cross-check)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's choice, usually the number of cores)")
+    parser.add_argument("--tmpdir", default=None, help="folder for the temporary HDF5 files (default: $TMPDIR)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no CUDA GPU is visible")
+    if args.repeats is None:
+        args.repeats = 20 if args.device == "cuda" else 5
+    if args.repeats < 1 or args.warmup_steps < 3:
+        raise SystemExit("--repeats must be >= 1 and --warmup-steps >= 3")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in ("cnn", "resnet18")]
+    if unknown or not cases:
+        raise SystemExit(f"unknown case(s) {', '.join(unknown) or '(none given)'}; valid cases: cnn, resnet18")
+
+    print("bench_step: zigzag GD step vs bare forward+backward (medians of "
+          f"{args.repeats} repeats, variants alternated)")
+    for line in machine_info(args.device):
+        print("  " + line)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the temporary folder is removed
+    tmp = Path(tempfile.mkdtemp(prefix="zigzag-bench-", dir=args.tmpdir))
+    print(f"  temporary HDF5 files in {tmp}", flush=True)
+    t_start = time.perf_counter()
+    results = []
+    try:
+        for name in cases:
+            results.append(run_case(name, args, tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\nsummary ({args.device}, {torch.get_num_threads()} threads, {args.repeats} repeats, total "
+          f"{time.perf_counter() - t_start:.0f} s): times are medians; ratios are medians of per-repeat ratios\n")
+    print("| case | params | samples / micro-batch | bare fwd+bwd | step w/o stats | GD step | step + raw dump "
+          "| (a) step/bare <= 1.05 | (b) push/step <= 1% | (c) dump overhead <= 10% |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for res in results:
+        m, r = res["median"], res["ratios"]
+        print(f"| {res['case']} | {res['params']:,} | {res['samples']} / {res['micro_batch']} "
+              f"| {m['bare']:.3f} s | {m['nostats']:.3f} s | {m['step']:.3f} s | {m['raw']:.3f} s "
+              f"| {r['a']:.3f} {verdict(r['a'], TARGET_A)} "
+              f"(timer {r['a_timer']:.3f} {verdict(r['a_timer'], TARGET_A)}) "
+              f"| {100 * r['b']:.2f}% ({1e3 * m['push']:.0f} ms) {verdict(r['b'], TARGET_B)} "
+              f"| {100 * r['c']:+.2f}% {verdict(r['c'], TARGET_C)} (timer {100 * r['c_timer']:.2f}% "
+              f"{verdict(r['c_timer'], TARGET_C)}) |")
+    if hasattr(os, "getloadavg"):
+        print("\nload average at the end (1/5/15 min): " + " / ".join(f"{x:.2f}" for x in os.getloadavg()))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
