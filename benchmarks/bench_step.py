@@ -1,6 +1,6 @@
 """Per-step overhead of zigzag's GD step against the bare forward+backward pass (DESIGN.md, "Quality bar").
 
-    python benchmarks/bench_step.py [--device cpu|cuda] [--repeats N] [--cases cnn,resnet18] [--samples N]
+    python benchmarks/bench_step.py [--device cpu|cuda] [--repeats N] [--cases cnn,resnet18,resnet18-sgd] [--samples N]
 
 One run prints, per case, ratios of times measured on the same machine in the same process:
 
@@ -112,6 +112,9 @@ def random_dataset(tmp: Path, samples: int, n_test: int = 64, seed: int = 0) -> 
     return path
 
 
+CASES = ("cnn", "resnet18", "resnet18-sgd")
+
+
 def case_settings(name: str, args, tmp: Path) -> tuple[dict, str]:
     cuda = args.device == "cuda"
     if name == "cnn":
@@ -123,8 +126,14 @@ def case_settings(name: str, args, tmp: Path) -> tuple[dict, str]:
         dataset = random_dataset(tmp, samples)
         settings = dict(dataset=str(dataset), model="resnet18", width=1.0, micro_batch=1000 if cuda else 128)
         what = f"ResNet-18 width 1 on {samples} random 3x32x32 images, 10 classes"
+    elif name == "resnet18-sgd":
+        batch = args.samples or (5000 if cuda else 256)
+        dataset = random_dataset(tmp, 2 * batch)
+        settings = dict(dataset=str(dataset), model="resnet18", width=1.0, micro_batch=1000 if cuda else 128,
+                        optimizer="sgd", batch_size=batch, epochs=math.ceil(args.warmup_steps / 2))
+        what = f"ResNet-18 width 1, SGD batches of {batch} from {2 * batch} random 3x32x32 images (2 per epoch)"
     else:
-        raise SystemExit(f"unknown case {name!r}; valid cases: cnn, resnet18")
+        raise SystemExit(f"unknown case {name!r}; valid cases: {', '.join(CASES)}")
     return settings, what
 
 
@@ -321,7 +330,7 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5 on CPU, 20 on CUDA)")
-    parser.add_argument("--cases", default="cnn,resnet18", help="comma-separated: cnn, resnet18")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
     parser.add_argument("--samples", type=int, default=None,
                         help="resnet18 samples (default 256 on CPU, 5000 on CUDA); cnn always uses mnist5k's 4000")
     parser.add_argument("--warmup-steps", type=int, default=4,
@@ -339,9 +348,9 @@ def main(argv=None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in cases if c not in ("cnn", "resnet18")]
+    unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:
-        raise SystemExit(f"unknown case(s) {', '.join(unknown) or '(none given)'}; valid cases: cnn, resnet18")
+        raise SystemExit(f"unknown case(s) {', '.join(unknown) or '(none given)'}; valid cases: {', '.join(CASES)}")
 
     print("bench_step: zigzag GD step vs bare forward+backward (medians of "
           f"{args.repeats} repeats, variants alternated)")

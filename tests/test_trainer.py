@@ -208,3 +208,18 @@ def test_sharpness_is_recorded_at_selected_steps_and_matches_a_direct_solve(tiny
     order = torch.randperm(96, generator=torch.Generator().manual_seed(0))[:48].sort().values
     direct = top_eigenpair(model, x[order], torch.from_numpy(data.train_labels)[order], 40, tol=1e-5, ncv=12)
     assert sharp[0] == pytest.approx(direct.eigenvalue, rel=1e-4)
+
+
+def test_config_file_is_equivalent_to_flags(tiny_dataset, tmp_path):
+    flags = ["--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.05", "--steps", "3",
+             "--lags", "2", "--micro-batch", "50", "--device", "cpu"]
+    zigzag_cli("train", *flags, "--out", tmp_path / "flags.h5")
+    (tmp_path / "run.yaml").write_text(f"dataset: {tiny_dataset}\nmodel: cnn\nwidth: 0.25\nlr: 0.05\nsteps: 3\n"
+                                       "lags: 2\nmicro_batch: 50\ndevice: cpu\n")
+    zigzag_cli("train", "--config", tmp_path / "run.yaml", "--out", tmp_path / "file.h5")
+    a, b = store.read_trajectory(tmp_path / "flags.h5"), store.read_trajectory(tmp_path / "file.h5")
+    assert a.config == b.config
+    np.testing.assert_array_equal(a.steps["dot"], b.steps["dot"])
+    (tmp_path / "bad.yaml").write_text("dataset: x\nmodel: cnn\nlr: 0.1\nstep: 3\n")
+    result = zigzag_cli("train", "--config", tmp_path / "bad.yaml", "--out", tmp_path / "bad.h5", check=False)
+    assert result.returncode == 2 and "unknown run setting(s) step" in result.stderr
