@@ -132,7 +132,7 @@ def test_default_and_paper_configs_dry_run(configfile, tmp_path):
     assert result.returncode == 0, result.stderr
     jobs = result.stdout.split("Job stats:")[1]
     if configfile == "presets/paper.yaml":
-        assert re.search(r"^train\s+12$", jobs, re.M) and "figure_fig1_cnn " in jobs
+        assert re.search(r"^train\s+28$", jobs, re.M) and "figure_fig10_gawu " in jobs
         assert "results-paper/runs/cnn_cifar10_lr0.1/trajectory.h5" in result.stdout
     else:
         assert re.search(r"^train\s+17$", jobs, re.M) and "table_table1_gawu" in jobs
