@@ -1,7 +1,6 @@
 """The claims table on constructed runs whose verdicts are known."""
 
 import numpy as np
-import pytest
 
 from zigzag import analysis, store
 from zigzag.claims import FAILS, HOLDS, NOT_RUN, claims_table
@@ -46,10 +45,6 @@ def alternating(n):
     return [(-1) ** k for k in range(n)]
 
 
-def verdicts(df):
-    return dict(zip(df["claim"].str.split(" ").str[:2].str.join(" "), df["verdict"]))
-
-
 def test_known_verdicts(tmp_path):
     cnn = write_gd_run(tmp_path / "cnn", [1] * 20 + alternating(40))
     resnet = write_gd_run(tmp_path / "resnet", alternating(30) + [1] * 50)
@@ -60,8 +55,7 @@ def test_known_verdicts(tmp_path):
     eos = write_gd_run(tmp_path / "eos", [1] * 20 + alternating(40), sharpness=sharp)
     df = claims_table({"cnn": [cnn], "resnet": [resnet], "small_lr": [cnn], "loss_share": [cnn, resnet],
                        "sign_flips": [half_flips], "sharpness": [eos]}, THRESHOLDS)
-    row = df.set_index(df.index)
-    by_claim = {r["claim"]: r for _, r in row.iterrows()}
+    by_claim = {r["claim"]: r for _, r in df.iterrows()}
     v = {claim.split(",")[0]: r["verdict"] for claim, r in by_claim.items()}
     assert v["CNN starts smooth"] == HOLDS
     assert v["ResNet starts zigzag"] == HOLDS

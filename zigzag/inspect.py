@@ -32,7 +32,7 @@ def _summary(path) -> str:
         for key in sorted(f.attrs):
             if key in ("format", "format_version", "config", "versions"):
                 continue
-            lines.append(f"  {key}: {store._plain(f.attrs[key])}")
+            lines.append(f"  {key}: {store.attr_value(f.attrs[key])}")
         lines.append(f"  versions: {f.attrs['versions']}")
         config = json.loads(f.attrs["config"])
         lines.append("  config:")

@@ -281,7 +281,8 @@ class Trajectory:
         return len(self.steps["loss"])
 
 
-def _plain(value):
+def attr_value(value):
+    """An HDF5 attribute as a plain Python value (str for bytes, int/float for NumPy scalars)."""
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, np.generic):
@@ -293,7 +294,7 @@ def read_trajectory(path) -> Trajectory:
     with open_file(path, TRAJECTORY) as f:
         return Trajectory(
             steps={name: ds[()] for name, ds in f["steps"].items()},
-            attrs={key: _plain(v) for key, v in f.attrs.items()},
+            attrs={key: attr_value(v) for key, v in f.attrs.items()},
             config=file_config(f),
         )
 
@@ -334,7 +335,7 @@ def read_analysis(path) -> dict:
     with open_file(path, ANALYSIS) as f:
         out = {name: f[name][()] for name in ("mean_mu", "adjacent_mu", "phase")}
         out.update({f"windows/{name}": f["windows"][name][()] for name in ("steps", "corr", "opposite")})
-        out["attrs"] = {key: _plain(v) for key, v in f.attrs.items()}
+        out["attrs"] = {key: attr_value(v) for key, v in f.attrs.items()}
         out["attrs"]["transitions"] = json.loads(out["attrs"]["transitions"])
         out["config"] = file_config(f)
     return out
