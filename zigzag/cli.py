@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 
 from zigzag.errors import ZigzagError
 
@@ -66,9 +68,11 @@ def _train(args) -> int:
     config = RunConfig.from_dict(values)
     _set_threads(args.threads)
 
+    from zigzag import gpulease
     from zigzag.trainer import Trainer
 
-    status = Trainer(config, args.out, progress=not args.quiet).run()
+    lease = gpulease.lease_for(config.device, args.gpu_locks)  # held until this process exits
+    status = Trainer(config, args.out, progress=not args.quiet, lease=lease).run()
     print(f"{args.out}: {status}")
     return 0
 
@@ -195,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BatchNorm in the cnn model")
     p.add_argument("--sharpness", help="top Hessian eigenvalue at every:K steps or a list of steps")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--gpu-locks", default=os.path.join(tempfile.gettempdir(), "zigzag-gpu-locks"),
+                   help="folder of the per-GPU lease files, shared by the jobs of one machine (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_train)
 

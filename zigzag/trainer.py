@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zigzag import store
+from zigzag import gpulease, store
 from zigzag.errors import ZigzagError
 from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.models import build_model
@@ -52,11 +52,15 @@ class DeviceData:
     dataset_config: dict
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, gpu: int | None = None) -> torch.device:
+    """The training device; on CUDA, pinned to GPU ``gpu`` when a lease chose one (zigzag/gpulease.py)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ZigzagError("device=cuda but no CUDA GPU is visible; use device auto or cpu")
+    if name == "cuda" and gpu is not None:
+        torch.cuda.set_device(gpu)
+        return torch.device("cuda", gpu)
     return torch.device(name)
 
 
@@ -139,13 +143,15 @@ class Progress:
 class Trainer:
     """Runs one ``RunConfig`` and writes its trajectory file (DESIGN.md, ``trajectory.h5``)."""
 
-    def __init__(self, config: RunConfig, out: str | os.PathLike, progress: bool = True):
+    def __init__(self, config: RunConfig, out: str | os.PathLike, progress: bool = True,
+                 lease: gpulease.Lease | None = None):
         self.config, self.out, self.progress = config, Path(out), progress
+        self.gpu_attrs = gpulease.attrs(lease)
         self.resume_dir = self.out.with_name(self.out.name + ".resume")
         self.partial = self.resume_dir / "trajectory.h5"
         self.checkpoint = self.resume_dir / "checkpoint.pt"
         store.check_writable(self.out)
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.device, None if lease is None else lease.index)
         self.data = load_data(config.dataset, self.device)
         n = len(self.data.train_x)
         if config.optimizer == "sgd":
@@ -269,7 +275,8 @@ class Trainer:
                 raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
                 extra_series=store.SHARPNESS_SERIES if self.sharpness_selection is not None else None,
                 attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
-                       "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch})
+                       "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch,
+                       **self.gpu_attrs})
             start, elapsed0, prev_sq = 0, 0.0, None
 
         progress = Progress(self.total_steps, start, self.out.parent.name or str(self.out), self.progress)

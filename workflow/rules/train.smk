@@ -1,6 +1,7 @@
 rule train:
     """One run: GD or SGD with gradient lag statistics per step (zigzag-trajectory). A killed job resumes
-    from <output>.resume/ when rerun (snakemake --rerun-incomplete)."""
+    from <output>.resume/ when rerun (snakemake --rerun-incomplete). On a machine with several GPUs a
+    job leases a free one through the lock files in <results>/gpu-locks/ (zigzag/gpulease.py)."""
     input:
         lambda w: dataset_file(w.run),
     output:
@@ -16,4 +17,5 @@ rule train:
     benchmark:
         f"{R}/benchmarks/train/{{run}}.tsv"
     shell:
-        "{ZIGZAG} train --settings '{params.settings}' --threads {threads} --quiet --out {output} > {log} 2>&1"
+        "{ZIGZAG} train --settings '{params.settings}' --threads {threads} --quiet --gpu-locks {R}/gpu-locks"
+        " --out {output} > {log} 2>&1"
