@@ -110,8 +110,19 @@ EOF
 }
 
 stop() {
-    local dir pid
+    local dir pid jobs
     dir=$(realpath "$1")
+    # Cancel what is still queued or running first: job steps outlive slurmd otherwise.
+    if [ -f "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+        jobs=$(SLURM_CONF="$dir/slurm.conf" squeue -h -o %i 2>/dev/null || true)
+        if [ -n "$jobs" ]; then
+            SLURM_CONF="$dir/slurm.conf" scancel $jobs || true
+            for _ in $(seq 60); do
+                [ -z "$(SLURM_CONF="$dir/slurm.conf" squeue -h -o %i 2>/dev/null)" ] && break
+                sleep 0.5
+            done
+        fi
+    fi
     for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
         [ -f "$pidfile" ] || continue
         pid=$(cat "$pidfile")

@@ -76,6 +76,21 @@ def environment(base, workdir, extra_bin=None):
     return {**env, "PYTHONPATH": str(workdir), "PATH": path, "ZIGZAG_GPU_DEVICES": "0,1"}
 
 
+@pytest.fixture
+def spawned():
+    """The processes a test starts; those still running when it ends are stopped (before the cluster)."""
+    processes = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()  # Snakemake cancels its Slurm jobs / ends its local jobs
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def numbers(results: Path) -> dict:
     """Every dataset of every HDF5 output except wall-clock times, by relative path."""
     found = {}
@@ -86,19 +101,21 @@ def numbers(results: Path) -> dict:
     return found
 
 
-def test_workflow_on_slurm_resumes_a_cancelled_job_and_equals_a_local_run(cluster, tmp_path, fake_gpu_bin):
+def test_workflow_on_slurm_resumes_a_cancelled_job_and_equals_a_local_run(cluster, tmp_path, fake_gpu_bin, spawned):
     # The reference (run meanwhile): the multi-GPU workstation profile, each training job on a leased slot.
     (tmp_path / "local").mkdir()
     local = workflow_copy(tmp_path / "local")
     reference = subprocess.Popen([*SNAKEMAKE, *LOCAL], cwd=local, env=environment(os.environ, local, fake_gpu_bin),
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 stdout=open(tmp_path / "local.log", "w"), stderr=subprocess.STDOUT)
+    spawned.append(reference)
 
     # Through Slurm; cnn_a is cancelled by the scheduler once its first checkpoint exists.
     (tmp_path / "slurm").mkdir()
     work = workflow_copy(tmp_path / "slurm")
     env = environment(cluster, work)
-    log = open(tmp_path / "first.log", "w+")
-    first = subprocess.Popen([*SNAKEMAKE, *SLURM], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen([*SNAKEMAKE, *SLURM], cwd=work, env=env, stdout=open(tmp_path / "first.log", "w"),
+                             stderr=subprocess.STDOUT)
+    spawned.append(first)
     checkpoint = work / "results" / "runs" / "cnn_a" / "trajectory.h5.resume" / "checkpoint.pt"
     deadline = time.monotonic() + 600
     while not checkpoint.exists():
@@ -118,7 +135,7 @@ def test_workflow_on_slurm_resumes_a_cancelled_job_and_equals_a_local_run(cluste
     assert resumed and CHECKPOINT_EVERY <= int(resumed.group(1)) < STEPS
     assert not checkpoint.parent.exists()
 
-    assert reference.wait(timeout=600) == 0, reference.stdout.read()
+    assert reference.wait(timeout=600) == 0, (tmp_path / "local.log").read_text()
     for run in ("cnn_a", "cnn_b"):
         with h5py.File(local / "results" / "runs" / run / "trajectory.h5", "r") as f:
             assert f.attrs["gpu_lease"] in (0, 1) and f.attrs["gpu_given"] == ""
