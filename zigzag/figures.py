@@ -88,6 +88,7 @@ def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: s
     ``label`` names the run in the curves' legends.
     """
     traj, an = store.read_trajectory(trajectory), store.read_analysis(analysis)
+    store.check_analysis_of(traj, trajectory, an, analysis)
     unit = "epoch" if traj.config.get("optimizer", "gd") == "gd" else "iteration"
     loss, mean_mu, phase = traj.steps["loss"], an["mean_mu"], an["phase"]
     steps = np.arange(len(loss))
@@ -242,6 +243,7 @@ def load_curve(curve: Curve) -> CurveData:
     trajs, analyses = [], []
     for traj_path, analysis_path in pairs:
         traj, an = store.read_trajectory(traj_path), store.read_analysis(analysis_path)
+        store.check_analysis_of(traj, traj_path, an, analysis_path)
         if len(an["mean_mu"]) != len(traj):
             raise ZigzagError(f"{analysis_path}: {len(an['mean_mu'])} steps, but its trajectory {traj_path} has "
                               f"{len(traj)}; re-run `zigzag analyze` on that trajectory")
@@ -427,6 +429,7 @@ def build_sharpness_figure(trajectory: str, analysis: str, title: str) -> Figure
     and |cos(g_k, top eigenvector)| (bottom) on a shared step axis; vertical lines mark the first step
     where the sharpness reaches 2/lr and the zigzag onset."""
     traj, an = store.read_trajectory(trajectory), store.read_analysis(analysis)
+    store.check_analysis_of(traj, trajectory, an, analysis)
     if "sharpness" not in traj.steps:
         raise ZigzagError(f"{trajectory}: no /steps/sharpness; train with sharpness.every set")
     unit = "epoch" if traj.config.get("optimizer", "gd") == "gd" else "iteration"

@@ -74,6 +74,13 @@ def _most_specific(config: dict, schema_path, cause: jsonschema.ValidationError)
     return max(leaves or [cause], key=lambda e: (e.validator == "additionalProperties", len(e.absolute_path)))
 
 
+def check_unique_keys(path) -> None:
+    """One ``ZigzagError`` if a config file gives a key twice in one mapping (e.g. two runs of one name)."""
+    from zigzag.runconfig import load_yaml
+
+    load_yaml(path, "config file")
+
+
 def checked_config(config: dict, schema_path: str | Path) -> dict:
     """Validate ``config`` against the schema (filling its defaults in place) and across sections."""
     from snakemake.exceptions import WorkflowError

@@ -35,7 +35,7 @@ class RunConfig:
     micro_batch: int = 1000
     seed: int = 0
     eval_every: int = 10
-    raw_gradients: str = "none"
+    raw_gradients: str | list[int] = "none"
     raw_dtype: str = "float32"
     raw_compression: str = "none"
     checkpoint_every: int = 50
@@ -49,6 +49,9 @@ class RunConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ZigzagError(f"unknown run setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        for f in dataclasses.fields(cls):
+            if f.name in values and f.type in TYPE_NAMES and not _has_type(values[f.name], f.type):
+                raise ZigzagError(f"invalid {f.name}={values[f.name]!r}: must be {TYPE_NAMES[f.type]}")
         needed = ("dataset", "model") if values.get("schedule", {}).get("kind", "constant") != "constant" \
             else ("dataset", "model", "lr")
         missing = [name for name in needed if values.get(name) is None]
@@ -97,6 +100,8 @@ class RunConfig:
             bad("lags", self.lags, "an integer >= 1")
         if self.micro_batch < 1:
             bad("micro_batch", self.micro_batch, "an integer >= 1")
+        if self.seed < 0:
+            bad("seed", self.seed, "an integer >= 0")
         if self.eval_every < 1:
             bad("eval_every", self.eval_every, "an integer >= 1")
         if self.checkpoint_every < 1:
@@ -154,6 +159,44 @@ class RunConfig:
                 and s["change_point"] >= self.epochs:
             raise ZigzagError(f"invalid schedule.change_point={s['change_point']}: beyond the budget of "
                               f"{self.epochs} epochs; must be in 0..{self.epochs - 1}")
+
+
+def load_yaml(path, what: str):
+    """A YAML file as Python values; a syntax error or a key given twice in one mapping (which YAML
+    readers silently resolve as last-wins) is one ``ZigzagError`` naming the line."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise ZigzagError(f"{what} {path}, line {key_node.start_mark.line + 1}: key {key!r} is given "
+                                      f"twice in the same mapping; keep one (names must be unique)")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    try:
+        with open(path) as f:
+            return yaml.load(f, Loader=Loader)
+    except OSError as err:
+        raise ZigzagError(f"cannot read {what} {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ZigzagError(f"{what} {path} is not valid YAML: {' '.join(str(err).split())}") from None
+
+
+TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+              "dict": "a mapping of keys to values"}
+
+
+def _has_type(value, annotation: str) -> bool:
+    """Whether ``value`` (from JSON or YAML) has a field's type: bool is no number, an int is a float."""
+    if annotation == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, {"str": str, "bool": bool, "dict": dict}[annotation])
 
 
 def parse_step_selection(spec, total_steps: int, key: str) -> set[int] | int | None:

@@ -8,9 +8,12 @@ one-line ``description`` with its units. Names are the contract: extend, never r
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
 import os
 import platform
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +88,7 @@ def atomic_output(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
     path = Path(path)
     check_writable(path)
+    remove_litter(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
@@ -93,15 +97,55 @@ def atomic_output(path: str | os.PathLike):
         tmp.unlink(missing_ok=True)
 
 
+def remove_litter(path: Path) -> None:
+    """Delete the ``.NAME.tmpPID`` files that killed writers of ``path`` left (their PID is gone)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp*"):
+        pid = tmp.name[len(path.name) + 5:]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Create the folder of ``path`` if needed; one clear error if it cannot be written."""
     folder = Path(path).parent
+    if Path(path).is_dir():
+        raise ZigzagError(f"{path} is a folder; --out must name a file")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ZigzagError(f"cannot create output folder {folder}: {err.strerror}; choose another --out") from None
     if not os.access(folder, os.W_OK):
         raise ZigzagError(f"output folder {folder} is not writable; choose another --out")
+
+
+def check_outputs(outputs: list, inputs: list) -> None:
+    """Refuse an output that is (or resolves to, through links) one of the inputs or another output."""
+    def same(a, b) -> bool:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
+        try:
+            return os.path.samefile(a, b)  # hard links
+        except OSError:
+            return False
+
+    for i, out in enumerate(outputs):
+        for path in inputs:
+            if same(out, path):
+                raise ZigzagError(f"output {out} is also an input ({path}); writing it would destroy the input: "
+                                  f"choose another output path")
+        for other in outputs[:i]:
+            if same(out, other):
+                raise ZigzagError(f"outputs {other} and {out} are the same file; give each output its own path")
 
 
 def open_file(path: str | os.PathLike, expected: str | None = None, mode: str = "r") -> h5py.File:
@@ -122,9 +166,11 @@ def open_file(path: str | os.PathLike, expected: str | None = None, mode: str = 
     if expected is not None and fmt != expected:
         f.close()
         raise ZigzagError(f"{path}: is a {fmt} file, expected a {expected} file")
-    if int(f.attrs.get("format_version", -1)) > FORMAT_VERSION:
+    version = int(f.attrs.get("format_version", -1))
+    if version > FORMAT_VERSION:
         f.close()
-        raise ZigzagError(f"{path}: format_version {f.attrs['format_version']} is newer than this zigzag reads; upgrade zigzag")
+        raise ZigzagError(f"{path}: format_version {version} is newer than this zigzag reads "
+                          f"({FORMAT_VERSION}): written by a newer zigzag; upgrade zigzag")
     return f
 
 
@@ -170,8 +216,15 @@ def write_dataset(path: str | os.PathLike, data: DatasetArrays) -> None:
 
 
 def read_dataset(path: str | os.PathLike) -> DatasetArrays:
+    """Read a zigzag-dataset file and check its contract (one clear error for each way it can be wrong)."""
+    fix = "re-create it with `zigzag prepare`"
     with open_file(path, DATASET) as f:
-        return DatasetArrays(
+        missing = [name for name in ("train/images", "train/labels", "test/images", "test/labels")
+                   if not isinstance(f.get(name), h5py.Dataset)]
+        missing += [f"attribute {key}" for key in ("mean", "std", "num_classes", "config") if key not in f.attrs]
+        if missing:
+            raise ZigzagError(f"{path}: damaged zigzag-dataset, missing {', '.join(missing)}; {fix}")
+        data = DatasetArrays(
             train_images=f["train/images"][()],
             train_labels=f["train/labels"][()],
             test_images=f["test/images"][()],
@@ -181,6 +234,35 @@ def read_dataset(path: str | os.PathLike) -> DatasetArrays:
             num_classes=int(f.attrs["num_classes"]),
             config=file_config(f),
         )
+    for split, images, labels in (("train", data.train_images, data.train_labels),
+                                  ("test", data.test_images, data.test_labels)):
+        if images.ndim != 4 or images.dtype != np.uint8 or labels.ndim != 1 or len(images) != len(labels):
+            raise ZigzagError(f"{path}: {split} split is not uint8 images N x C x H x W with N labels "
+                              f"(images {images.shape} {images.dtype}, labels {labels.shape}); {fix}")
+        if not len(labels):
+            raise ZigzagError(f"{path}: the {split} split is empty; {fix} from a source with {split} images")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ZigzagError(f"{path}: {split} labels are {labels.dtype}, not integers; {fix}")
+        bad = labels[(labels < 0) | (labels >= data.num_classes)]
+        if len(bad):
+            raise ZigzagError(f"{path}: {split} label(s) {sorted(set(bad.tolist()))[:5]} outside "
+                              f"0..{data.num_classes - 1} (num_classes {data.num_classes}); {fix}")
+    if data.train_images.shape[1:] != data.test_images.shape[1:] or \
+            data.mean.shape != (data.train_images.shape[1],) or data.std.shape != data.mean.shape \
+            or not (data.std > 0).all():
+        raise ZigzagError(f"{path}: image shapes or per-channel mean/std disagree (train "
+                          f"{data.train_images.shape[1:]}, test {data.test_images.shape[1:]}, std {data.std}); {fix}")
+    data.train_labels, data.test_labels = data.train_labels.astype(np.int64), data.test_labels.astype(np.int64)
+    return data
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes: the content fingerprint a checkpoint is bound to."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +288,7 @@ class TrajectoryWriter:
                raw_compression: str | None = None, attrs: dict | None = None) -> "TrajectoryWriter":
         f = h5py.File(path, "w")
         _write_root(f, TRAJECTORY, config, status="running", n_params=int(n_params),
-                    n_train=int(n_train), lags=int(lags), **(attrs or {}))
+                    n_train=int(n_train), lags=int(lags), trajectory_id=uuid.uuid4().hex, **(attrs or {}))
         steps = f.create_group("steps")
         for name, description in {**STEP_SERIES, **(extra_series or {})}.items():
             _put(steps, name, np.zeros(0), description, maxshape=(None,), chunks=(1024,), dtype="f8")
@@ -226,16 +308,30 @@ class TrajectoryWriter:
 
     @classmethod
     def reopen(cls, path, keep_steps: int) -> "TrajectoryWriter":
-        """Open an unfinished trajectory and truncate it to its first ``keep_steps`` steps (resume)."""
+        """Open an unfinished trajectory and truncate it to its first ``keep_steps`` steps (resume).
+
+        The file is checked first (readable, every series present with at least ``keep_steps`` rows, the
+        raw gradients matching their steps); a damaged one raises ``ZigzagError`` saying what is wrong.
+        """
+        try:
+            with open_file(path, TRAJECTORY) as f:
+                _check_partial(f, keep_steps)
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise ZigzagError(f"{path}: unreadable ({type(err).__name__}: {' '.join(str(err).split())[:120]})") \
+                from None
         f = open_file(path, TRAJECTORY, mode="a")
-        for ds in f["steps"].values():
-            ds.resize(keep_steps, axis=0)
-        if "raw" in f:
-            keep = int(np.sum(f["raw/steps"][()] < keep_steps))
-            f["raw/gradients"].resize(keep, axis=0)
-            f["raw/steps"].resize(keep, axis=0)
-        f.attrs["status"] = "running"
-        f.flush()
+        try:
+            for ds in f["steps"].values():
+                ds.resize(keep_steps, axis=0)
+            if "raw" in f:
+                keep = int(np.sum(f["raw/steps"][()] < keep_steps))
+                f["raw/gradients"].resize(keep, axis=0)
+                f["raw/steps"].resize(keep, axis=0)
+            f.attrs["status"] = "running"
+            f.flush()
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
+            f.close()
+            raise ZigzagError(f"{path}: cannot be truncated to {keep_steps} steps ({err})") from None
         return cls(f)
 
     def append(self, row: dict) -> None:
@@ -263,6 +359,28 @@ class TrajectoryWriter:
 
     def close(self) -> None:
         self.f.close()
+
+
+def _check_partial(f: h5py.File, keep_steps: int) -> None:
+    """Raise ``ZigzagError`` unless ``f`` holds a readable first ``keep_steps`` steps of every series."""
+    steps = f.get("steps")
+    missing = [name for name in (*STEP_SERIES, *LAG_SERIES) if steps is None or name not in steps]
+    if missing:
+        raise ZigzagError(f"{f.filename}: missing /steps/{', /steps/'.join(missing)}")
+    lags = int(f.attrs["lags"])
+    for name, ds in steps.items():
+        if ds.shape[0] < keep_steps:
+            raise ZigzagError(f"{f.filename}: /steps/{name} has {ds.shape[0]} rows, the checkpoint {keep_steps}")
+        if name in LAG_SERIES and ds.shape[1:] != (lags + 1,):
+            raise ZigzagError(f"{f.filename}: /steps/{name} has shape {ds.shape}, expected lags + 1 = {lags + 1} columns")
+        ds[:keep_steps]  # every chunk the resume keeps must read back
+    if "raw" in f:
+        raw_steps = f["raw/steps"][()]
+        if f["raw/gradients"].shape[0] != len(raw_steps) or (np.diff(raw_steps) <= 0).any():
+            raise ZigzagError(f"{f.filename}: /raw/gradients and /raw/steps disagree")
+        kept = int(np.sum(raw_steps < keep_steps))
+        if kept:
+            f["raw/gradients"][kept - 1]  # the last row the resume keeps must read back
 
 
 @dataclass
@@ -316,6 +434,7 @@ def write_analysis(path, analysis, config: dict, trajectory_attrs: dict) -> None
             eos_step=-1 if a.eos_step is None else a.eos_step,
             eos_tolerance=a.eos_tolerance,
             trajectory_status=trajectory_attrs["status"],
+            trajectory_id=trajectory_attrs.get("trajectory_id", ""),
             diverged_at=int(trajectory_attrs.get("diverged_at", -1)),
         )
         _put(f, "mean_mu", a.mean_mu, f"mean gradient correlation (eq. 3), window of h={a.h} steps starting at k; "
@@ -328,6 +447,15 @@ def write_analysis(path, analysis, config: dict, trajectory_attrs: dict) -> None
         _put(w, "corr", a.window_corr, "h x h matrices mu(k+a, k+b); NaN where past the recorded steps")
         _put(w, "opposite", a.window_opposite, "h x h matrices s(k+a, k+b), fraction of entries with opposite "
              "signs (an exact 0 is never opposite)")
+
+
+def check_analysis_of(trajectory: Trajectory, trajectory_path, analysis: dict, analysis_path) -> None:
+    """Refuse an analysis that was made from another trajectory than ``trajectory`` (its ``trajectory_id``)."""
+    made_from = analysis["attrs"].get("trajectory_id", "")
+    if made_from != trajectory.attrs.get("trajectory_id", ""):
+        raise ZigzagError(f"{analysis_path} was made from another trajectory than {trajectory_path} (trajectory_id "
+                          f"{made_from or 'none'} vs {trajectory.attrs.get('trajectory_id') or 'none'}); "
+                          f"re-run `zigzag analyze {trajectory_path}`")
 
 
 def read_analysis(path) -> dict:

@@ -12,7 +12,9 @@ seeded by (seed, epoch), dropping the last incomplete batch; a step is one itera
 Loss and accuracy of step k come from the same forward passes that computed g_k. A checkpoint (model,
 optimizer, lag ring, schedule, clock) is written every ``checkpoint_every`` steps into
 ``<out>.resume/`` beside the output, together with the trajectory being written; rerunning with the
-same settings resumes there, and the finished trajectory is renamed to ``<out>`` at the end.
+same settings, the same dataset file contents (sha256) and the same training code (``code_hash``)
+resumes there, anything else starts afresh and says why; a damaged partial trajectory also starts
+afresh. The finished trajectory is renamed to ``<out>`` at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from zigzag import gpulease, store
+from zigzag.pipeline import code_hash
 from zigzag.errors import ZigzagError
 from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.models import build_model
@@ -78,6 +81,15 @@ def load_data(path: str, device: torch.device) -> DeviceData:
     return DeviceData(images(arrays.train_images), labels(arrays.train_labels),
                       images(arrays.test_images), labels(arrays.test_labels),
                       arrays.num_classes, arrays.config)
+
+
+def available_memory() -> int:
+    """Bytes of RAM the kernel can hand out without swapping (MemAvailable), else the free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @torch.no_grad()
@@ -151,8 +163,11 @@ class Trainer:
         self.partial = self.resume_dir / "trajectory.h5"
         self.checkpoint = self.resume_dir / "checkpoint.pt"
         store.check_writable(self.out)
+        store.check_outputs([self.out], [config.dataset])
         self.device = resolve_device(config.device, None if lease is None else lease.index)
         self.data = load_data(config.dataset, self.device)
+        # What a checkpoint is bound to besides the settings: the dataset's contents and the training code.
+        self.binding = {"dataset_sha256": store.file_sha256(config.dataset), "code": code_hash("train")}
         n = len(self.data.train_x)
         if config.optimizer == "sgd":
             if config.batch_size > n:
@@ -179,12 +194,26 @@ class Trainer:
         self.model.train()
         self.grads = FlatGradients(self.model)
         self.n_params = self.grads.flat.numel()
-        self.ring = LagRing(self.n_params, config.lags, self.device)
+        self.ring = self._lag_ring()
         self.optimizer = torch.optim.SGD(self.grads.params, lr=config.effective_lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler, self.steps_per_unit = self._build_scheduler()
         self.progress_monitor = GradientCorrelationMonitor(PROGRESS_H)
         self._epoch_order: tuple[int, torch.Tensor] | None = None
+
+    def _lag_ring(self) -> LagRing:
+        """The ring of the last L + 1 gradients (float values and int8 signs), or one line on what it needs."""
+        need = (self.config.lags + 1) * self.n_params * (self.grads.flat.element_size() + 1)
+        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else available_memory()
+        message = (f"invalid lags={self.config.lags}: the lag ring keeps lags + 1 gradients of {self.n_params:,} "
+                   f"parameters, {need / 2**30:.3g} GiB, but {self.device.type} has {free / 2**30:.3g} GiB available; "
+                   f"lower lags")
+        if need > free:
+            raise ZigzagError(message)
+        try:
+            return LagRing(self.n_params, self.config.lags, self.device)
+        except (MemoryError, RuntimeError):  # torch.OutOfMemoryError is a RuntimeError
+            raise ZigzagError(message) from None
 
     def _build_scheduler(self) -> tuple[WarmupCosine | GAWU | None, int]:
         """The run's LR schedule and how many steps make one of its units (epoch or iteration)."""
@@ -222,6 +251,7 @@ class Trainer:
     def _save_checkpoint(self, n_steps: int, elapsed: float, prev_sq: float) -> None:
         state = {
             "config": self.config.to_dict(),
+            **self.binding,
             "n_steps": n_steps,
             "elapsed": elapsed,
             "prev_sq": prev_sq,
@@ -237,13 +267,30 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.checkpoint)
 
-    def _load_checkpoint(self) -> dict | None:
-        """The checkpoint of an interrupted run with the same settings, or None (then start afresh)."""
+    def _load_checkpoint(self) -> tuple[dict, store.TrajectoryWriter] | None:
+        """The checkpoint of an interrupted run with the same settings, dataset contents and training code,
+        and its partial trajectory reopened at the checkpoint's step; None (then start afresh, one line
+        saying why) if any of them differs or the partial trajectory is damaged."""
         if not (self.checkpoint.exists() and self.partial.exists()):
             return None
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
-        if state["config"] != self.config.to_dict():
-            print(f"{self.out}: settings changed since the interrupted run; starting from step 0", file=sys.stderr)
+        try:
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        except Exception as err:  # a damaged file fails in pickle, zipfile or torch with assorted types
+            print(f"{self.out}: checkpoint {self.checkpoint} is unreadable ({type(err).__name__}); "
+                  f"starting from step 0", file=sys.stderr)
+            return None
+        changed = [what for key, what in (("config", "the settings"),
+                                          ("dataset_sha256", f"the contents of the dataset file {self.config.dataset}"),
+                                          ("code", "the training code (zigzag package sources)"))
+                   if state.get(key) != (self.config.to_dict() if key == "config" else self.binding[key])]
+        if changed:
+            print(f"{self.out}: {' and '.join(changed)} changed since the interrupted run; not resuming its "
+                  f"checkpoint, starting from step 0", file=sys.stderr)
+            return None
+        try:
+            writer = store.TrajectoryWriter.reopen(self.partial, state["n_steps"])
+        except ZigzagError as err:
+            print(f"{self.out}: partial trajectory damaged, {err}; starting from step 0", file=sys.stderr)
             return None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -253,16 +300,16 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.eigenvector = state["eigenvector"]
         torch.set_rng_state(state["torch_rng"])
-        return state
+        return state, writer
 
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> str:
         """Train to the end (or divergence); returns the final status."""
         cfg = self.config
-        state = self._load_checkpoint()
-        if state is not None:
-            writer = store.TrajectoryWriter.reopen(self.partial, state["n_steps"])
+        resumed = self._load_checkpoint()
+        if resumed is not None:
+            state, writer = resumed
             start, elapsed0, prev_sq = state["n_steps"], state["elapsed"], state["prev_sq"]
             print(f"{self.out}: resuming at step {start} from {self.checkpoint}", file=sys.stderr)
         else:
@@ -276,6 +323,7 @@ class Trainer:
                 extra_series=store.SHARPNESS_SERIES if self.sharpness_selection is not None else None,
                 attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
                        "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch,
+                       "dataset_sha256": self.binding["dataset_sha256"], "code_hash": self.binding["code"],
                        **self.gpu_attrs})
             start, elapsed0, prev_sq = 0, 0.0, None
 

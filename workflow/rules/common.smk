@@ -6,6 +6,8 @@ from zigzag import pipeline
 from zigzag.errors import ZigzagError
 
 try:
+    for path in workflow.configfiles:  # Snakemake's reader lets a repeated key (a run name) silently win
+        pipeline.check_unique_keys(path)
     pipeline.checked_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 except ZigzagError as err:
     sys.stderr.write(f"zigzag: config error: {err}\n")

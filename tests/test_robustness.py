@@ -1,0 +1,425 @@
+"""Never mix, never destroy, never trace back (issue 10): stale or damaged resumes, outputs that are inputs,
+bad input as one line, litter of killed jobs, the documented install.
+
+Kills happen at a controlled step: the CLI runs in a subprocess whose trainer or writer is patched to
+SIGKILL its own process right after a checkpoint, right before the final close, or right before the
+rename of an output.
+"""
+
+import hashlib
+import importlib.metadata
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from packaging.requirements import Requirement
+
+from conftest import write_synthetic_dataset, zigzag_cli
+from zigzag import pipeline, store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+KILLED_AT = """
+import os, signal, sys
+from zigzag import store, trainer
+
+where = sys.argv[1]
+owner, name = {"checkpoint": (trainer.Trainer, "_save_checkpoint"), "finish": (store.TrajectoryWriter, "finish"),
+               "replace": (os, "replace")}[where]
+original = getattr(owner, name)
+
+def killed(*args, **kwargs):
+    if where == "checkpoint":
+        original(*args, **kwargs)  # the checkpoint is complete, then the process dies
+    os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(owner, name, killed)
+from zigzag.cli import main
+main(sys.argv[2:])
+"""
+
+
+def run_killed_at(where, *args, pythonpath=ROOT):
+    """Run ``zigzag *args`` and SIGKILL it at ``where``: after its first checkpoint, before the trajectory's
+    final close, or before an output's rename."""
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    result = subprocess.run([sys.executable, "-c", KILLED_AT, where, *map(str, args)], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    return result
+
+
+def train_args(dataset, **flags):
+    settings = {"--model": "cnn", "--width": "0.5", "--lr": "0.05", "--steps": "12", "--lags": "3",
+                "--micro-batch": "32", "--checkpoint-every": "5", "--raw-gradients": "every:4",
+                "--device": "cpu", "--threads": "1", "--quiet": None, **flags}
+    return ["train", "--dataset", dataset, *[a for kv in settings.items() for a in kv if a is not None]]
+
+
+def assert_same_trajectory(a_path, b_path):
+    with h5py.File(a_path, "r") as a, h5py.File(b_path, "r") as b:
+        assert a.attrs["status"] == b.attrs["status"] == "completed"
+        assert a.attrs["n_train"] == b.attrs["n_train"]
+        for name in ("steps/loss", "steps/accuracy", "steps/lr", "steps/grad_norm", "steps/dot", "steps/opposite",
+                     "steps/test_loss", "steps/test_accuracy", "raw/gradients", "raw/steps"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# -- 1. a resume binds to the dataset's contents and the training code ---------------------------------
+
+
+@pytest.mark.parametrize("change", ["nothing", "dataset contents", "training code"])
+def test_resume_only_with_the_same_dataset_contents_and_code(tmp_path, change):
+    data = write_synthetic_dataset(tmp_path / "data.h5", n_train=96)
+    out = tmp_path / "t.h5"
+    args = train_args(data)
+    run_killed_at("checkpoint", *args, "--out", out)
+    assert (tmp_path / "t.h5.resume" / "checkpoint.pt").exists() and not out.exists()
+    pythonpath = ROOT
+    if change == "dataset contents":  # same path, same settings, another dataset
+        write_synthetic_dataset(data, n_train=64, seed=1)
+    elif change == "training code":
+        pythonpath = tmp_path / "edited"
+        shutil.copytree(ROOT / "zigzag", pythonpath / "zigzag", ignore=shutil.ignore_patterns("__pycache__"))
+        with open(pythonpath / "zigzag" / "trainer.py", "a") as f:
+            f.write("\n# an edit\n")
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    rerun = subprocess.run([sys.executable, "-m", "zigzag", *args, "--out", str(out)], capture_output=True,
+                           text=True, env=env, cwd=tmp_path)  # not the checkout: `-m` puts the cwd first
+    assert rerun.returncode == 0, rerun.stderr
+    if change == "nothing":
+        assert rerun.stderr == f"{out}: resuming at step 5 from {tmp_path / 't.h5.resume' / 'checkpoint.pt'}\n"
+    else:
+        assert "resuming at step" not in rerun.stderr and rerun.stderr.count("\n") == 1
+        assert f"{change}" in rerun.stderr.replace("contents of the dataset file", "dataset contents")
+        assert "starting from step 0" in rerun.stderr
+    zigzag_cli(*args, "--out", tmp_path / "straight.h5")
+    assert_same_trajectory(out, tmp_path / "straight.h5")
+    traj = store.read_trajectory(out)
+    assert traj.attrs["n_train"] == (64 if change == "dataset contents" else 96)
+    assert traj.attrs["dataset_sha256"] == store.file_sha256(data)
+
+
+# -- 2. a damaged partial trajectory never blocks a rerun ----------------------------------------------
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 6 // 10])
+
+
+def _drop_series(path):
+    with h5py.File(path, "a") as f:
+        del f["steps/dot"]
+
+
+def _short_series(path):
+    with h5py.File(path, "a") as f:
+        f["steps/loss"].resize(7, axis=0)  # the checkpoint is at step 10
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (None, "resuming at step 10 from"),
+    (_truncate, "partial trajectory damaged"),
+    (_drop_series, "partial trajectory damaged"),
+    (_short_series, "partial trajectory damaged"),
+    ("checkpoint", "is unreadable"),
+])
+def test_damaged_partial_trajectory_never_blocks_a_rerun(tiny_dataset, tmp_path, damage, expected):
+    out = tmp_path / "t.h5"
+    args = train_args(tiny_dataset)
+    run_killed_at("finish", *args, "--out", out)  # killed at the final close: every row written
+    resume = tmp_path / "t.h5.resume"
+    if damage == "checkpoint":
+        _truncate(resume / "checkpoint.pt")
+    elif damage is not None:
+        damage(resume / "trajectory.h5")
+    rerun = zigzag_cli(*args, "--out", out, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stderr.count("\n") == 1 and expected in rerun.stderr
+    if damage is not None:
+        assert "starting from step 0" in rerun.stderr
+    assert not resume.exists()
+    zigzag_cli(*args, "--out", tmp_path / "straight.h5")
+    assert_same_trajectory(out, tmp_path / "straight.h5")
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace for the write-level fault injection")
+def test_kill_at_the_last_write_of_the_partial_trajectory_never_blocks_a_rerun(tiny_dataset, tmp_path):
+    """The issue's reproduction: strace counts the run's pwrite64 calls, then kills a run at its last one."""
+    args = train_args(tiny_dataset)
+    count = tmp_path / "count.txt"
+    probe = subprocess.run(["strace", "-f", "-c", "-o", str(count), "-e", "trace=pwrite64", sys.executable, "-m",
+                            "zigzag", *args, "--out", str(tmp_path / "probe.h5")], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"strace cannot trace here: {probe.stderr.strip()[-200:]}")
+    calls = next(int(line.split()[3]) for line in count.read_text().splitlines() if line.endswith("pwrite64"))
+    out = tmp_path / "t.h5"
+    killed = subprocess.run(["strace", "-f", "-o", os.devnull, "-e", f"inject=pwrite64:signal=KILL:when={calls}",
+                             sys.executable, "-m", "zigzag", *args, "--out", str(out)], capture_output=True, text=True)
+    assert killed.returncode != 0 and not out.exists() and (tmp_path / "t.h5.resume").exists()
+    rerun = zigzag_cli(*args, "--out", out, check=False)
+    assert rerun.returncode == 0 and rerun.stderr.count("\n") == 1, rerun.stderr
+    assert_same_trajectory(out, tmp_path / "probe.h5")
+
+
+# -- 3. an output is never one of the inputs ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A dataset, two trajectories of it and the analysis of the first."""
+    root = tmp_path_factory.mktemp("files")
+    data = write_synthetic_dataset(root / "data.h5")
+    for name in ("a", "b"):
+        zigzag_cli(*train_args(data, **{"--steps": "8", "--raw-gradients": "none"}), "--out", root / f"{name}.h5")
+    zigzag_cli("analyze", root / "a.h5", "--out", root / "a_an.h5", "--h", "3", "--windows", "2")
+    return {"data": data, "traj": root / "a.h5", "other": root / "b.h5", "analysis": root / "a_an.h5"}
+
+
+SAME_AS_INPUT = {
+    "analyze": lambda f, t: ["analyze", f["traj"], "--out", f["traj"]],
+    "analyze, a symlink": lambda f, t: ["analyze", f["traj"], "--out", _symlink(f["traj"], t)],
+    "train": lambda f, t: [*train_args(f["data"]), "--out", f["data"]],
+    "train, a hard link": lambda f, t: [*train_args(f["data"]), "--out", _hardlink(f["data"], t)],
+    "figure": lambda f, t: ["figure", "trajectory", "--title", "x", "--trajectory", f["traj"], "--analysis",
+                            f["analysis"], "--png", t / "x.png", "--pdf", f["analysis"]],
+    "table": lambda f, t: ["table", "schedules", "--caption", "x", "--row", "a", _copy(f["traj"], t / "a.csv"),
+                           "--out", t / "a"],
+}
+
+
+def _hardlink(target, tmp):
+    link = tmp / "hard.h5"
+    os.link(target, link)
+    return link
+
+
+def _symlink(target, tmp):
+    link = tmp / "link.h5"
+    link.symlink_to(target)
+    return link
+
+
+def _copy(src, dst):
+    shutil.copy(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("case", SAME_AS_INPUT)
+def test_an_output_that_is_an_input_is_refused(files, tmp_path, case):
+    argv = SAME_AS_INPUT[case](files, tmp_path)
+    inputs = [Path(a) for a in argv if isinstance(a, Path) and Path(a).exists()]
+    before = {p: digest(p) for p in inputs}
+    result = zigzag_cli(*argv, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("zigzag: error:") and "is also an input" in result.stderr
+    assert {p: digest(p) for p in inputs} == before
+
+
+# -- 4. a newer file format says "upgrade" -------------------------------------------------------------
+
+
+def test_newer_format_version_says_upgrade(files, tmp_path):
+    for key in ("data", "traj"):
+        newer = shutil.copy(files[key], tmp_path / f"newer_{key}.h5")
+        with h5py.File(newer, "a") as f:
+            f.attrs["format_version"] = store.FORMAT_VERSION + 1
+    for argv in ([*train_args(tmp_path / "newer_data.h5"), "--out", tmp_path / "x.h5"],
+                 ["inspect", tmp_path / "newer_traj.h5"],
+                 ["analyze", tmp_path / "newer_traj.h5", "--out", tmp_path / "y.h5"]):
+        result = zigzag_cli(*argv, check=False)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "newer zigzag; upgrade zigzag" in result.stderr
+
+
+# -- 5 and 6. every bad input is one line and exit 2 -----------------------------------------------------
+
+
+def _dataset(tmp, change):
+    path = write_synthetic_dataset(tmp / "bad.h5")
+    with h5py.File(path, "a") as f:
+        change(f)
+    return path
+
+
+def _labels(value):
+    def change(f):
+        labels = f["train/labels"][()]
+        labels[3] = value
+        f["train/labels"][...] = labels
+    return change
+
+
+def _empty_train(f):
+    for name in ("images", "labels"):
+        shape = f[f"train/{name}"].shape
+        del f[f"train/{name}"]
+        f.create_dataset(f"train/{name}", shape=(0, *shape[1:]), dtype="u1" if name == "images" else "i8")
+
+
+def _config(f, tmp, text):
+    """``train --config`` with a run file that sets ``text`` besides a valid run."""
+    path = tmp / "run.yaml"
+    path.write_text(f"dataset: {f['data']}\nmodel: cnn\nlr: 0.1\ndevice: cpu\n{text}")
+    return ["train", "--config", path, "--out", tmp / "out.h5"]
+
+
+def _train(f, tmp, *flags, dataset=None):
+    return [*train_args(dataset or f["data"]), *flags, "--out", tmp / "out.h5"]
+
+
+BAD_INPUTS = {
+    "dataset without train/labels": lambda f, t: _train(f, t, dataset=_dataset(t, lambda h: h.__delitem__(
+        "train/labels"))),
+    "label 42": lambda f, t: _train(f, t, dataset=_dataset(t, _labels(42))),
+    "label -1": lambda f, t: _train(f, t, dataset=_dataset(t, _labels(-1))),
+    "empty train split": lambda f, t: _train(f, t, dataset=_dataset(t, _empty_train)),
+    "lags 10000000": lambda f, t: _train(f, t, "--lags", "10000000"),
+    "threads -3": lambda f, t: _train(f, t, "--threads", "-3"),
+    "config steps '3'": lambda f, t: _config(f, t, 'steps: "3"\n'),
+    "config steps 2.5": lambda f, t: _config(f, t, "steps: 2.5\n"),
+    "config sharpness 5": lambda f, t: _config(f, t, "sharpness: 5\n"),
+    "config schedule cosine": lambda f, t: _config(f, t, "schedule: cosine\n"),
+    "config syntax error": lambda f, t: _config(f, t, "steps: [3,\n"),
+    "config duplicate key": lambda f, t: _config(f, t, "lags: 3\nlags: 4\n"),
+    "settings [1]": lambda f, t: ["train", "--settings", "[1]", "--out", t / "out.h5"],
+    "out is a folder": lambda f, t: [*train_args(f["data"]), "--out", t],
+    "seed -1": lambda f, t: _train(f, t, "--seed", "-1"),
+    "figure png = pdf": lambda f, t: ["figure", "trajectory", "--title", "x", "--trajectory", f["traj"],
+                                      "--analysis", f["analysis"], "--png", t / "x", "--pdf", t / "x"],
+    "sign-shift step abc": lambda f, t: ["figure", "sign-shift", "--title", "x", "--panel", f["analysis"], "a",
+                                         "abc", "--png", t / "x.png", "--pdf", t / "x.pdf"],
+    "figure analysis of another trajectory": lambda f, t: [
+        "figure", "trajectory", "--title", "x", "--trajectory", f["other"], "--analysis", f["analysis"],
+        "--png", t / "x.png", "--pdf", t / "x.pdf"],
+    "claims spec {}": lambda f, t: ["table", "claims", "--spec", "{}", "--out", t / "c"],
+    "claims spec []": lambda f, t: ["table", "claims", "--spec", "[]", "--out", t / "c"],
+    "eos tolerance 5": lambda f, t: ["analyze", f["traj"], "--out", t / "x.h5", "--eos-tolerance", "5"],
+    "window k + h > K": lambda f, t: ["analyze", f["traj"], "--out", t / "x.h5", "--h", "3", "--windows", "6"],
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_and_exit_2(files, tmp_path, case):
+    argv = BAD_INPUTS[case](files, tmp_path)
+    result = zigzag_cli(*argv, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("zigzag: error:") and result.stderr.count("\n") == 1, result.stderr
+    assert not list(tmp_path.glob("*.resume")) and not (tmp_path / "out.h5").exists()
+
+
+def _no_bigger_files_than(size):
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return limit
+
+
+def test_disk_full_is_one_line_keeps_the_old_output_and_the_rerun_finishes(files, tmp_path):
+    out = tmp_path / "an.h5"
+    zigzag_cli("analyze", files["traj"], "--out", out, "--h", "3")
+    before = digest(out)
+    argv = [sys.executable, "-m", "zigzag", "analyze", str(files["traj"]), "--out", str(out), "--h", "3"]
+    full = subprocess.run(argv, capture_output=True, text=True, preexec_fn=_no_bigger_files_than(1000))
+    assert full.returncode == 2 and full.stderr.startswith("zigzag: error:"), full.stderr
+    assert full.stderr.count("\n") == 1 and "File too large" in full.stderr
+    assert digest(out) == before and not list(tmp_path.glob(".*tmp*"))
+    # Training that runs out of space after its first checkpoint: one line, then the rerun resumes.
+    args = [*train_args(files["data"], **{"--checkpoint-every": "2", "--raw-gradients": "every:1"}),
+            "--out", str(tmp_path / "t.h5")]
+    run_killed_at("checkpoint", *args[:-1], tmp_path / "probe.h5")  # the sizes at the first checkpoint
+    probe = tmp_path / "probe.h5.resume"
+    limit = max((probe / "checkpoint.pt").stat().st_size, (probe / "trajectory.h5").stat().st_size)
+    full = subprocess.run([sys.executable, "-m", "zigzag", *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=_no_bigger_files_than(limit))
+    assert full.returncode == 2 and (tmp_path / "t.h5.resume" / "checkpoint.pt").exists(), full.stderr
+    assert full.stderr.startswith("zigzag: error:") and full.stderr.count("\n") == 1, full.stderr
+    assert "File too large" in full.stderr
+    rerun = zigzag_cli(*args)  # resumes, or (HDF5 left the partial file unreadable) starts afresh saying so
+    assert rerun.stderr.count("\n") == 1 and ("resuming at step" in rerun.stderr or "damaged" in rerun.stderr)
+    zigzag_cli(*args[:-1], tmp_path / "straight.h5")
+    assert_same_trajectory(tmp_path / "t.h5", tmp_path / "straight.h5")
+
+
+def test_closed_output_pipe_is_one_line_and_exit_2(files):
+    read, write = os.pipe()
+    os.close(read)  # like `| head -1` that has already exited
+    result = subprocess.run([sys.executable, "-m", "zigzag", "inspect", str(files["traj"])], stdout=write,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert result.returncode == 2 and result.stderr.startswith("zigzag: error:"), result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_duplicate_run_name_in_a_config_file_is_one_line(tmp_path):
+    text = (ROOT / ".test" / "config.yaml").read_text()
+    run = next(line for line in text.splitlines() if line.startswith("  cnn_a:"))
+    (tmp_path / "config.yaml").write_text(text.replace(run, f"{run}\n{run.replace('0.1', '0.2')}"))
+    with pytest.raises(pipeline.ZigzagError, match="line 8: key 'cnn_a' is given twice"):
+        pipeline.check_unique_keys(tmp_path / "config.yaml")
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile",
+                             str(ROOT / "Snakefile"), "--directory", str(tmp_path)], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("zigzag: config error:")]
+    assert result.returncode != 0 and len(errors) == 1 and "'cnn_a' is given twice" in errors[0]
+
+
+def test_help_says_what_odd_values_mean():
+    text = " ".join(zigzag_cli("train", "--help").stdout.split())
+    assert "on by default" in text  # BatchNorm in the cnn
+    assert "larger than the training set means one pass over all of it" in text  # --micro-batch
+    assert "lags beyond the run's steps are recorded as NaN" in text
+    text = " ".join(zigzag_cli("analyze", "--help").stdout.split())
+    assert "each k <= steps - h" in text and "in [0, 1)" in text
+
+
+# -- 7. litter of killed writers is removed on the next run of that output ------------------------------
+
+
+@pytest.mark.parametrize("command", ["analyze", "figure", "prepare"])
+def test_killed_writer_litter_is_removed_on_the_next_run(files, tmp_path, command):
+    if command == "analyze":
+        argv, outputs = ["analyze", files["traj"], "--out", tmp_path / "an.h5", "--h", "3"], [tmp_path / "an.h5"]
+    elif command == "figure":
+        outputs = [tmp_path / "f.png", tmp_path / "f.pdf"]
+        argv = ["figure", "trajectory", "--title", "x", "--trajectory", files["traj"], "--analysis",
+                files["analysis"], "--png", outputs[0], "--pdf", outputs[1]]
+    else:
+        argv, outputs = ["prepare", "--dataset", "mnist5k", "--train-size", "100", "--out", tmp_path / "d.h5"], \
+            [tmp_path / "d.h5"]
+    run_killed_at("replace", *argv)
+    litter = sorted(tmp_path.glob(".*.tmp*"))
+    assert [p.name.split(".tmp")[0] for p in litter] == sorted(f".{p.name}" for p in outputs)
+    zigzag_cli(*argv)
+    assert not list(tmp_path.glob(".*.tmp*")) and all(p.exists() for p in outputs)
+
+
+# -- 8. the documented install has what the documented commands need -----------------------------------
+
+
+def test_documented_install_has_what_the_report_needs():
+    """README: `pip install -e .`, then `snakemake ... --report report.html`, which imports pygments
+    (snakemake declares it only under its extra ``reports``)."""
+    deps = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    names = {d.name.lower() for d in deps}
+    for dep in deps:
+        for extra in dep.extras:
+            for sub in map(Requirement, importlib.metadata.requires(dep.name) or []):
+                if sub.marker is not None and sub.marker.evaluate({"extra": extra}):
+                    names.add(sub.name.lower())
+    assert {"snakemake", "pygments"} <= names
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -e ." in readme and "--report report.html" in readme
+    assert "snakemake --unlock" in readme and 'pgrep -af "zigzag train"' in readme
