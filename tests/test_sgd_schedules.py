@@ -51,7 +51,8 @@ def test_sgd_step_uses_the_seeded_batch_and_records_its_epoch(tiny_dataset, tmp_
 
 def test_warmup_cosine_lrs_follow_the_closed_form_per_epoch(tiny_dataset, tmp_path):
     out = tmp_path / "wu.h5"
-    schedule = {"kind": "warmup_cosine", "eta0": 0.01, "omega": 0.5, "change_point": 2, "unit": "epoch"}
+    schedule = {"kind": "warmup_cosine", "eta0": 0.01, "omega": 0.5, "change_point": 2, "unit": "epoch",
+                "growth": "constant"}
     Trainer(sgd_settings(tiny_dataset, epochs=5, schedule=schedule), out, progress=False).run()
     traj = store.read_trajectory(out)
     epochs = traj.steps["epoch"].astype(int)
@@ -62,9 +63,22 @@ def test_warmup_cosine_lrs_follow_the_closed_form_per_epoch(tiny_dataset, tmp_pa
     assert traj.attrs["change_point"] == 2
 
 
+def test_the_paper_warmup_is_the_default_and_recorded(tiny_dataset, tmp_path):
+    """Section 5.2: eta_u = exp(omega u) eta_(u-1) per epoch; the trajectory's settings name the rule."""
+    out = tmp_path / "wu.h5"
+    schedule = {"kind": "warmup_cosine", "eta0": 0.001, "omega": 0.5, "change_point": 3}
+    Trainer(sgd_settings(tiny_dataset, epochs=5, schedule=schedule), out, progress=False).run()
+    traj = store.read_trajectory(out)
+    assert traj.config["schedule"]["growth"] == "paper"
+    epochs = traj.steps["epoch"].astype(int)
+    warm = 0.001 * np.exp(0.5 * np.array([0.0, 1.0, 3.0, 6.0]))  # exponents u (u + 1) / 2
+    expected = [warm[u] if u < 3 else warm[3] * 0.5 * (1 + math.cos(math.pi * (u - 3) / 2)) for u in epochs]
+    np.testing.assert_allclose(traj.steps["lr"], expected, rtol=1e-12)
+
+
 def test_gawu_switches_where_the_online_mean_correlation_turns_negative(tiny_dataset, tmp_path):
     out = tmp_path / "gawu.h5"
-    schedule = {"kind": "gawu", "eta0": 0.05, "omega": 0.6, "unit": "iteration", "h": 3}
+    schedule = {"kind": "gawu", "eta0": 0.05, "omega": 0.6, "unit": "iteration", "h": 3, "growth": "constant"}
     Trainer(sgd_settings(tiny_dataset, optimizer="gd", steps=30, lr=1.0, micro_batch=96, schedule=schedule),
             out, progress=False).run()
     traj = store.read_trajectory(out)
@@ -111,6 +125,8 @@ def test_interrupted_gawu_sgd_run_resumes_to_the_same_file(tiny_dataset, tmp_pat
 @pytest.mark.parametrize("flags, expected", [
     (["--settings", '{"schedule": {"kind": "gawu", "eta0": 0.1, "omega": 0}}'], "schedule.omega"),
     (["--settings", '{"schedule": {"kind": "gawu", "eta0": -1, "omega": 0.1}}'], "schedule.eta0"),
+    (["--settings", '{"schedule": {"kind": "gawu", "eta0": 0.1, "omega": 0.1, "growth": "linear"}}'],
+     "schedule.growth='linear'"),
     (["--settings", '{"schedule": {"kind": "warmup_cosine", "eta0": 0.1, "omega": 0.1, "change_point": 3}}'],
      "beyond the budget of 3 epochs"),
     (["--settings", '{"batch_size": 500}'], "larger than the training set (96)"),

@@ -193,9 +193,10 @@ class Trainer:
             if not 0 <= sched["change_point"] < total:
                 raise ZigzagError(f"invalid schedule.change_point={sched['change_point']}: must be in 0..{total - 1}, "
                                   f"the run has {total} {sched.get('unit', 'epoch')}s")
-            return WarmupCosine(self.optimizer, eta0, sched["omega"], sched["change_point"], total), per_unit
+            return WarmupCosine(self.optimizer, eta0, sched["omega"], sched["change_point"], total,
+                                growth=sched.get("growth", "paper")), per_unit
         return GAWU(self.optimizer, eta0, sched["omega"], total, h=sched.get("h", 5),
-                    max_warmup=sched.get("max_warmup")), per_unit
+                    max_warmup=sched.get("max_warmup"), growth=sched.get("growth", "paper")), per_unit
 
     # -- one step -------------------------------------------------------------------------------
 
