@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import zigzag_cli
-from zigzag import store
+from zigzag import analysis, store
 from zigzag.models import build_model
 from zigzag.runconfig import RunConfig
 from zigzag.trainer import Trainer
@@ -60,7 +60,7 @@ def test_warmup_cosine_lrs_follow_the_closed_form_per_epoch(tiny_dataset, tmp_pa
     expected = [0.01 * math.exp(0.5 * u) if u < 2 else peak * 0.5 * (1 + math.cos(math.pi * (u - 2) / 3))
                 for u in epochs]
     np.testing.assert_allclose(traj.steps["lr"], expected, rtol=1e-12)
-    assert traj.attrs["change_point"] == 2
+    assert traj.attrs["change_point_epoch"] == 2 and traj.attrs["change_point_step"] == 4  # 2 batches per epoch
 
 
 def test_the_paper_warmup_is_the_default_and_recorded(tiny_dataset, tmp_path):
@@ -92,10 +92,27 @@ def test_gawu_switches_where_the_online_mean_correlation_turns_negative(tiny_dat
             break
         seen_positive |= m > 0
     assert expected is not None, "the constructed run should turn zigzag as its lr grows"
-    assert traj.attrs["change_point"] == expected
+    assert traj.attrs["change_point_step"] == traj.attrs["change_point_epoch"] == expected  # GD: a step per epoch
     lr = traj.steps["lr"]
     np.testing.assert_allclose(lr[: expected + 1], 0.05 * np.exp(0.6 * np.arange(expected + 1)), rtol=1e-12)
     assert lr[expected + 1] < lr[expected]
+
+
+def test_analysis_change_point_follows_the_trainers_gawu_rule(tiny_dataset, tmp_path):
+    """GAWU per epoch (2 iterations, h = 3): the analysis finds the trainer's change point, stored and
+    printed as a step and an epoch; a per-step reading of the same cosines would switch a step later."""
+    out, an = tmp_path / "gawu.h5", tmp_path / "gawu.analysis.h5"
+    schedule = {"kind": "gawu", "eta0": 0.02, "omega": 0.3, "h": 3}
+    Trainer(sgd_settings(tiny_dataset, epochs=8, schedule=schedule), out, progress=False).run()
+    traj = store.read_trajectory(out)
+    assert (traj.attrs["change_point_step"], traj.attrs["change_point_epoch"]) == (8, 4)
+    result = zigzag_cli("analyze", out, "--out", an, "--h", "4")
+    assert "GAWU change point (h=3, per epoch): step 8 (epoch 4)" in result.stdout
+    with h5py.File(an, "r") as f:
+        assert (f.attrs["change_point_step"], f.attrs["change_point_epoch"]) == (8, 4)
+        assert "change_point" not in f.attrs
+    adjacent = store.read_analysis(an)["adjacent_mu"]
+    assert analysis.online_change_point(adjacent, 3, steps_per_unit=1) == 9
 
 
 def test_interrupted_gawu_sgd_run_resumes_to_the_same_file(tiny_dataset, tmp_path, monkeypatch):
@@ -119,7 +136,7 @@ def test_interrupted_gawu_sgd_run_resumes_to_the_same_file(tiny_dataset, tmp_pat
     a, b = store.read_trajectory(tmp_path / "straight.h5"), store.read_trajectory(tmp_path / "resumed.h5")
     for name in ("loss", "lr", "dot", "opposite", "epoch"):
         np.testing.assert_array_equal(a.steps[name], b.steps[name], err_msg=name)
-    assert a.attrs["change_point"] == b.attrs["change_point"]
+    assert a.attrs["change_point_step"] == b.attrs["change_point_step"]
 
 
 @pytest.mark.parametrize("flags, expected", [

@@ -105,13 +105,18 @@ def _analyze(args) -> int:
     windows = parse_step_selection(args.windows, total, "windows") or set()
     if isinstance(windows, int):
         windows = set(range(0, total, windows))
-    result = analyze(traj.steps, args.h, sorted(windows), args.smooth_above, args.zigzag_below, args.eos_tolerance)
+    result = analyze(traj.steps, args.h, sorted(windows), args.smooth_above, args.zigzag_below, args.eos_tolerance,
+                     schedule=traj.config.get("schedule") or {},
+                     batches_per_epoch=int(traj.attrs.get("batches_per_epoch", 1)))
     config = {"trajectory": str(args.trajectory), "h": args.h, "windows": sorted(windows),
               "smooth_above": args.smooth_above, "zigzag_below": args.zigzag_below,
               "eos_tolerance": args.eos_tolerance}
     store.write_analysis(args.out, result, config, traj.attrs)
+    rule = result.change_point_rule
+    switch = ("none" if result.change_point_step is None else
+              f"step {result.change_point_step} (epoch {result.change_point_epoch})")
     print(f"{args.out}: zigzag share of the loss decrease {result.zigzag_loss_share:.3f}, "
-          f"{len(result.transitions)} phase changes, GAWU change point {result.change_point}")
+          f"{len(result.transitions)} phase changes, GAWU change point (h={rule['h']}, per {rule['unit']}): {switch}")
     return 0
 
 
@@ -158,9 +163,9 @@ def _table(args) -> int:
             spec = json.loads(args.spec)
         except json.JSONDecodeError as err:
             raise ZigzagError(f"--spec is not valid JSON: {err}") from None
-        df = claims_table(spec["groups"], spec["thresholds"])
+        df = claims_table(spec["groups"], spec["thresholds"], spec["seeds"], spec.get("overall", "every_seed"))
         tables.write_table(df, args.out, args.caption)
-        print(df[["claim", "verdict"]].to_string(index=False))
+        print(df[["claim", *(c for c in df.columns if c.startswith("seed ")), "verdict"]].to_string(index=False))
     print(f"{args.out}.csv, .md, .tex")
     return 0
 
@@ -244,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=_table)
     k = kinds.add_parser("claims", help="which of the paper's claims hold in these runs")
     k.add_argument("--spec", required=True,
-                   help='JSON {"thresholds": {...}, "groups": {group: [[[job, trajectory, analysis], ...], ...]}}')
+                   help='JSON {"thresholds": {...}, "seeds": [0, 1, 2], "overall": "every_seed", '
+                        '"groups": {group: [[[job, trajectory, analysis] per seed], ...]}}')
     k.add_argument("--caption", default="The paper's claims, checked on these runs")
     k.add_argument("--out", required=True, help="output prefix: writes .csv, .md and .tex")
     k.set_defaults(func=_table)
