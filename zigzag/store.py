@@ -19,7 +19,7 @@ import numpy as np
 
 from zigzag.errors import ZigzagError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the change point is ``change_point_step`` and ``change_point_epoch`` (1: ``change_point``)
 DATASET = "zigzag-dataset"
 TRAJECTORY = "zigzag-trajectory"
 ANALYSIS = "zigzag-analysis"
@@ -292,9 +292,11 @@ def attr_value(value):
 
 def schedule_change_point(traj: Trajectory) -> int:
     """The schedule's change point t in its own unit (``schedule.unit``: epoch or iteration = step), -1 if
-    none: from the trajectory's ``change_point_epoch`` / ``change_point_step``."""
+    none: from the trajectory's ``change_point_epoch`` / ``change_point_step`` (format_version 1 stored it
+    in schedule units as ``change_point``)."""
     unit = (traj.config.get("schedule") or {}).get("unit", "epoch")
-    return int(traj.attrs.get("change_point_epoch" if unit == "epoch" else "change_point_step", -1))
+    key = "change_point_epoch" if unit == "epoch" else "change_point_step"
+    return int(traj.attrs.get(key, traj.attrs.get("change_point", -1)))
 
 
 def read_trajectory(path) -> Trajectory:
