@@ -208,7 +208,8 @@ def instances(config: dict, run: str) -> list[str]:
 def all_instances(config: dict) -> dict[str, tuple[str, int]]:
     """Every job name -> (run, seed): each run's own seeds, and the seeds of ``claims.seeds`` for the
     runs the claims read."""
-    jobs = {instance_name(config, run, seed): (run, seed) for run in config["runs"] for seed in seeds(config["runs"][run])}
+    jobs = {instance_name(config, run, seed): (run, seed)
+            for run in config["runs"] for seed in seeds(config["runs"][run])}
     for names in claim_groups(config).values():
         for run in names:
             jobs.update({instance_name(config, run, seed): (run, seed) for seed in config["claims"]["seeds"]})
