@@ -190,3 +190,25 @@ def test_every_claim_is_judged_per_seed_and_combined_by_the_configured_rule(tmp_
 def test_overall_verdict_rules(verdicts, every, majority):
     assert overall_verdict(verdicts, "every_seed") == every
     assert overall_verdict(verdicts, "majority") == majority
+
+
+def test_claims_cli_writes_a_verdict_per_seed(tmp_path):
+    """`zigzag table claims --spec` as the all_claims rule calls it (pipeline.claims_spec's JSON)."""
+    import json
+
+    import pandas as pd
+
+    from conftest import zigzag_cli
+
+    good = write_gd_run(tmp_path / "cnn", [1] * 20 + alternating(40))[0]
+    flat = write_gd_run(tmp_path / "cnn-seed1", [1] * 60)[0]
+    spec = {"thresholds": THRESHOLDS, "seeds": [0, 1], "overall": "every_seed", "groups": {"cnn": [[good, flat]]}}
+    result = zigzag_cli("table", "claims", "--spec", json.dumps(spec), "--out", tmp_path / "claims")
+    assert "seed 0" in result.stdout and "seed 1" in result.stdout and MIXED in result.stdout
+    df = pd.read_csv(tmp_path / "claims.csv")
+    row = df[df["claim"] == "CNN starts smooth, then turns zigzag"].iloc[0]
+    assert (row["seed 0"], row["seed 1"], row["verdict"]) == (HOLDS, FAILS, MIXED)
+    assert "| seed 0 | seed 1 | verdict |" in (tmp_path / "claims.md").read_text()
+    bad = zigzag_cli("table", "claims", "--spec", json.dumps({**spec, "overall": "most"}), "--out",
+                     tmp_path / "bad", check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("zigzag: error: claims: invalid overall rule 'most'")
