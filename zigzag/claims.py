@@ -172,13 +172,13 @@ def gawu_close_to_best_wu(gawu: Run | None, wu: list[list[Run]], t: dict) -> dic
     threshold = (f"GAWU switched; |GAWU t - t of the WU run with the best mean final test accuracy| <= "
                  f"{t['gawu_gap']}; GAWU final test accuracy >= that run's mean - {t['gawu_accuracy_sds']} x "
                  f"its sample sd over seeds")
-    if gawu is None or not any(wu):
+    finished = [(seeds, acc[np.isfinite(acc)]) for seeds in wu
+                for acc in [np.array([final_accuracy(r) for r in seeds])]]
+    scored = [(float(acc.mean()), seeds, acc) for seeds, acc in finished if len(acc)]
+    if gawu is None or not scored:
         return _not_run(claim, paper, threshold, [gawu.name] if gawu else [])
-    scored = [(np.nanmean([final_accuracy(r) for r in seeds]), seeds) for seeds in wu if seeds]
-    best_mean, best = max(scored, key=lambda item: item[0])
-    accuracies = np.array([final_accuracy(r) for r in best])
-    best_sd = float(np.std(accuracies[np.isfinite(accuracies)], ddof=1)) if np.isfinite(accuracies).sum() > 1 \
-        else np.nan
+    best_mean, best, accuracies = max(scored, key=lambda item: item[0])
+    best_sd = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else np.nan
     best_t = store.schedule_change_point(best[0].traj)
     runs = [gawu.name, *(r.name for r in best)]
     gawu_t, acc = store.schedule_change_point(gawu.traj), final_accuracy(gawu)
