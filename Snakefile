@@ -20,3 +20,4 @@ rule all:
     input:
         rules.all_figures.input,
         rules.all_tables.input,
+        rules.all_claims.input,

@@ -68,22 +68,43 @@ def test_phases_transitions_and_loss_share_on_a_constructed_run():
     assert np.isnan(analysis.zigzag_loss_share(np.array([1.0, 2.0]), np.array([1, 1])))
 
 
-def test_online_change_point_agrees_with_the_gawu_scheduler():
+@pytest.mark.parametrize("steps_per_unit", [1, 3])
+def test_online_change_point_agrees_with_the_gawu_scheduler(steps_per_unit):
+    """The trainer's way: one adjacent cosine per step into GAWU's monitor, ``step()`` once per unit."""
     rng = np.random.default_rng(3)
     g = rng.standard_normal(40)
     grads = [g + 0.1 * rng.standard_normal(40) for _ in range(8)]
-    grads += [(-1) ** k * g + 0.1 * rng.standard_normal(40) for k in range(12)]
-    dot, opp = lag_stats(np.stack(grads), lags=4)
-    expected = analysis.online_change_point(analysis.mean_mu(dot, 5), 5)
+    grads += [(-1) ** k * g + rng.standard_normal(40) for k in range(22)]
+    dot, _ = lag_stats(np.stack(grads), lags=4)
+    adjacent = analysis.adjacent_mu(dot)
+    expected = analysis.online_change_point(adjacent, 5, steps_per_unit)
     param = torch.nn.Parameter(torch.zeros(40))
-    param.grad = torch.zeros(40)
     optimizer = torch.optim.SGD([param], lr=1.0)
-    sched = GAWU(optimizer, eta0=1e-3, omega=0.1, total=len(grads))
-    for grad in grads:
-        sched.observe(torch.as_tensor(grad, dtype=torch.float32))
-        optimizer.step()
-        sched.step()
+    sched = GAWU(optimizer, eta0=1e-3, omega=0.1, total=len(grads) // steps_per_unit)
+    for k in range(len(grads)):
+        if k > 0:
+            sched.monitor.add_cosine(float(adjacent[k]))
+        if (k + 1) % steps_per_unit == 0:
+            optimizer.step()
+            sched.step()
     assert expected is not None and sched.change_point == expected
+
+
+def test_change_point_rule_units_and_window():
+    """Steps 0..11, 3 per unit: means are read only at unit ends (steps 2, 5, 8, 11) with GAWU's h."""
+    adjacent = np.array([np.nan, 1, 1, 1, -1, -1, 1, -1, -1, -1, -1, -1], dtype=float)
+    # h = 3 at step k: mean of adjacent[k-1], adjacent[k]. Unit ends: 2 -> +1 (armed), 5 -> -1: unit 1.
+    assert analysis.online_change_point(adjacent, 3, steps_per_unit=3) == 1
+    # Read at every step (unit = iteration) the mean is 0 at step 4 and -1 at step 5: t = step 5.
+    assert analysis.online_change_point(adjacent, 3, steps_per_unit=1) == 5
+    assert analysis.online_change_point(adjacent, 3, steps_per_unit=3, max_warmup=0) == 0
+    assert analysis.online_change_point(np.ones(12), 3, steps_per_unit=3) is None
+    rule = analysis.change_point_rule({"kind": "gawu", "h": 3, "unit": "epoch", "max_warmup": 9}, 4)
+    assert rule == {"h": 3, "unit": "epoch", "steps_per_unit": 4, "max_warmup": 9}
+    a = analysis.analyze({"dot": np.column_stack([np.ones(12), np.r_[np.nan, adjacent[1:]]]),
+                          "opposite": np.zeros((12, 2)), "loss": np.ones(12)}, 2, [], 0.5, -0.5,
+                         schedule={"kind": "gawu", "h": 3, "unit": "iteration"}, batches_per_epoch=3)
+    assert (a.change_point_step, a.change_point_epoch) == (5, 1)
 
 
 def test_h_beyond_lags_is_refused(tiny_dataset, tmp_path):

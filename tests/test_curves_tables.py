@@ -53,9 +53,9 @@ def write_run(folder, seed, *, kind="gawu", t=11, final_acc=0.9, diverged_at=Non
             row["loss"], row["grad_norm"], dot[:] = np.nan, np.nan, np.nan
         writer.append(row)
     if diverged_at is None:
-        writer.finish("completed", change_point=t)
+        writer.finish("completed", change_point_step=t * BPE, change_point_epoch=t)
     else:
-        writer.finish("diverged", diverged_at=diverged_at, change_point=t)
+        writer.finish("diverged", diverged_at=diverged_at, change_point_step=t * BPE, change_point_epoch=t)
     traj = store.read_trajectory(traj_path)
     store.write_analysis(analysis_path, analysis.analyze(traj.steps, H, [], 0.5, -0.5), {}, traj.attrs)
     return str(traj_path), str(analysis_path)

@@ -36,11 +36,12 @@ def test_warmup_cosine_closed_form():
         assert lrs[0] == lrs[1]
         seen.append(lrs[0])
         _advance(opt, sched)
-    peak = eta0 * math.exp(omega * t)
+    peak = eta0 * math.exp(omega * t * (t + 1) / 2)
+    assert sched.growth == "paper"
     assert seen[0] == eta0
-    assert seen[3] == pytest.approx(eta0 * math.exp(0.3), rel=1e-15)
-    for u in range(t):  # the issue's rule: a constant factor exp(omega) per warm-up unit
-        assert seen[u + 1] / seen[u] == pytest.approx(math.exp(omega), rel=1e-14)
+    assert seen[3] == pytest.approx(eta0 * math.exp(0.1 * 6), rel=1e-15)
+    for u in range(1, t + 1):  # Section 5.2: eta_u = exp(omega * u) * eta_(u-1)
+        assert seen[u] / seen[u - 1] == pytest.approx(math.exp(omega * u), rel=1e-14)
     assert seen[t] == pytest.approx(peak, rel=1e-15)
     assert seen[9] == pytest.approx(peak / 2, rel=1e-14)  # middle of the 8 decay units
     assert seen[12] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 7 / 8)), rel=1e-14)
@@ -48,12 +49,37 @@ def test_warmup_cosine_closed_form():
     assert sched.get_last_lr() == [0.0, 0.0]
 
 
+@pytest.mark.parametrize(("t", "peak"), [(10, 0.245), (11, 0.735), (12, 2.44)])
+def test_paper_warmup_reaches_the_linear_scaling_lr(t, peak):
+    """eta0 = 0.001, omega = 0.1 (Section 5.2): eta0 * exp(0.1 * t (t + 1) / 2) at the change point."""
+    for make in (lambda opt: WarmupCosine(opt, eta0=0.001, omega=0.1, change_point=t, total=100),
+                 lambda opt: GAWU(opt, eta0=0.001, omega=0.1, total=100, max_warmup=t)):
+        opt = _optimizer()
+        sched = make(opt)
+        lrs, _ = _run(sched, opt, range(t + 2))
+        assert lrs[t] == pytest.approx(peak, rel=2e-3) and max(lrs) == lrs[t]
+        assert lrs[t] == pytest.approx(0.001 * math.exp(0.1 * t * (t + 1) / 2), rel=1e-14)
+
+
+def test_constant_growth_is_the_explicit_option():
+    eta0, omega, t, total = 0.01, 0.1, 5, 13
+    opt = _optimizer()
+    sched = WarmupCosine(opt, eta0=eta0, omega=omega, change_point=t, total=total, growth="constant")
+    seen, _ = _run(sched, opt, range(total))
+    for u in range(t):  # a constant factor exp(omega) per warm-up unit
+        assert seen[u + 1] / seen[u] == pytest.approx(math.exp(omega), rel=1e-14)
+    assert seen[t] == pytest.approx(eta0 * math.exp(omega * t), rel=1e-15)
+    opt = _optimizer()
+    gawu = GAWU(opt, eta0=eta0, omega=omega, total=total, max_warmup=t, growth="constant")
+    assert _run(gawu, opt, range(total))[0] == seen
+
+
 def test_warmup_cosine_last_epoch_resumes_at_the_closed_form():
     opt = _optimizer()
     opt.param_groups[0]["initial_lr"] = 1.0
     sched = WarmupCosine(opt, eta0=0.01, omega=0.1, change_point=5, total=13, last_epoch=6)
     assert sched.last_epoch == 7
-    assert _lrs(opt)[0] == pytest.approx(0.01 * math.exp(0.5) * 0.5 * (1 + math.cos(math.pi * 2 / 8)))
+    assert _lrs(opt)[0] == pytest.approx(0.01 * math.exp(0.1 * 15) * 0.5 * (1 + math.cos(math.pi * 2 / 8)))
 
 
 def test_monitor_alternating_gives_minus_one():
@@ -156,7 +182,7 @@ def test_gawu_switches_at_the_first_negative_after_a_positive():
     ref_opt = _optimizer()
     ref = WarmupCosine(ref_opt, eta0=1e-3, omega=0.1, change_point=EXPECTED_T, total=TOTAL)
     assert lrs == _run(ref, ref_opt, range(TOTAL))[0]
-    assert max(lrs) == lrs[EXPECTED_T] == 1e-3 * math.exp(0.1 * EXPECTED_T)
+    assert max(lrs) == lrs[EXPECTED_T] == 1e-3 * math.exp(0.1 * EXPECTED_T * (EXPECTED_T + 1) / 2)
 
 
 class _StubMonitor:
@@ -191,7 +217,7 @@ def test_gawu_never_detected_keeps_warming_up_unless_capped():
     sched = GAWU(opt, eta0=1e-3, omega=0.1, total=8, h=2)
     lrs, _ = _run(sched, opt, range(9), [torch.ones(3)] * 9)
     assert sched.change_point is None
-    assert lrs[:8] == [1e-3 * math.exp(0.1 * u) for u in range(8)]
+    assert lrs[:8] == pytest.approx([1e-3 * math.exp(0.1 * (u * (u + 1) / 2)) for u in range(8)], rel=1e-15)
     assert lrs[8] == 0.0
 
     opt = _optimizer()
@@ -256,6 +282,9 @@ def test_module_example_runs():
         lambda opt: GAWU(opt, eta0=1e-3, omega=0.1, total=0),
         lambda opt: GAWU(opt, eta0=1e-3, omega=0.1, total=10, max_warmup=10),
         lambda opt: GAWU(opt, eta0=1e-3, omega=0.1, total=100000),
+        lambda opt: GAWU(opt, eta0=1e-3, omega=0.1, total=200),  # paper growth: exp(0.1 * 199 * 200 / 2)
+        lambda opt: GAWU(opt, eta0=1e-3, omega=0.1, total=10, growth="linear"),
+        lambda opt: WarmupCosine(opt, eta0=1e-3, omega=0.1, change_point=2, total=10, growth=None),
         lambda opt: GAWU(opt, eta0=1e-3, omega=0.1, total=10, h=3, monitor=GradientCorrelationMonitor(h=5)),
         lambda opt: GradientCorrelationMonitor(h=1),
     ],

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import zigzag_cli
-from zigzag import store
+from zigzag import analysis, store
 from zigzag.models import build_model
 from zigzag.runconfig import RunConfig
 from zigzag.trainer import Trainer
@@ -51,7 +51,8 @@ def test_sgd_step_uses_the_seeded_batch_and_records_its_epoch(tiny_dataset, tmp_
 
 def test_warmup_cosine_lrs_follow_the_closed_form_per_epoch(tiny_dataset, tmp_path):
     out = tmp_path / "wu.h5"
-    schedule = {"kind": "warmup_cosine", "eta0": 0.01, "omega": 0.5, "change_point": 2, "unit": "epoch"}
+    schedule = {"kind": "warmup_cosine", "eta0": 0.01, "omega": 0.5, "change_point": 2, "unit": "epoch",
+                "growth": "constant"}
     Trainer(sgd_settings(tiny_dataset, epochs=5, schedule=schedule), out, progress=False).run()
     traj = store.read_trajectory(out)
     epochs = traj.steps["epoch"].astype(int)
@@ -59,12 +60,25 @@ def test_warmup_cosine_lrs_follow_the_closed_form_per_epoch(tiny_dataset, tmp_pa
     expected = [0.01 * math.exp(0.5 * u) if u < 2 else peak * 0.5 * (1 + math.cos(math.pi * (u - 2) / 3))
                 for u in epochs]
     np.testing.assert_allclose(traj.steps["lr"], expected, rtol=1e-12)
-    assert traj.attrs["change_point"] == 2
+    assert traj.attrs["change_point_epoch"] == 2 and traj.attrs["change_point_step"] == 4  # 2 batches per epoch
+
+
+def test_the_paper_warmup_is_the_default_and_recorded(tiny_dataset, tmp_path):
+    """Section 5.2: eta_u = exp(omega u) eta_(u-1) per epoch; the trajectory's settings name the rule."""
+    out = tmp_path / "wu.h5"
+    schedule = {"kind": "warmup_cosine", "eta0": 0.001, "omega": 0.5, "change_point": 3}
+    Trainer(sgd_settings(tiny_dataset, epochs=5, schedule=schedule), out, progress=False).run()
+    traj = store.read_trajectory(out)
+    assert traj.config["schedule"]["growth"] == "paper"
+    epochs = traj.steps["epoch"].astype(int)
+    warm = 0.001 * np.exp(0.5 * np.array([0.0, 1.0, 3.0, 6.0]))  # exponents u (u + 1) / 2
+    expected = [warm[u] if u < 3 else warm[3] * 0.5 * (1 + math.cos(math.pi * (u - 3) / 2)) for u in epochs]
+    np.testing.assert_allclose(traj.steps["lr"], expected, rtol=1e-12)
 
 
 def test_gawu_switches_where_the_online_mean_correlation_turns_negative(tiny_dataset, tmp_path):
     out = tmp_path / "gawu.h5"
-    schedule = {"kind": "gawu", "eta0": 0.05, "omega": 0.6, "unit": "iteration", "h": 3}
+    schedule = {"kind": "gawu", "eta0": 0.05, "omega": 0.6, "unit": "iteration", "h": 3, "growth": "constant"}
     Trainer(sgd_settings(tiny_dataset, optimizer="gd", steps=30, lr=1.0, micro_batch=96, schedule=schedule),
             out, progress=False).run()
     traj = store.read_trajectory(out)
@@ -78,10 +92,29 @@ def test_gawu_switches_where_the_online_mean_correlation_turns_negative(tiny_dat
             break
         seen_positive |= m > 0
     assert expected is not None, "the constructed run should turn zigzag as its lr grows"
-    assert traj.attrs["change_point"] == expected
+    assert traj.attrs["change_point_step"] == traj.attrs["change_point_epoch"] == expected  # GD: a step per epoch
     lr = traj.steps["lr"]
     np.testing.assert_allclose(lr[: expected + 1], 0.05 * np.exp(0.6 * np.arange(expected + 1)), rtol=1e-12)
     assert lr[expected + 1] < lr[expected]
+
+
+def test_analysis_change_point_follows_the_trainers_gawu_rule(tiny_dataset, tmp_path):
+    """GAWU per epoch (2 iterations, h = 3): the analysis finds the trainer's change point, stored and
+    printed as a step and an epoch; a per-step reading of the same cosines would switch a step later."""
+    out, an = tmp_path / "gawu.h5", tmp_path / "gawu.analysis.h5"
+    schedule = {"kind": "gawu", "eta0": 0.02, "omega": 0.3, "h": 3}
+    Trainer(sgd_settings(tiny_dataset, epochs=8, schedule=schedule), out, progress=False).run()
+    traj = store.read_trajectory(out)
+    assert (traj.attrs["change_point_step"], traj.attrs["change_point_epoch"]) == (8, 4)
+    result = zigzag_cli("analyze", out, "--out", an, "--h", "4")
+    assert "GAWU change point (h=3, per epoch): step 8 (epoch 4)" in result.stdout
+    with h5py.File(an, "r") as f:
+        assert (f.attrs["change_point_step"], f.attrs["change_point_epoch"]) == (8, 4)
+        assert "change_point" not in f.attrs
+    adjacent = store.read_analysis(an)["adjacent_mu"]
+    assert analysis.online_change_point(adjacent, 3, steps_per_unit=1) == 9
+    shown = zigzag_cli("inspect", out).stdout
+    assert "change_point_step: 8" in shown and "change_point_epoch: 4" in shown
 
 
 def test_interrupted_gawu_sgd_run_resumes_to_the_same_file(tiny_dataset, tmp_path, monkeypatch):
@@ -105,12 +138,14 @@ def test_interrupted_gawu_sgd_run_resumes_to_the_same_file(tiny_dataset, tmp_pat
     a, b = store.read_trajectory(tmp_path / "straight.h5"), store.read_trajectory(tmp_path / "resumed.h5")
     for name in ("loss", "lr", "dot", "opposite", "epoch"):
         np.testing.assert_array_equal(a.steps[name], b.steps[name], err_msg=name)
-    assert a.attrs["change_point"] == b.attrs["change_point"]
+    assert a.attrs["change_point_step"] == b.attrs["change_point_step"]
 
 
 @pytest.mark.parametrize("flags, expected", [
     (["--settings", '{"schedule": {"kind": "gawu", "eta0": 0.1, "omega": 0}}'], "schedule.omega"),
     (["--settings", '{"schedule": {"kind": "gawu", "eta0": -1, "omega": 0.1}}'], "schedule.eta0"),
+    (["--settings", '{"schedule": {"kind": "gawu", "eta0": 0.1, "omega": 0.1, "growth": "linear"}}'],
+     "schedule.growth='linear'"),
     (["--settings", '{"schedule": {"kind": "warmup_cosine", "eta0": 0.1, "omega": 0.1, "change_point": 3}}'],
      "beyond the budget of 3 epochs"),
     (["--settings", '{"batch_size": 500}'], "larger than the training set (96)"),

@@ -102,16 +102,35 @@ def zigzag_loss_share(loss: np.ndarray, phase: np.ndarray) -> float:
     return float(np.nansum(decrease[in_zigzag]) / total)
 
 
-def online_change_point(mean_mu_k: np.ndarray, h: int) -> int | None:
-    """The step GAWU would switch at: the online value at step k is mean_mu_{k-h+1} (the window
-    ending at k); the first k where it is negative after a positive one was seen (zigzag.schedules.GAWU)."""
+def online_change_point(adjacent: np.ndarray, h: int, steps_per_unit: int = 1,
+                        max_warmup: int | None = None) -> int | None:
+    """The unit t where GAWU switches (``zigzag.schedules.GAWU`` as the trainer feeds it): the same rule.
+
+    The monitor gets one adjacent cosine mu(k-1, k) per step; at the end of unit u, i.e. after step
+    k = (u + 1) * steps_per_unit - 1, the scheduler reads the mean of the last h - 1 cosines,
+    1/(h-1) sum_{m=1..h-1} mu(k-h+m, k-h+m+1) = mean_mu_{k-h+1} (eq. 3, the window ending at k; NaN
+    while k < h - 1 or if a cosine in it is NaN). t is the first unit u whose mean is < 0 after some
+    earlier unit's mean was > 0 (NaN and 0 neither arm nor trigger), or u = max_warmup; None if neither.
+    Unit t is the one run at the peak lr: its first step is t * steps_per_unit.
+    """
     seen_positive = False
-    for k in range(h - 1, len(mean_mu_k) + h - 1):
-        value = mean_mu_k[k - h + 1]
-        if value < 0 and seen_positive:
-            return k
-        seen_positive |= bool(value > 0)
+    for u in range(len(adjacent) // steps_per_unit):
+        k = (u + 1) * steps_per_unit - 1
+        m = float(np.mean(adjacent[k - h + 2:k + 1])) if k >= h - 1 else np.nan
+        if m > 0:
+            seen_positive = True
+        if (m < 0 and seen_positive) or u == max_warmup:
+            return u
     return None
+
+
+def change_point_rule(schedule: dict, batches_per_epoch: int) -> dict:
+    """GAWU's switch settings for a run with this ``schedule`` (its own for a GAWU run, GAWU's defaults
+    otherwise): window ``h`` (5), ``unit`` (epoch) as ``steps_per_unit``, ``max_warmup`` (none)."""
+    unit = schedule.get("unit", "epoch")
+    return {"h": int(schedule.get("h", 5)), "unit": unit,
+            "steps_per_unit": int(batches_per_epoch) if unit == "epoch" else 1,
+            "max_warmup": schedule.get("max_warmup") if schedule.get("kind") == "gawu" else None}
 
 
 def zigzag_onset(phase: np.ndarray) -> int | None:
@@ -146,17 +165,24 @@ class Analysis:
     window_opposite: np.ndarray
     zigzag_loss_share: float
     transitions: list
-    change_point: int | None
+    change_point_step: int | None   # first step of the change-point unit (t * steps per unit)
+    change_point_epoch: int | None  # the epoch that step lies in
+    change_point_rule: dict         # change_point_rule(): h, unit, steps_per_unit, max_warmup
     zigzag_onset: int | None
     eos_step: int | None
     eos_tolerance: float
 
 
 def analyze(steps: dict[str, np.ndarray], h: int, window_steps: list[int], smooth_above: float,
-            zigzag_below: float, eos_tolerance: float = 0.1) -> Analysis:
-    """All the analysis of one trajectory's ``/steps`` series (``eos_step`` needs ``/steps/sharpness``)."""
+            zigzag_below: float, eos_tolerance: float = 0.1, schedule: dict | None = None,
+            batches_per_epoch: int = 1) -> Analysis:
+    """All the analysis of one trajectory's ``/steps`` series (``eos_step`` needs ``/steps/sharpness``);
+    ``schedule`` and ``batches_per_epoch`` (the trajectory's) set the GAWU change point's rule."""
     dot, opposite = steps["dot"], steps["opposite"]
     m = mean_mu(dot, h)
+    rule = change_point_rule(schedule or {}, batches_per_epoch)
+    t = online_change_point(adjacent_mu(dot), rule["h"], rule["steps_per_unit"], rule["max_warmup"])
+    t_step = None if t is None else t * rule["steps_per_unit"]
     phase = phases(m, smooth_above, zigzag_below)
     ws = np.asarray(sorted(set(window_steps)), dtype=np.int64)
     return Analysis(
@@ -166,7 +192,9 @@ def analyze(steps: dict[str, np.ndarray], h: int, window_steps: list[int], smoot
         window_opposite=np.stack([window(opposite, k, h, False) for k in ws]) if len(ws) else np.zeros((0, h, h)),
         zigzag_loss_share=zigzag_loss_share(steps["loss"], phase),
         transitions=transitions(phase),
-        change_point=online_change_point(m, h),
+        change_point_step=t_step,
+        change_point_epoch=None if t_step is None else t_step // batches_per_epoch,
+        change_point_rule=rule,
         zigzag_onset=zigzag_onset(phase),
         eos_step=edge_of_stability_step(steps["sharpness"], steps["lr"], eos_tolerance)
         if "sharpness" in steps else None,

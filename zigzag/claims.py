@@ -1,14 +1,30 @@
-"""The paper's claims, checked on the runs of this configuration: one row per claim.
+"""The paper's claims, checked on every configured seed of the runs of this configuration.
 
-Each claim names the runs it reads (config section ``claims``), the paper's value, the value measured
-here, and a verdict: ``holds``, ``does not hold`` or ``not run`` (its runs are not configured or did
-not finish). Thresholds come from the config, fixed before looking at results, and are printed in the
-table beside each verdict. Measured quantities (all from analysis and trajectory files):
+Each claim names the runs it reads (config section ``claims``) and is judged on each seed of
+``claims.seeds`` on its own: the seed-s jobs of those runs give a measured value and a verdict
+``holds``, ``does not hold`` or ``not run`` (its runs are not configured, did not finish, or never
+reach the phase the claim is about). The overall verdict combines the seeds by the rule
+``claims.overall``, fixed in the config before any result is seen (``overall_verdict``):
+
+- ``every_seed``: holds if it holds on every configured seed, does not hold if it holds on none
+  (and was judged on one at least), not run if judged on none, else ``mixed``;
+- ``majority``: holds if it holds on more than half of the configured seeds, does not hold if it fails
+  on more than half, not run if judged on none, else ``mixed``.
+
+Thresholds come from the config, fixed before looking at results, and are printed in the table beside
+each verdict. Measured quantities (all from analysis and trajectory files):
 
 - mean_mu: eq. (3) per step; phases from ``analysis.smooth_above`` / ``analysis.zigzag_below``;
-- sign flips: ``opposite[k, 1]``, the share of entries whose sign differs between g_{k-1} and g_k;
+- sign flips: for each zigzag step k (its window [k, k+h-1] has mean_mu_k < zigzag_below) the adjacent
+  pairs inside the window, ``opposite[k+m, 1]`` for m = 1..h-1 (the share of entries whose sign differs
+  between g_{k+m-1} and g_{k+m}); the median over every such pair of a run; a run with no zigzag step is
+  named in the measured column;
 - zigzag share: the share of the total loss decrease made during zigzag steps;
 - batch-size gap: the largest mean |difference| between two batch sizes' mean_mu, per epoch;
+- GAWU (Table 1): GAWU switched (a seed that never switched does not hold), its change point t within
+  ``gawu_gap`` of the t of the WU run with the best mean final test accuracy over the seeds, and its
+  final test accuracy at least that WU run's mean minus ``gawu_accuracy_sds`` sample standard
+  deviations of that run's seeds (comparable within the seeds' spread);
 - edge of stability: the first step where the sharpness reaches 2/lr versus the zigzag onset.
 """
 
@@ -21,10 +37,13 @@ import pandas as pd
 
 from zigzag import store
 from zigzag.analysis import ZIGZAG
+from zigzag.errors import ZigzagError
 
-HOLDS, FAILS, NOT_RUN = "holds", "does not hold", "not run"
+HOLDS, FAILS, NOT_RUN, MIXED = "holds", "does not hold", "not run", "mixed"
+OVERALL_RULES = ("every_seed", "majority")
+COLUMNS = ["claim", "paper", "measured", "runs", "threshold", "verdict"]
 THRESHOLDS = ("early_steps", "smooth_start", "zigzag_strong", "sign_flip", "late_smooth", "late_fraction",
-              "loss_share", "batch_gap", "gawu_gap", "eos_gap")  # the keys ``claims_table`` needs
+              "loss_share", "batch_gap", "gawu_gap", "gawu_accuracy_sds", "eos_gap")  # the keys ``claims_table`` needs
 
 
 @dataclass
@@ -48,9 +67,9 @@ class Run:
                          for e in range(epochs.max() + 1)])
 
 
-def _row(claim, paper, measured, runs, verdict, threshold):
+def _row(claim, paper, measured, runs, verdict, threshold, never_switched=False):
     return {"claim": claim, "paper": paper, "measured": measured, "runs": ", ".join(runs),
-            "threshold": threshold, "verdict": verdict}
+            "threshold": threshold, "verdict": verdict, "never_switched": never_switched}
 
 
 def _not_run(claim, paper, threshold, runs=()):
@@ -70,19 +89,28 @@ def smooth_then_zigzag(run: Run | None, t: dict) -> dict:
                 HOLDS if ok else FAILS, threshold)
 
 
+def window_pair_steps(phase: np.ndarray, h: int) -> np.ndarray:
+    """Steps j whose adjacent pair (j-1, j) lies inside a zigzag window [k, k+h-1]: j = k+m, m = 1..h-1."""
+    starts = np.flatnonzero(phase == ZIGZAG)
+    return np.unique((starts[:, None] + np.arange(1, h)[None, :]).ravel())
+
+
 def sign_flips(runs: list[Run], t: dict) -> dict:
     claim, paper = "about 90% of entries flip sign in the zigzag phase", "~90% (adjacent correlation -0.9)"
-    threshold = f"median share of opposite signs between adjacent gradients over zigzag steps >= {t['sign_flip']}"
-    shares = {}
+    threshold = (f"median share of opposite signs between adjacent gradients inside the zigzag windows "
+                 f">= {t['sign_flip']} in every run with a zigzag step")
+    if not runs:
+        return _not_run(claim, paper, threshold)
+    shares, parts = {}, []
     for run in runs:
-        zig = run.an["phase"] == ZIGZAG
-        if zig.any():
-            shares[run.name] = float(np.nanmedian(run.traj.steps["opposite"][zig, 1]))
-    if not shares:
-        return _not_run(claim, paper, threshold, [r.name for r in runs])
-    ok = all(v >= t["sign_flip"] for v in shares.values())
-    measured = "; ".join(f"{name} {100 * v:.0f}%" for name, v in shares.items())
-    return _row(claim, paper, measured, list(shares), HOLDS if ok else FAILS, threshold)
+        steps = window_pair_steps(run.an["phase"], int(run.an["attrs"]["h"]))
+        if len(steps):
+            shares[run.name] = float(np.nanmedian(run.traj.steps["opposite"][steps, 1]))
+            parts.append(f"{run.name} {100 * shares[run.name]:.0f}%")
+        else:
+            parts.append(f"{run.name} no zigzag step")
+    verdict = NOT_RUN if not shares else HOLDS if all(v >= t["sign_flip"] for v in shares.values()) else FAILS
+    return _row(claim, paper, "; ".join(parts), [r.name for r in runs], verdict, threshold)
 
 
 def zigzag_then_smooth(run: Run | None, t: dict) -> dict:
@@ -134,24 +162,37 @@ def batch_sizes_similar(runs: list[Run], t: dict) -> dict:
                 HOLDS if gap <= t["batch_gap"] else FAILS, threshold)
 
 
-def gawu_close_to_best_wu(gawu: list[Run], wu: list[list[Run]], t: dict) -> dict:
-    claim, paper = "the GAWU change point is close to the best WU change point (Table 1)", "GAWU t = 11, best WU t = 12"
-    threshold = f"|mean GAWU t - t of the WU run with the best mean final test accuracy| <= {t['gawu_gap']} epochs"
-    detected = [r.traj.attrs.get("change_point", -1) for r in gawu]
-    if not gawu or not wu or min(detected, default=-1) < 0:
-        return _not_run(claim, paper, threshold, [r.name for r in gawu])
+def final_accuracy(run: Run) -> float:
+    acc = run.traj.steps["test_accuracy"]
+    return float(acc[np.isfinite(acc)][-1]) if np.isfinite(acc).any() else np.nan
 
-    def final_accuracy(run):
-        acc = run.traj.steps["test_accuracy"]
-        return acc[np.isfinite(acc)][-1] if np.isfinite(acc).any() else np.nan
 
-    scored = [(np.nanmean([final_accuracy(r) for r in seeds]), seeds[0].traj.attrs["change_point"], seeds[0].name)
-              for seeds in wu]
-    best_accuracy, best_t, best_name = max(scored)
-    gawu_t = float(np.mean(detected))
-    ok = abs(gawu_t - best_t) <= t["gawu_gap"]
-    return _row(claim, paper, f"GAWU t = {gawu_t:g}; best WU t = {best_t} ({100 * best_accuracy:.1f}%)",
-                [gawu[0].name, best_name], HOLDS if ok else FAILS, threshold)
+def gawu_close_to_best_wu(gawu: Run | None, wu: list[list[Run]], t: dict) -> dict:
+    """``gawu``: this seed's GAWU run; ``wu``: every WU run with all its finished seeds (Table 1's rows)."""
+    claim = "GAWU switches close to the best WU change point, with comparable accuracy (Table 1)"
+    paper = "GAWU t = 11, best WU t = 12; comparable test accuracy"
+    threshold = (f"GAWU switched; |GAWU t - t of the WU run with the best mean final test accuracy| <= "
+                 f"{t['gawu_gap']}; GAWU final test accuracy >= that run's mean - {t['gawu_accuracy_sds']} x "
+                 f"its sample sd over seeds")
+    finished = [(seeds, acc[np.isfinite(acc)]) for seeds in wu
+                for acc in [np.array([final_accuracy(r) for r in seeds])]]
+    scored = [(float(acc.mean()), seeds, acc) for seeds, acc in finished if len(acc)]
+    if gawu is None or not scored:
+        return _not_run(claim, paper, threshold, [gawu.name] if gawu else [])
+    best_mean, best, accuracies = max(scored, key=lambda item: item[0])
+    best_sd = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else np.nan
+    best_t = store.schedule_change_point(best[0].traj)
+    runs = [gawu.name, *(r.name for r in best)]
+    gawu_t, acc = store.schedule_change_point(gawu.traj), final_accuracy(gawu)
+    best_text = f"best WU t = {best_t} ({100 * best_mean:.1f}% ± {100 * best_sd:.1f}%)"
+    if gawu_t < 0:
+        return _row(claim, paper, f"GAWU never switched; {best_text}", runs, FAILS, threshold, never_switched=True)
+    measured = f"GAWU t = {gawu_t} ({100 * acc:.1f}%); {best_text}"
+    if not np.isfinite(best_sd):
+        return _row(claim, paper, measured + "; the spread needs 2 finished seeds of that WU run", runs, NOT_RUN,
+                    threshold)
+    ok = abs(gawu_t - best_t) <= t["gawu_gap"] and acc >= best_mean - t["gawu_accuracy_sds"] * best_sd
+    return _row(claim, paper, measured, runs, HOLDS if ok else FAILS, threshold)
 
 
 def onset_at_edge_of_stability(runs: list[Run], t: dict) -> dict:
@@ -174,34 +215,68 @@ def onset_at_edge_of_stability(runs: list[Run], t: dict) -> dict:
     return _row(claim, paper, "; ".join(parts), [r.name for r in runs], verdict, threshold)
 
 
-def claims_table(groups: dict[str, list[list[tuple[str, str, str]]]], thresholds: dict) -> pd.DataFrame:
-    """``groups``: claim group -> runs -> seeds as (job name, trajectory, analysis); missing group = not run.
+def overall_verdict(verdicts: list[str], rule: str) -> str:
+    """Combine the per-seed verdicts of one claim by ``rule`` (module docstring)."""
+    n, holds, fails = len(verdicts), verdicts.count(HOLDS), verdicts.count(FAILS)
+    if holds + fails == 0:
+        return NOT_RUN
+    if rule == "every_seed":
+        return HOLDS if holds == n else FAILS if holds == 0 else MIXED
+    return HOLDS if holds > n / 2 else FAILS if fails > n / 2 else MIXED
 
-    A job that did not complete (running or diverged) is left out of the claims that read it.
-    """
-    def load(seeds):
-        runs = [Run(name, store.read_trajectory(tp), store.read_analysis(ap)) for name, tp, ap in seeds]
-        for run, (_, tp, ap) in zip(runs, seeds):
-            store.check_analysis_of(run.traj, tp, run.an, ap)
-        return [r for r in runs if r.traj.status == "completed"]
 
-    loaded = {key: [load(seeds) for seeds in runs] for key, runs in groups.items()}
+def claims_table(groups: dict[str, list[list[tuple[str, str, str] | None]]], thresholds: dict, seeds: list[int],
+                 overall: str = "every_seed") -> pd.DataFrame:
+    """``groups``: claim group -> runs -> one (job name, trajectory, analysis) per seed of ``seeds``, in
+    that order (None: not configured); a missing group is not run. A job that did not complete (running
+    or diverged) counts as not run on its seed. One row per claim: the measured value per seed, a
+    ``seed <s>`` verdict column per seed and the overall ``verdict`` by the rule ``overall``."""
+    if overall not in OVERALL_RULES:
+        raise ZigzagError(f"claims: invalid overall rule {overall!r}; must be one of {', '.join(OVERALL_RULES)}")
+    if not seeds:
+        raise ZigzagError("claims: no seeds given; name at least one")
 
-    def first(key):  # the first seed of the first run of a group, or None
-        return next((seeds[0] for seeds in loaded.get(key, []) if seeds), None)
+    def load(entry):
+        if entry is None:
+            return None
+        name, trajectory, analysis_file = entry
+        run = Run(name, store.read_trajectory(trajectory), store.read_analysis(analysis_file))
+        store.check_analysis_of(run.traj, trajectory, run.an, analysis_file)
+        return run if run.traj.status == "completed" else None
 
-    def firsts(key):  # the first seed of every run of a group
-        return [seeds[0] for seeds in loaded.get(key, []) if seeds]
+    loaded = {key: [[load(e) for e in per_seed] for per_seed in runs] for key, runs in groups.items()}
 
+    def at(key, i):  # the finished seed-i jobs of every run of a group
+        return [per_seed[i] for per_seed in loaded.get(key, []) if i < len(per_seed) and per_seed[i] is not None]
+
+    def first(key, i):  # the seed-i job of a group's first run, or None
+        runs = loaded.get(key, [])
+        return runs[0][i] if runs and i < len(runs[0]) else None
+
+    wu = [[r for r in per_seed if r is not None] for per_seed in loaded.get("wu", [])]
     t = thresholds
-    rows = [
-        smooth_then_zigzag(first("cnn"), t),
-        sign_flips(firsts("cnn") + firsts("sign_flips"), t),
-        zigzag_then_smooth(first("resnet"), t),
-        small_lr_zigzag(firsts("small_lr"), t),
-        loss_share(firsts("loss_share"), t),
-        batch_sizes_similar(firsts("batch_sizes"), t),
-        gawu_close_to_best_wu(next(iter(loaded.get("gawu", [])), []), [s for s in loaded.get("wu", []) if s], t),
-        onset_at_edge_of_stability(firsts("sharpness"), t),
-    ]
-    return pd.DataFrame(rows, columns=["claim", "paper", "measured", "runs", "threshold", "verdict"])
+    per_seed = [[
+        smooth_then_zigzag(first("cnn", i), t),
+        sign_flips(at("cnn", i) + at("sign_flips", i), t),
+        zigzag_then_smooth(first("resnet", i), t),
+        small_lr_zigzag(at("small_lr", i), t),
+        loss_share(at("loss_share", i), t),
+        batch_sizes_similar(at("batch_sizes", i), t),
+        gawu_close_to_best_wu(first("gawu", i), wu, t),
+        onset_at_edge_of_stability(at("sharpness", i), t),
+    ] for i in range(len(seeds))]
+    seed_columns = [f"seed {s}" for s in seeds]
+    rows = []
+    for by_seed in zip(*per_seed):
+        verdicts = [r["verdict"] for r in by_seed]
+        measured = " | ".join(f"seed {s}: {r['measured']}" for s, r in zip(seeds, by_seed))
+        never = sum(r["never_switched"] for r in by_seed)
+        if never:
+            measured = f"GAWU never switched on {never} of {len(seeds)} seeds | {measured}"
+        runs = list(dict.fromkeys(name for r in by_seed for name in r["runs"].split(", ") if name))
+        rows.append({"claim": by_seed[0]["claim"], "paper": by_seed[0]["paper"], "measured": measured,
+                     "runs": ", ".join(runs), "threshold": by_seed[0]["threshold"],
+                     **dict(zip(seed_columns, verdicts)), "verdict": overall_verdict(verdicts, overall)})
+    df = pd.DataFrame(rows, columns=[*COLUMNS[:-1], *seed_columns, "verdict"])
+    df.attrs["overall"] = overall
+    return df

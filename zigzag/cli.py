@@ -117,13 +117,18 @@ def _analyze(args) -> int:
     if late:
         raise ZigzagError(f"invalid windows {late}: a window at step k covers k..k+h-1, so k must be in "
                           f"0..{total - args.h} (h={args.h}, {total} steps)")
-    result = analyze(traj.steps, args.h, sorted(windows), args.smooth_above, args.zigzag_below, args.eos_tolerance)
+    result = analyze(traj.steps, args.h, sorted(windows), args.smooth_above, args.zigzag_below, args.eos_tolerance,
+                     schedule=traj.config.get("schedule") or {},
+                     batches_per_epoch=int(traj.attrs.get("batches_per_epoch", 1)))
     config = {"trajectory": str(args.trajectory), "h": args.h, "windows": sorted(windows),
               "smooth_above": args.smooth_above, "zigzag_below": args.zigzag_below,
               "eos_tolerance": args.eos_tolerance}
     store.write_analysis(args.out, result, config, traj.attrs)
+    rule = result.change_point_rule
+    switch = ("none" if result.change_point_step is None else
+              f"step {result.change_point_step} (epoch {result.change_point_epoch})")
     print(f"{args.out}: zigzag share of the loss decrease {result.zigzag_loss_share:.3f}, "
-          f"{len(result.transitions)} phase changes, GAWU change point {result.change_point}")
+          f"{len(result.transitions)} phase changes, GAWU change point (h={rule['h']}, per {rule['unit']}): {switch}")
     return 0
 
 
@@ -167,25 +172,29 @@ def _figure(args) -> int:
 
 
 def _claims_spec(text: str) -> dict:
-    """``--spec``: {"thresholds": {name: number}, "groups": {group: [[[job, trajectory, analysis], ...], ...]}}."""
+    """``--spec``: {"thresholds": {name: number}, "seeds": [int, ...], "overall": rule,
+    "groups": {group: [[[job, trajectory, analysis] or null per seed], ...]}}."""
     from zigzag.claims import THRESHOLDS
 
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as err:
         raise ZigzagError(f"--spec is not valid JSON: {err}") from None
-    form = '{"thresholds": {...}, "groups": {group: [[[job, trajectory, analysis], ...], ...]}}'
-    if not (isinstance(spec, dict) and isinstance(spec.get("groups"), dict) and isinstance(spec.get("thresholds"), dict)):
+    form = ('{"thresholds": {...}, "seeds": [0, ...], "overall": "every_seed", '
+            '"groups": {group: [[[job, trajectory, analysis] or null per seed, ...], ...]}}')
+    if not (isinstance(spec, dict) and isinstance(spec.get("groups"), dict) and isinstance(spec.get("thresholds"), dict)
+            and isinstance(spec.get("seeds"), list) and all(isinstance(s, int) for s in spec["seeds"])):
         raise ZigzagError(f"--spec must be a JSON mapping {form}")
+    spec.setdefault("overall", "every_seed")
     missing = [key for key in THRESHOLDS if not isinstance(spec["thresholds"].get(key), (int, float))]
     if missing:
         raise ZigzagError(f"--spec thresholds: missing or not a number: {', '.join(missing)}")
     for group, runs in spec["groups"].items():
         if not (isinstance(runs, list) and all(isinstance(seeds, list) and all(
-                isinstance(s, list) and len(s) == 3 and all(isinstance(x, str) for x in s) for s in seeds)
-                for seeds in runs)):
+                s is None or (isinstance(s, list) and len(s) == 3 and all(isinstance(x, str) for x in s))
+                for s in seeds) for seeds in runs)):
             raise ZigzagError(f"--spec groups.{group}: must be a list of runs, each a list of [job, trajectory, "
-                              f"analysis] per seed")
+                              f"analysis] (or null) per seed")
     return spec
 
 
@@ -202,10 +211,10 @@ def _table(args) -> int:
 
         spec = _claims_spec(args.spec)
         store.check_outputs(outputs, [path for runs in spec["groups"].values() for seeds in runs
-                                      for _, *files in seeds for path in files])
-        df = claims_table(spec["groups"], spec["thresholds"])
+                                      for entry in seeds if entry is not None for path in entry[1:]])
+        df = claims_table(spec["groups"], spec["thresholds"], spec["seeds"], spec["overall"])
         tables.write_table(df, args.out, args.caption)
-        print(df[["claim", "verdict"]].to_string(index=False))
+        print(df[["claim", *(c for c in df.columns if c.startswith("seed ")), "verdict"]].to_string(index=False))
     print(f"{args.out}.csv, .md, .tex")
     return 0
 
@@ -294,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=_table)
     k = kinds.add_parser("claims", help="which of the paper's claims hold in these runs")
     k.add_argument("--spec", required=True,
-                   help='JSON {"thresholds": {...}, "groups": {group: [[[job, trajectory, analysis], ...], ...]}}')
+                   help='JSON {"thresholds": {...}, "seeds": [0, 1, 2], "overall": "every_seed", '
+                        '"groups": {group: [[[job, trajectory, analysis] per seed], ...]}}')
     k.add_argument("--caption", default="The paper's claims, checked on these runs")
     k.add_argument("--out", required=True, help="output prefix: writes .csv, .md and .tex")
     k.set_defaults(func=_table)

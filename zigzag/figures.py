@@ -271,7 +271,7 @@ def load_curve(curve: Curve) -> CurveData:
                                     ("lr", [t.steps for t in trajs]))}
     return CurveData(label=label, x=np.arange(k) / bpe, series=series, h=h,
                      schedule_kind=schedule.get("kind", "constant"), unit=schedule.get("unit", "epoch"),
-                     batches_per_epoch=bpe, change_points=[int(t.attrs.get("change_point", -1)) for t in trajs],
+                     batches_per_epoch=bpe, change_points=[store.schedule_change_point(t) for t in trajs],
                      diverged=len(diverged), notes=notes)
 
 

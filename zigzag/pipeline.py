@@ -114,9 +114,7 @@ def _check_references(config: dict) -> None:
             raise ZigzagError(f"analysis.h: {h} needs lags >= {h - 1}, runs.{name}.lags is {run['lags']}; "
                               f"raise lags or lower h")
         _check_run_settings(name, run)
-    for group, names in config["claims"].items():
-        if group == "thresholds":
-            continue
+    for group, names in claim_groups(config).items():
         for name in names:
             if name not in runs:
                 raise ZigzagError(f"claims.{group}: run {name!r} is not defined; defined runs: {', '.join(runs)}")
@@ -141,17 +139,32 @@ def _add_sharpness_figures(config: dict) -> None:
                 "title": f"Sharpness and gradient geometry: {name} (lr {run.get('lr', 'scheduled')})"})
 
 
+CLAIM_SETTINGS = ("thresholds", "seeds", "overall")  # the keys of ``claims`` that are not run groups
+
+
+def claim_groups(config: dict) -> dict[str, list[str]]:
+    """Claim group -> the runs it reads."""
+    return {group: names for group, names in config["claims"].items() if group not in CLAIM_SETTINGS}
+
+
+def claim_seed_instances(config: dict, run: str) -> list[str]:
+    """The jobs of ``run`` that the claims read: one per seed of ``claims.seeds``, in that order."""
+    return [instance_name(config, run, seed) for seed in config["claims"]["seeds"]]
+
+
 def claims_spec(config: dict, trajectory_file, analysis_file) -> str:
-    """What ``zigzag table claims --spec`` takes: thresholds and, per claim group, every run's seeds' files."""
+    """What ``zigzag table claims --spec`` takes: thresholds, seeds, the overall rule and, per claim
+    group, every run's jobs (one per claims seed) with their files."""
     claims = config["claims"]
-    groups = {group: [[[i, trajectory_file(i), analysis_file(i)] for i in instances(config, run)] for run in names]
-              for group, names in claims.items() if group != "thresholds"}
-    return json.dumps({"thresholds": claims["thresholds"], "groups": groups}, sort_keys=True)
+    groups = {group: [[[i, trajectory_file(i), analysis_file(i)] for i in claim_seed_instances(config, run)]
+                      for run in names] for group, names in claim_groups(config).items()}
+    return json.dumps({"thresholds": claims["thresholds"], "seeds": claims["seeds"], "overall": claims["overall"],
+                       "groups": groups}, sort_keys=True)
 
 
 def claims_instances(config: dict) -> list[str]:
-    return [i for group, names in config["claims"].items() if group != "thresholds"
-            for run in names for i in instances(config, run)]
+    return list(dict.fromkeys(i for names in claim_groups(config).values() for run in names
+                              for i in claim_seed_instances(config, run)))
 
 
 def _check_run_settings(name: str, run: dict) -> None:
@@ -187,18 +200,27 @@ def seeds(run: dict) -> list[int]:
     return list(run.get("seeds", [run["seed"]]))
 
 
-def instances(config: dict, run: str) -> list[str]:
-    """Job names of a run: the run's name, or ``<run>-seed<s>`` for each of several seeds."""
+def instance_name(config: dict, run: str, seed: int) -> str:
+    """The job of ``run`` on ``seed``: the run's name for its own single seed, else ``<run>-seed<s>``."""
     spec = config["runs"][run]
-    if "seeds" not in spec:
-        return [run]
-    return [f"{run}-seed{s}" for s in spec["seeds"]]
+    return run if "seeds" not in spec and seed == spec["seed"] else f"{run}-seed{seed}"
+
+
+def instances(config: dict, run: str) -> list[str]:
+    """Job names of a run (what its figures and tables read): the run's name, or ``<run>-seed<s>`` for
+    each of several seeds."""
+    return [instance_name(config, run, s) for s in seeds(config["runs"][run])]
 
 
 def all_instances(config: dict) -> dict[str, tuple[str, int]]:
-    """Every job name -> (run, seed)."""
-    return {name: (run, seed) for run in config["runs"]
-            for name, seed in zip(instances(config, run), seeds(config["runs"][run]))}
+    """Every job name -> (run, seed): each run's own seeds, and the seeds of ``claims.seeds`` for the
+    runs the claims read."""
+    jobs = {instance_name(config, run, seed): (run, seed)
+            for run in config["runs"] for seed in seeds(config["runs"][run])}
+    for names in claim_groups(config).values():
+        for run in names:
+            jobs.update({instance_name(config, run, seed): (run, seed) for seed in config["claims"]["seeds"]})
+    return jobs
 
 
 def single_seed_settings(run: dict, seed: int, dataset_path: str) -> dict:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from zigzag.errors import ZigzagError
 from zigzag.models import MODELS
+from zigzag.schedules import GROWTHS
 
 OPTIMIZERS = ("gd", "sgd")
 RAW_DTYPES = ("float32", "float16")
@@ -57,6 +58,9 @@ class RunConfig:
         missing = [name for name in needed if values.get(name) is None]
         if missing:
             raise ZigzagError(f"missing run setting(s) {', '.join(missing)}")
+        schedule = values.get("schedule") or {}
+        if schedule.get("kind", "constant") != "constant" and "growth" not in schedule:
+            values = {**values, "schedule": {**schedule, "growth": "paper"}}  # recorded: the default spelt out
         config = cls(**values)
         config.validate()
         return config
@@ -136,8 +140,9 @@ class RunConfig:
     def _validate_schedule(self) -> None:
         s = self.schedule
         kind = s.get("kind", "constant")
-        allowed = {"constant": {"kind"}, "warmup_cosine": {"kind", "eta0", "omega", "change_point", "unit"},
-                   "gawu": {"kind", "eta0", "omega", "unit", "h", "max_warmup"}}
+        allowed = {"constant": {"kind"},
+                   "warmup_cosine": {"kind", "eta0", "omega", "change_point", "unit", "growth"},
+                   "gawu": {"kind", "eta0", "omega", "unit", "h", "max_warmup", "growth"}}
         if kind not in allowed:
             raise ZigzagError(f"invalid schedule.kind={kind!r}: must be one of {', '.join(allowed)}")
         unknown = sorted(set(s) - allowed[kind])
@@ -150,6 +155,9 @@ class RunConfig:
                 raise ZigzagError(f"invalid schedule.{key}={value!r}: must be a number > 0")
         if kind == "warmup_cosine" and not (isinstance(s.get("change_point"), int) and s["change_point"] >= 0):
             raise ZigzagError(f"invalid schedule.change_point={s.get('change_point')!r}: must be an integer >= 0")
+        if kind != "constant" and s.get("growth", "paper") not in GROWTHS:
+            raise ZigzagError(f"invalid schedule.growth={s['growth']!r}: must be one of {', '.join(GROWTHS)} "
+                              "(paper: eta_u = exp(omega u) eta_(u-1); constant: exp(omega) per unit)")
         if s.get("unit", "epoch") not in ("epoch", "iteration"):
             raise ZigzagError(f"invalid schedule.unit={s['unit']!r}: must be epoch or iteration")
         if kind == "warmup_cosine" and self.optimizer == "gd" and s["change_point"] >= self.steps:

@@ -4,16 +4,20 @@ Both schedulers are ordinary ``torch.optim.lr_scheduler.LRScheduler`` subclasses
 loop. A *unit* is whatever the caller counts with ``.step()``: an epoch (as in the paper) or an
 iteration. Unit ``u`` (``u = 0`` right after construction, ``u = last_epoch``) uses
 
-    lr_u = eta0 * exp(omega * u)                                           for u < t   (warm-up)
-    lr_u = eta0 * exp(omega * t) * (1 + cos(pi * (u - t) / (total - t))) / 2   for t <= u < total
-    lr_u = 0                                                               for u >= total
+    lr_u = w(u) = eta0 * exp(omega * e(u))                       for u < t   (warm-up)
+    lr_u = w(t) * (1 + cos(pi * (u - t) / (total - t))) / 2      for t <= u < total
+    lr_u = 0                                                     for u >= total
 
-so the warm-up multiplies the lr by the constant factor ``exp(omega)`` per unit, unit ``t`` (the
-change point) runs at the peak ``eta0 * exp(omega * t)``, and one cosine period over the remaining
+with the warm-up exponent ``e(u)`` of the ``growth`` option:
+
+- ``growth="paper"`` (the default), Section 5.2's rule ``eta_u = exp(omega * u) * eta_{u-1}``: a
+  factor that grows with the unit, ``e(u) = u (u + 1) / 2``. With eta0 = 0.001 and omega = 0.1:
+  0.245 at u = 10, 0.735 at 11, 2.44 at 12.
+- ``growth="constant"``: the constant factor ``exp(omega)`` per unit, ``e(u) = u``.
+
+Unit ``t`` (the change point) runs at the peak ``w(t)``, and one cosine period over the remaining
 ``total - t`` units reaches 0 at ``u = total``. Every parameter group gets the same lr; the values
-are closed-form in ``u``, so resuming never drifts. The paper writes the warm-up as
-``eta_k = exp(omega * k) * eta_{k-1}``; read literally that is ``eta0 * exp(omega * k(k+1)/2)``
-(a growing factor); we follow the commissioning issue: a constant factor ``exp(omega)`` per unit.
+are closed-form in ``u``, so resuming never drifts.
 
 GAWU (geometry-adapted warm-up) picks ``t`` online: it is the first unit whose mean gradient
 correlation (eq. 3, the window of ``h`` units ending at that unit) is negative after a positive one
@@ -49,7 +53,9 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from zigzag.errors import ZigzagError
 
-__all__ = ["GAWU", "GradientCorrelationMonitor", "WarmupCosine"]
+__all__ = ["GAWU", "GROWTHS", "GradientCorrelationMonitor", "WarmupCosine"]
+
+GROWTHS = ("paper", "constant")  # warm-up exponent e(u): u (u + 1) / 2, or u
 
 
 def _check_positive(owner: str, name: str, value: Any) -> float:
@@ -67,45 +73,61 @@ def _check_int(owner: str, name: str, value: Any, low: int, high: int | None = N
     return int(value)
 
 
-def _check_peak(owner: str, eta0: float, omega: float, unit: int, fix: str) -> None:
+def _check_growth(owner: str, growth: Any) -> str:
+    if growth not in GROWTHS:
+        raise ZigzagError(f"{owner}: growth must be one of {', '.join(GROWTHS)}, got {growth!r}")
+    return growth
+
+
+def _exponent(u: int, growth: str) -> float:
+    """e(u) of the module docstring: u (u + 1) / 2 (paper) or u (constant)."""
+    return u * (u + 1) / 2 if growth == "paper" else float(u)
+
+
+def _check_peak(owner: str, eta0: float, omega: float, growth: str, unit: int, fix: str) -> None:
     try:
-        peak = eta0 * math.exp(omega * unit)
+        peak = eta0 * math.exp(omega * _exponent(unit, growth))
     except OverflowError:
         peak = math.inf
     if not math.isfinite(peak):
-        raise ZigzagError(f"{owner}: the warm-up lr eta0*exp(omega*{unit}) overflows; {fix}")
+        raise ZigzagError(f"{owner}: the warm-up lr at unit {unit} ({growth} growth) overflows; {fix}")
 
 
-def _lr(u: int, eta0: float, omega: float, t: int | None, total: int) -> float:
+def _lr(u: int, eta0: float, omega: float, growth: str, t: int | None, total: int) -> float:
     """The schedule of the module docstring at unit ``u``; ``t = None``: still warming up."""
     if u >= total:
         return 0.0
     if t is None or u < t:
-        return eta0 * math.exp(omega * u)
-    return eta0 * math.exp(omega * t) * 0.5 * (1.0 + math.cos(math.pi * (u - t) / (total - t)))
+        return eta0 * math.exp(omega * _exponent(u, growth))
+    peak = eta0 * math.exp(omega * _exponent(t, growth))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (u - t) / (total - t)))
 
 
 class WarmupCosine(LRScheduler):
     """Exponential warm-up for ``change_point`` units, then one cosine period to 0 at ``total``.
 
-    ``lr_u = eta0 * exp(omega * u)`` for ``u < t``, ``lr_u = eta0 * exp(omega * t) * (1 + cos(pi *
-    (u - t) / (total - t))) / 2`` for ``t <= u < total`` and 0 from ``total`` on, with
-    ``t = change_point`` in ``0..total-1`` (``t = 0``: no warm-up). Call ``.step()`` once per unit.
+    ``lr_u = w(u) = eta0 * exp(omega * e(u))`` for ``u < t``, ``lr_u = w(t) * (1 + cos(pi * (u - t) /
+    (total - t))) / 2`` for ``t <= u < total`` and 0 from ``total`` on, with ``t = change_point`` in
+    ``0..total-1`` (``t = 0``: no warm-up) and ``e(u) = u (u + 1) / 2`` (``growth="paper"``, Section
+    5.2) or ``u`` (``growth="constant"``). Call ``.step()`` once per unit.
     """
 
     def __init__(
-        self, optimizer: Optimizer, eta0: float, omega: float, change_point: int, total: int, last_epoch: int = -1
+        self, optimizer: Optimizer, eta0: float, omega: float, change_point: int, total: int, last_epoch: int = -1,
+        growth: str = "paper",
     ) -> None:
         owner = type(self).__name__
         self.eta0 = _check_positive(owner, "eta0", eta0)
         self.omega = _check_positive(owner, "omega", omega)
+        self.growth = _check_growth(owner, growth)
         self.total = _check_int(owner, "total", total, 1)
         self.change_point = _check_int(owner, "change_point", change_point, 0, self.total)
-        _check_peak(owner, self.eta0, self.omega, self.change_point, "use a smaller omega or change_point")
+        _check_peak(owner, self.eta0, self.omega, self.growth, self.change_point,
+                    "use a smaller omega or change_point")
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
-        lr = _lr(self.last_epoch, self.eta0, self.omega, self.change_point, self.total)
+        lr = _lr(self.last_epoch, self.eta0, self.omega, self.growth, self.change_point, self.total)
         return [lr] * len(self.optimizer.param_groups)
 
 
@@ -190,8 +212,8 @@ class GAWU(LRScheduler):
     ``step()``. ``step()`` reads ``m_u = monitor.mean_correlation`` and sets ``change_point = u`` at
     the first unit ``u < total`` with ``m_u < 0`` after some earlier ``m_j > 0`` (NaN and exact 0
     neither arm nor trigger; negative values before any positive one do not switch). Unit ``u``
-    already ran at ``eta0 * exp(omega * u)``, which is the peak of the decay, so every lr equals
-    ``WarmupCosine(change_point=u)`` and the decay spans the remaining ``total - u`` units.
+    already ran at the warm-up lr ``w(u)``, which is the peak of the decay, so every lr equals
+    ``WarmupCosine(change_point=u, growth=growth)`` and the decay spans the remaining ``total - u`` units.
     If never detected, the warm-up continues to ``total - 1`` (``change_point`` stays None) unless
     ``max_warmup`` is given: then the decay starts at unit ``max_warmup`` at the latest.
     With epochs as units, feed e.g. the full-batch gradient, the last iteration's or an
@@ -209,15 +231,17 @@ class GAWU(LRScheduler):
         h: int = 5,
         monitor: GradientCorrelationMonitor | None = None,
         max_warmup: int | None = None,
+        growth: str = "paper",
     ) -> None:
         self.eta0 = _check_positive("GAWU", "eta0", eta0)
         self.omega = _check_positive("GAWU", "omega", omega)
+        self.growth = _check_growth("GAWU", growth)
         self.total = _check_int("GAWU", "total", total, 1)
         if max_warmup is not None:
             max_warmup = _check_int("GAWU", "max_warmup", max_warmup, 0, self.total)
         self.max_warmup = max_warmup
         last = self.total - 1 if self.max_warmup is None else self.max_warmup
-        _check_peak("GAWU", self.eta0, self.omega, last, "set max_warmup or use a smaller omega")
+        _check_peak("GAWU", self.eta0, self.omega, self.growth, last, "set max_warmup or use a smaller omega")
         if monitor is None:
             monitor = GradientCorrelationMonitor(h)
         elif monitor.h != h:
@@ -242,7 +266,7 @@ class GAWU(LRScheduler):
         super().step()
 
     def get_lr(self) -> list[float]:
-        lr = _lr(self.last_epoch, self.eta0, self.omega, self.change_point, self.total)
+        lr = _lr(self.last_epoch, self.eta0, self.omega, self.growth, self.change_point, self.total)
         return [lr] * len(self.optimizer.param_groups)
 
     def state_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from zigzag.errors import ZigzagError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the change point is ``change_point_step`` and ``change_point_epoch`` (1: ``change_point``)
 DATASET = "zigzag-dataset"
 TRAJECTORY = "zigzag-trajectory"
 ANALYSIS = "zigzag-analysis"
@@ -408,6 +408,15 @@ def attr_value(value):
     return value
 
 
+def schedule_change_point(traj: Trajectory) -> int:
+    """The schedule's change point t in its own unit (``schedule.unit``: epoch or iteration = step), -1 if
+    none: from the trajectory's ``change_point_epoch`` / ``change_point_step`` (format_version 1 stored it
+    in schedule units as ``change_point``)."""
+    unit = (traj.config.get("schedule") or {}).get("unit", "epoch")
+    key = "change_point_epoch" if unit == "epoch" else "change_point_step"
+    return int(traj.attrs.get(key, traj.attrs.get("change_point", -1)))
+
+
 def read_trajectory(path) -> Trajectory:
     with open_file(path, TRAJECTORY) as f:
         return Trajectory(
@@ -429,7 +438,9 @@ def write_analysis(path, analysis, config: dict, trajectory_attrs: dict) -> None
             f, ANALYSIS, config, h=a.h, smooth_above=a.smooth_above, zigzag_below=a.zigzag_below,
             zigzag_loss_share=a.zigzag_loss_share,
             transitions=json.dumps(a.transitions),
-            change_point=-1 if a.change_point is None else a.change_point,
+            change_point_step=-1 if a.change_point_step is None else a.change_point_step,
+            change_point_epoch=-1 if a.change_point_epoch is None else a.change_point_epoch,
+            change_point_rule=json.dumps(a.change_point_rule, sort_keys=True),
             zigzag_onset=-1 if a.zigzag_onset is None else a.zigzag_onset,
             eos_step=-1 if a.eos_step is None else a.eos_step,
             eos_tolerance=a.eos_tolerance,

@@ -39,7 +39,7 @@ def _change_points(trajs: list[store.Trajectory]) -> str:
     """GAWU: the detected t of every seed ("10, 11, 11"); WU: its t; "-" where there is none."""
     schedule = trajs[0].config.get("schedule") or {}
     suffix = " (iterations)" if schedule.get("unit", "epoch") == "iteration" else ""
-    ts = [int(t.attrs.get("change_point", -1)) for t in trajs]
+    ts = [store.schedule_change_point(t) for t in trajs]
     if schedule.get("kind") != "gawu":
         ts = sorted(set(ts))
     if all(t < 0 for t in ts):

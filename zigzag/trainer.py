@@ -228,9 +228,10 @@ class Trainer:
             if not 0 <= sched["change_point"] < total:
                 raise ZigzagError(f"invalid schedule.change_point={sched['change_point']}: must be in 0..{total - 1}, "
                                   f"the run has {total} {sched.get('unit', 'epoch')}s")
-            return WarmupCosine(self.optimizer, eta0, sched["omega"], sched["change_point"], total), per_unit
+            return WarmupCosine(self.optimizer, eta0, sched["omega"], sched["change_point"], total,
+                                growth=sched.get("growth", "paper")), per_unit
         return GAWU(self.optimizer, eta0, sched["omega"], total, h=sched.get("h", 5),
-                    max_warmup=sched.get("max_warmup")), per_unit
+                    max_warmup=sched.get("max_warmup"), growth=sched.get("growth", "paper")), per_unit
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -347,7 +348,7 @@ class Trainer:
                 status = "diverged"
                 print(f"warning: {self.out}: training diverged at step {k} (loss {loss}, |g| {grad_norm}); "
                       f"trajectory kept with status=diverged", file=sys.stderr)
-                writer.finish(status, diverged_at=k, change_point=self._change_point())
+                writer.finish(status, diverged_at=k, **self._change_point())
                 break
             if k % cfg.eval_every == 0 or k == self.total_steps - 1:
                 row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
@@ -371,7 +372,7 @@ class Trainer:
             if (k + 1) % cfg.checkpoint_every == 0 and k + 1 < self.total_steps:
                 self._save_checkpoint(k + 1, row["time"], prev_sq)
         else:
-            writer.finish(status, change_point=self._change_point())
+            writer.finish(status, **self._change_point())
         progress.close()
         os.replace(self.partial, self.out)
         shutil.rmtree(self.resume_dir, ignore_errors=True)
@@ -390,10 +391,14 @@ class Trainer:
         return {"sharpness": pair.eigenvalue, "sharpness_hvps": pair.n_hvp,
                 "grad_eigvec_cosine": gradient_eigenvector_cosine(grad, pair.eigenvector)}
 
-    def _change_point(self) -> int:
-        """The schedule's change point in units (GAWU: the detected one), -1 if none."""
+    def _change_point(self) -> dict:
+        """The schedule's change point t (GAWU: the detected one) as ``change_point_step``, the first step
+        of unit t (t x steps per unit), and ``change_point_epoch``, its epoch; -1 if none."""
         t = getattr(self.scheduler, "change_point", None)
-        return -1 if t is None else int(t)
+        if t is None:
+            return {"change_point_step": -1, "change_point_epoch": -1}
+        step = int(t) * self.steps_per_unit
+        return {"change_point_step": step, "change_point_epoch": step // self.batches_per_epoch}
 
     def _bn_semantics(self) -> str:
         has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
