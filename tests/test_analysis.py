@@ -103,3 +103,22 @@ def test_edge_of_stability_step_and_zigzag_onset():
     assert analysis.edge_of_stability_step(np.full(3, np.nan), np.full(3, 0.1), 0.1) is None
     assert analysis.zigzag_onset(np.array([-1, 0, 2, 1, 1, 0])) == 3
     assert analysis.zigzag_onset(np.array([0, 0])) is None
+
+
+def test_mean_mu_is_eq3_and_a_nan_blanks_only_the_windows_containing_it():
+    """Brute-force eq. (3) on a random sequence; a NaN planted in dot makes NaN exactly the windows that
+    contain it (cumulative sums made every later window NaN)."""
+    rng = np.random.default_rng(5)
+    dot, _ = lag_stats(rng.standard_normal((30, 64)), lags=4)
+    h, j = 5, 12
+    dot[j, 1] = np.nan  # mu(j-1, j) undefined
+    got = analysis.mean_mu(dot, h)
+    norms = np.sqrt(dot[:, 0])
+    pair = [np.nan] + [dot[i, 1] / (norms[i] * norms[i - 1]) for i in range(1, 30)]  # mu(i-1, i)
+    expected = [np.mean([pair[k + m] for m in range(1, h)]) for k in range(30 - h + 1)]
+    np.testing.assert_allclose(got[: 30 - h + 1], expected, rtol=1e-12, atol=0)  # NaN where expected is
+    assert np.isnan(got[30 - h + 1:]).all()
+    blank = np.flatnonzero(np.isnan(got[: 30 - h + 1]))
+    assert blank.tolist() == list(range(j - h + 1, j))  # the h-1 windows [k, k+h-1] holding the pair (j-1, j)
+    dot[j, 0] = np.nan  # |g_j| undefined: both pairs (j-1, j) and (j, j+1), the h windows that contain step j
+    assert np.flatnonzero(np.isnan(analysis.mean_mu(dot, h)[: 30 - h + 1])).tolist() == list(range(j - h + 1, j + 1))

@@ -36,13 +36,17 @@ def adjacent_mu(dot: np.ndarray) -> np.ndarray:
 
 
 def mean_mu(dot: np.ndarray, h: int) -> np.ndarray:
-    """Eq. (3): the window starts at step k and looks forward; NaN for the last h-1 steps."""
+    """Eq. (3): the window starts at step k and looks forward; NaN for the last h-1 steps.
+
+    Each window is summed on its own (not as a difference of running sums), so a NaN correlation
+    (e.g. an exactly zero gradient) makes NaN only the windows that contain it.
+    """
     adjacent = adjacent_mu(dot)
     out = np.full(len(dot), np.nan)
     if len(dot) >= h:
-        csum = np.concatenate([[0.0], np.cumsum(adjacent[1:])])  # csum[i] = sum adjacent[1..i]
-        k = np.arange(len(dot) - h + 1)
-        out[: len(k)] = (csum[k + h - 1] - csum[k]) / (h - 1)
+        # windows[k] = adjacent[k+1 .. k+h-1] = mu(k+m-1, k+m) for m = 1..h-1
+        windows = np.lib.stride_tricks.sliding_window_view(adjacent[1:], h - 1)
+        out[: len(windows)] = windows.sum(axis=1) / (h - 1)
     return out
 
 
