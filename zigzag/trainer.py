@@ -269,7 +269,8 @@ class Trainer:
                 raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
                 extra_series=store.SHARPNESS_SERIES if self.sharpness_selection is not None else None,
                 attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
-                       "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch})
+                       "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch,
+                       **self._sharpness_attrs()})
             start, elapsed0, prev_sq = 0, 0.0, None
 
         progress = Progress(self.total_steps, start, self.out.parent.name or str(self.out), self.progress)
@@ -334,6 +335,13 @@ class Trainer:
         self.eigenvector = pair.eigenvector
         return {"sharpness": pair.eigenvalue, "sharpness_hvps": pair.n_hvp,
                 "grad_eigvec_cosine": gradient_eigenvector_cosine(grad, pair.eigenvector)}
+
+    def _sharpness_attrs(self) -> dict:
+        """The sample the sharpness is taken on and the batches its loss is split into (none: no sharpness)."""
+        if self.sharpness_selection is None:
+            return {}
+        subset = len(self.sharpness_data[0])
+        return {"sharpness_subset": subset, "sharpness_batch": min(self.config.micro_batch, subset)}
 
     def _change_point(self) -> int:
         """The schedule's change point in units (GAWU: the detected one), -1 if none."""
