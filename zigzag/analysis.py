@@ -6,6 +6,9 @@ Everything here is exact arithmetic on ``dot[k, l] = <g_k, g_{k-l}>`` and
     mu(j, k)      = dot[k, k-j] / sqrt(dot[j, 0] dot[k, 0])                     (eq. 2), |k - j| <= L
     M_k[a, b]     = mu(k+a, k+b),  a, b = 0..h-1                               (the h x h window)
     mean_mu_k     = 1/(h-1) sum_{m=1..h-1} mu(k+m-1, k+m)                      (eq. 3; NaN for k > K-h)
+
+The phase of step k is that of mean_mu_k, the mean over exactly the adjacent pairs inside the window
+[k, k+h-1]: a window "lies in" a phase when the phase of its first step k is that phase.
 """
 
 from __future__ import annotations
@@ -135,6 +138,37 @@ def edge_of_stability_step(sharpness: np.ndarray, lr: np.ndarray, tolerance: flo
     return int(steps[0]) if len(steps) else None
 
 
+def auto_windows(mean_mu_k: np.ndarray, phase: np.ndarray) -> dict[str, int]:
+    """The windows a figure shows, found in the run itself (``steps: auto``): role -> first step k.
+
+    - ``zigzag``: the deepest zigzag step, argmin_k mean_mu_k over the zigzag steps (the earliest on a tie);
+    - ``smooth``: the middle step of the longest run of consecutive smooth steps that ends before the
+      zigzag step (the smooth phase that precedes the zigzag, as in a CNN); if there is none (a run that
+      zigzags first, as a ResNet, or never zigzags), of the longest run overall; the earliest on a tie;
+    - ``late``: the last step with a defined mean_mu (K - h for a finished run).
+
+    A role is missing when the run has no step of that phase (no defined step at all: no ``late``).
+    """
+    roles = {}
+    zigzag = np.flatnonzero(phase == ZIGZAG)
+    if len(zigzag):
+        roles["zigzag"] = int(zigzag[np.argmin(mean_mu_k[zigzag])])
+    smooth = [(len(run), -start, start + (len(run) - 1) // 2) for start, run in _runs(phase == SMOOTH)]
+    before = [r for r in smooth if "zigzag" in roles and -r[1] + r[0] <= roles["zigzag"]]  # start + length
+    if smooth:
+        roles["smooth"] = max(before or smooth)[2]
+    defined = np.flatnonzero(np.isfinite(mean_mu_k))
+    if len(defined):
+        roles["late"] = int(defined[-1])
+    return roles
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, range]]:
+    """(start, steps) of each maximal run of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return [(int(a), range(a, b)) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+
+
 @dataclass
 class Analysis:
     """What ``analysis.h5`` holds for one run (DESIGN.md, "HDF5 contracts")."""
@@ -146,6 +180,7 @@ class Analysis:
     mean_mu: np.ndarray
     phase: np.ndarray
     window_steps: np.ndarray
+    window_roles: list[str]  # per window: the auto_windows roles it was chosen for ("" if only asked for)
     window_corr: np.ndarray
     window_opposite: np.ndarray
     zigzag_loss_share: float
@@ -157,15 +192,20 @@ class Analysis:
 
 
 def analyze(steps: dict[str, np.ndarray], h: int, window_steps: list[int], smooth_above: float,
-            zigzag_below: float, eos_tolerance: float = 0.1) -> Analysis:
-    """All the analysis of one trajectory's ``/steps`` series (``eos_step`` needs ``/steps/sharpness``)."""
+            zigzag_below: float, eos_tolerance: float = 0.1, auto: bool = False) -> Analysis:
+    """All the analysis of one trajectory's ``/steps`` series (``eos_step`` needs ``/steps/sharpness``).
+
+    The windows are ``window_steps`` and, with ``auto``, those ``auto_windows`` chooses.
+    """
     dot, opposite = steps["dot"], steps["opposite"]
     m = mean_mu(dot, h)
     phase = phases(m, smooth_above, zigzag_below)
-    ws = np.asarray(sorted(set(window_steps)), dtype=np.int64)
+    chosen = auto_windows(m, phase) if auto else {}
+    ws = np.asarray(sorted(set(window_steps) | set(chosen.values())), dtype=np.int64)
+    roles = [", ".join(role for role, k in chosen.items() if k == step) for step in ws]
     return Analysis(
         h=h, smooth_above=smooth_above, zigzag_below=zigzag_below,
-        adjacent_mu=adjacent_mu(dot), mean_mu=m, phase=phase, window_steps=ws,
+        adjacent_mu=adjacent_mu(dot), mean_mu=m, phase=phase, window_steps=ws, window_roles=roles,
         window_corr=np.stack([window(dot, k, h, True) for k in ws]) if len(ws) else np.zeros((0, h, h)),
         window_opposite=np.stack([window(opposite, k, h, False) for k in ws]) if len(ws) else np.zeros((0, h, h)),
         zigzag_loss_share=zigzag_loss_share(steps["loss"], phase),
