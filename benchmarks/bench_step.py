@@ -33,7 +33,8 @@ benchmark's ``step`` as a check that the timed step is the step the Trainer real
 Cases: ``cnn``: the paper's CNN, width 1 (32-64-128) with BatchNorm, on the 4,000 training images of
 mnist5k (1 x 32 x 32) prepared by ``zigzag.data.prepare``, micro-batch 1000, lags 8. ``resnet18``:
 ResNet-18 width 1 (11.2M parameters) on ``--samples`` random 3 x 32 x 32 images with 10 classes
-(default 256 on CPU, 5000 on CUDA), micro-batch 128 on CPU / 1000 on CUDA, lags 8.
+(default 256 on CPU, 5000 on CUDA), micro-batch 128 on CPU / 1000 on CUDA, lags 8. ``resnet34``: the same
+with ResNet-34 width 1 (21.3M parameters), the size of the exact-dot-product target.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def random_dataset(tmp: Path, samples: int, n_test: int = 64, seed: int = 0) -> 
     return path
 
 
-CASES = ("cnn", "resnet18", "resnet18-sgd")
+CASES = ("cnn", "resnet18", "resnet18-sgd", "resnet34")
 
 
 def case_settings(name: str, args, tmp: Path) -> tuple[dict, str]:
@@ -126,6 +127,11 @@ def case_settings(name: str, args, tmp: Path) -> tuple[dict, str]:
         dataset = random_dataset(tmp, samples)
         settings = dict(dataset=str(dataset), model="resnet18", width=1.0, micro_batch=1000 if cuda else 128)
         what = f"ResNet-18 width 1 on {samples} random 3x32x32 images, 10 classes"
+    elif name == "resnet34":
+        samples = args.samples or (5000 if cuda else 256)
+        dataset = random_dataset(tmp, samples)
+        settings = dict(dataset=str(dataset), model="resnet34", width=1.0, micro_batch=1000 if cuda else 128)
+        what = f"ResNet-34 width 1 on {samples} random 3x32x32 images, 10 classes"
     elif name == "resnet18-sgd":
         batch = args.samples or (5000 if cuda else 256)
         dataset = random_dataset(tmp, 2 * batch)

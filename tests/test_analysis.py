@@ -122,3 +122,59 @@ def test_edge_of_stability_step_and_zigzag_onset():
     assert analysis.edge_of_stability_step(np.full(3, np.nan), np.full(3, 0.1), 0.1) is None
     assert analysis.zigzag_onset(np.array([-1, 0, 2, 1, 1, 0])) == 3
     assert analysis.zigzag_onset(np.array([0, 0])) is None
+
+
+def test_mean_mu_is_eq3_and_a_nan_blanks_only_the_windows_containing_it():
+    """Brute-force eq. (3) on a random sequence; a NaN planted in dot makes NaN exactly the windows that
+    contain it (cumulative sums made every later window NaN)."""
+    rng = np.random.default_rng(5)
+    dot, _ = lag_stats(rng.standard_normal((30, 64)), lags=4)
+    h, j = 5, 12
+    dot[j, 1] = np.nan  # mu(j-1, j) undefined
+    got = analysis.mean_mu(dot, h)
+    norms = np.sqrt(dot[:, 0])
+    pair = [np.nan] + [dot[i, 1] / (norms[i] * norms[i - 1]) for i in range(1, 30)]  # mu(i-1, i)
+    expected = [np.mean([pair[k + m] for m in range(1, h)]) for k in range(30 - h + 1)]
+    np.testing.assert_allclose(got[: 30 - h + 1], expected, rtol=1e-12, atol=0)  # NaN where expected is
+    assert np.isnan(got[30 - h + 1:]).all()
+    blank = np.flatnonzero(np.isnan(got[: 30 - h + 1]))
+    assert blank.tolist() == list(range(j - h + 1, j))  # the h-1 windows [k, k+h-1] holding the pair (j-1, j)
+    dot[j, 0] = np.nan  # |g_j| undefined: both pairs (j-1, j) and (j, j+1), the h windows that contain step j
+    assert np.flatnonzero(np.isnan(analysis.mean_mu(dot, h)[: 30 - h + 1])).tolist() == list(range(j - h + 1, j + 1))
+
+
+def test_auto_windows_rule_on_a_constructed_mean_mu():
+    """zigzag: the lowest mean_mu; smooth: middle of the longest smooth run before it (else the longest);
+    late: the last defined step."""
+    m = np.array([0.9, 0.8, 0.1, 0.7, 0.9, 0.95, 0.6, -0.6, -0.9, -0.7, 0.9, 0.9, 0.9, 0.9, 0.9, 0.3, np.nan])
+    phase = analysis.phases(m, 0.5, -0.5)
+    assert analysis.auto_windows(m, phase) == {"smooth": 4, "zigzag": 8, "late": 15}
+    first = np.array([-0.9, -0.6, 0.9, 0.9, 0.9, np.nan])  # zigzag first (a ResNet): the smooth run after it
+    assert analysis.auto_windows(first, analysis.phases(first, 0.5, -0.5)) == {"zigzag": 0, "smooth": 3, "late": 4}
+    flat = np.array([0.1, 0.0, -0.2, np.nan])  # neither smooth nor zigzag: only the late window
+    assert analysis.auto_windows(flat, analysis.phases(flat, 0.5, -0.5)) == {"late": 2}
+    result = analysis.analyze({"dot": np.ones((6, 3)), "opposite": np.zeros((6, 3)), "loss": np.ones(6)}, 3, [0],
+                              0.5, -0.5, auto=True)  # constant gradients: smooth everywhere, steps 0..3 defined
+    assert result.window_steps.tolist() == [0, 1, 3] and result.window_roles == ["", "smooth", "late"]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_analyze_finds_windows_that_lie_in_their_phase_on_real_runs(tiny_dataset, tmp_path, seed):
+    """`zigzag analyze` without --windows keeps the windows it finds; on real runs (seeds nobody picked steps
+    on) each lies in the phase it is named after: phase[k] (the phase of mean_mu_k, the mean over exactly
+    the window [k, k+h-1]) is that phase, the zigzag one is the deepest, the late one the last defined."""
+    traj, out = tmp_path / "traj.h5", tmp_path / "a.h5"
+    zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.3", "--steps", "30",
+               "--lags", "5", "--micro-batch", "96", "--seed", seed, "--device", "cpu", "--quiet", "--out", traj)
+    printed = zigzag_cli("analyze", traj, "--out", out, "--h", "5").stdout
+    result = store.read_analysis(out)
+    roles = dict(zip(result["windows/roles"], result["windows/steps"].tolist()))
+    phase, m = result["phase"], result["mean_mu"]
+    assert {"zigzag", "late"} <= set(roles) and "windows found: " in printed
+    if "smooth" in roles:
+        assert phase[roles["smooth"]] == analysis.SMOOTH
+    assert phase[roles["zigzag"]] == analysis.ZIGZAG and m[roles["zigzag"]] == np.nanmin(m)
+    assert roles["late"] == 30 - 5 and np.isnan(m[roles["late"] + 1:]).all()
+    for e, k in enumerate(result["windows/steps"]):  # the matrices are those windows
+        corr = analysis.window(store.read_trajectory(traj).steps["dot"], int(k), 5, True)
+        np.testing.assert_allclose(result["windows/corr"][e], corr)

@@ -11,7 +11,7 @@ from zigzag.errors import ZigzagError
 H, LAGS = 5, 4
 
 
-def write_run(folder, grads, *, optimizer="gd", windows=(0, 4), diverged_at=None):
+def write_run(folder, grads, *, optimizer="gd", windows=(0, 4), diverged_at=None, auto=False):
     """A trajectory with exact lag statistics of ``grads`` and its analysis (h = 5); returns both paths."""
     traj_path, analysis_path = folder / "trajectory.h5", folder / "analysis.h5"
     writer = store.TrajectoryWriter.create(traj_path, {"optimizer": optimizer, "model": "cnn"},
@@ -30,7 +30,7 @@ def write_run(folder, grads, *, optimizer="gd", windows=(0, 4), diverged_at=None
     else:
         writer.finish("diverged", diverged_at=diverged_at)
     traj = store.read_trajectory(traj_path)
-    result = analysis.analyze(traj.steps, H, list(windows), 0.5, -0.5)
+    result = analysis.analyze(traj.steps, H, list(windows), 0.5, -0.5, auto=auto)
     store.write_analysis(analysis_path, result, {"h": H, "windows": list(windows)}, traj.attrs)
     return str(traj_path), str(analysis_path)
 
@@ -132,3 +132,20 @@ def test_a_run_without_windows_to_mark_renders_cleanly(tmp_path, windows):
     traj, an = write_run(tmp_path, alternating(8), windows=windows)
     figures.trajectory_figure(traj, an, str(tmp_path / "f.png"), str(tmp_path / "f.pdf"), "no windows")
     assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_auto_steps_draw_the_windows_the_analysis_found(tmp_path):
+    """steps auto: the found windows, titled by role; Fig. 8 step auto: the deepest zigzag window, grey if none."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    g = np.random.default_rng(1).standard_normal(30)
+    grads = np.stack([g] * 6 + [g * (-1) ** k for k in range(8)])  # smooth, then zigzag
+    traj, an = write_run(tmp_path / "a", grads, windows=(0,), auto=True)
+    fig = figures.build_trajectory_figure(traj, an, "t", steps=["auto"])
+    titles = [ax.get_title() for ax in matrix_axes(fig)]
+    # mean_mu: +1 at 0..2, 0.5, 0, -0.5 at 3..5 (random), -1 from 6 on (the first is the deepest); last: 14 - 5
+    assert titles == ["epoch 1 (smooth)", "epoch 6 (zigzag)", "epoch 9 (late)"]
+    assert [ax.get_title() for ax in matrix_axes(figures.build_trajectory_figure(traj, an, "t", steps=[0]))] \
+        == ["epoch 0"]
+    _, flat = write_run(tmp_path / "b", np.stack([g] * 8), windows=(), auto=True)
+    fig = figures.build_sign_shift_figure([(an, "(a)", "auto"), (flat, "(b)", "auto")], "sign shift")
+    assert fig.axes[0].get_title() == "(a) (epoch 6)" and "no zigzag phase" in fig.axes[1].get_title()

@@ -223,3 +223,46 @@ def test_config_file_is_equivalent_to_flags(tiny_dataset, tmp_path):
     (tmp_path / "bad.yaml").write_text("dataset: x\nmodel: cnn\nlr: 0.1\nstep: 3\n")
     result = zigzag_cli("train", "--config", tmp_path / "bad.yaml", "--out", tmp_path / "bad.h5", check=False)
     assert result.returncode == 2 and "unknown run setting(s) step" in result.stderr
+
+
+def test_sharpness_of_a_batchnorm_model_uses_the_training_ghost_batches(tiny_dataset, tmp_path):
+    """With BatchNorm the subset is split into ghost batches of micro_batch, as in training: lambda_max equals
+    a solve on those ghost batches built one by one; a subset that cannot be split so stops with one line."""
+    from zigzag.sharpness import top_eigenpair_of
+
+    out = tmp_path / "bn.h5"
+    train(tiny_dataset, out, steps=1, batch_norm=True, micro_batch=24,
+          sharpness={"every": "0", "subset": 48, "tol": 1e-6, "ncv": 12})
+    traj = store.read_trajectory(out)
+    assert traj.attrs["sharpness_subset"] == 48 and traj.attrs["sharpness_batch"] == 24
+    torch.manual_seed(0)
+    model = build_model("cnn", width=0.5, in_channels=1, image_size=16, batch_norm=True)
+    model.train()
+    data = store.read_dataset(tiny_dataset)
+    x = (torch.from_numpy(data.train_images).float() / 255 - torch.tensor(data.mean).float().view(1, -1, 1, 1)) \
+        / torch.tensor(data.std).float().view(1, -1, 1, 1)
+    order = torch.randperm(96, generator=torch.Generator().manual_seed(0))[:48].sort().values
+    x, y = x[order], torch.from_numpy(data.train_labels)[order]
+    params = list(model.parameters())
+
+    def hvp(v):  # (1/48) sum over the two ghost batches of 24 of d/dtheta <grad CE_j, v>
+        pieces = [p.view_as(q) for p, q in zip(v.split([q.numel() for q in params]), params)]
+        total = torch.zeros_like(v)
+        for batch in (slice(0, 24), slice(24, 48)):
+            grads = torch.autograd.grad(F.cross_entropy(model(x[batch]), y[batch], reduction="sum"), params,
+                                        create_graph=True)
+            hv = torch.autograd.grad(sum((g * p).sum() for g, p in zip(grads, pieces)), params)
+            total += torch.cat([h.reshape(-1) for h in hv])
+        return total / 48
+
+    ghost = top_eigenpair_of(hvp, sum(p.numel() for p in params), dtype=torch.float32, tol=1e-6, ncv=12)
+    assert traj.steps["sharpness"][0] == pytest.approx(ghost.eigenvalue, rel=1e-3)
+    # 40 does not split into ghost batches of 24 (the old code took a last BatchNorm batch of 16).
+    flags = ["--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.05", "--steps", "2",
+             "--micro-batch", "24", "--device", "cpu", "--sharpness", "every:1"]
+    (tmp_path / "run.yaml").write_text("sharpness: {subset: 40}\n")
+    result = zigzag_cli("train", *flags, "--config", tmp_path / "run.yaml", "--out", tmp_path / "bad.h5", check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("zigzag: error: invalid sharpness.subset=40: with BatchNorm it must be a "
+                                    "multiple of micro_batch=24") and "24 or 48" in result.stderr
+    assert not (tmp_path / "bad.h5").exists()

@@ -67,6 +67,9 @@ def test_all_figures_builds_every_figure_and_report(workdir):
             assert (workdir / "results" / "figures" / f"{fid}.{ext}").stat().st_size > 1000
     with h5py.File(workdir / "results" / "analysis" / "cnn_a.h5", "r") as f:
         assert f.attrs["h"] == 4 and f["windows/steps"][()].tolist() == [1, 6]
+    with h5py.File(workdir / "results" / "analysis" / "cnn_b.h5", "r") as f:  # fig_b: steps auto, fig_sign: 2
+        roles = [r.decode() for r in f["windows/roles"][()]]
+        assert 2 in f["windows/steps"][()].tolist() and "late" in roles
     with h5py.File(workdir / "results" / "runs" / "cnn_b" / "trajectory.h5", "r") as f:
         assert f.attrs["status"] == "completed" and f["steps/dot"].shape == (10, 4)
     assert (workdir / "results" / "benchmarks" / "train" / "cnn_a.tsv").exists()
@@ -113,6 +116,8 @@ def test_edited_trainer_reruns_training_and_everything_after(workdir):
     (lambda c: c["figures"]["fig_a"].update(run="nope"), "figures.fig_a.run: 'nope' is not defined"),
     (lambda c: c["runs"]["cnn_b"].update(lr=0), "runs.cnn_b.lr: 0 is not allowed; must be > 0"),
     (lambda c: c["analysis"].update(h=5), "analysis.h: 5 needs lags >= 4"),
+    (lambda c: c["runs"]["cnn_a"].update(sharpness={"every": "every:5", "subset": 50}),
+     "runs.cnn_a: invalid sharpness.subset=50: with BatchNorm it must be a multiple of micro_batch=100"),
 ])
 def test_bad_config_fails_before_any_job_with_one_line(workdir, change, message):
     edit_config(workdir, change)

@@ -6,6 +6,9 @@ Everything here is exact arithmetic on ``dot[k, l] = <g_k, g_{k-l}>`` and
     mu(j, k)      = dot[k, k-j] / sqrt(dot[j, 0] dot[k, 0])                     (eq. 2), |k - j| <= L
     M_k[a, b]     = mu(k+a, k+b),  a, b = 0..h-1                               (the h x h window)
     mean_mu_k     = 1/(h-1) sum_{m=1..h-1} mu(k+m-1, k+m)                      (eq. 3; NaN for k > K-h)
+
+The phase of step k is that of mean_mu_k, the mean over exactly the adjacent pairs inside the window
+[k, k+h-1]: a window "lies in" a phase when the phase of its first step k is that phase.
 """
 
 from __future__ import annotations
@@ -36,13 +39,17 @@ def adjacent_mu(dot: np.ndarray) -> np.ndarray:
 
 
 def mean_mu(dot: np.ndarray, h: int) -> np.ndarray:
-    """Eq. (3): the window starts at step k and looks forward; NaN for the last h-1 steps."""
+    """Eq. (3): the window starts at step k and looks forward; NaN for the last h-1 steps.
+
+    Each window is summed on its own (not as a difference of running sums), so a NaN correlation
+    (e.g. an exactly zero gradient) makes NaN only the windows that contain it.
+    """
     adjacent = adjacent_mu(dot)
     out = np.full(len(dot), np.nan)
     if len(dot) >= h:
-        csum = np.concatenate([[0.0], np.cumsum(adjacent[1:])])  # csum[i] = sum adjacent[1..i]
-        k = np.arange(len(dot) - h + 1)
-        out[: len(k)] = (csum[k + h - 1] - csum[k]) / (h - 1)
+        # windows[k] = adjacent[k+1 .. k+h-1] = mu(k+m-1, k+m) for m = 1..h-1
+        windows = np.lib.stride_tricks.sliding_window_view(adjacent[1:], h - 1)
+        out[: len(windows)] = windows.sum(axis=1) / (h - 1)
     return out
 
 
@@ -150,6 +157,37 @@ def edge_of_stability_step(sharpness: np.ndarray, lr: np.ndarray, tolerance: flo
     return int(steps[0]) if len(steps) else None
 
 
+def auto_windows(mean_mu_k: np.ndarray, phase: np.ndarray) -> dict[str, int]:
+    """The windows a figure shows, found in the run itself (``steps: auto``): role -> first step k.
+
+    - ``zigzag``: the deepest zigzag step, argmin_k mean_mu_k over the zigzag steps (the earliest on a tie);
+    - ``smooth``: the middle step of the longest run of consecutive smooth steps that ends before the
+      zigzag step (the smooth phase that precedes the zigzag, as in a CNN); if there is none (a run that
+      zigzags first, as a ResNet, or never zigzags), of the longest run overall; the earliest on a tie;
+    - ``late``: the last step with a defined mean_mu (K - h for a finished run).
+
+    A role is missing when the run has no step of that phase (no defined step at all: no ``late``).
+    """
+    roles = {}
+    zigzag = np.flatnonzero(phase == ZIGZAG)
+    if len(zigzag):
+        roles["zigzag"] = int(zigzag[np.argmin(mean_mu_k[zigzag])])
+    smooth = [(len(run), -start, start + (len(run) - 1) // 2) for start, run in _runs(phase == SMOOTH)]
+    before = [r for r in smooth if "zigzag" in roles and -r[1] + r[0] <= roles["zigzag"]]  # start + length
+    if smooth:
+        roles["smooth"] = max(before or smooth)[2]
+    defined = np.flatnonzero(np.isfinite(mean_mu_k))
+    if len(defined):
+        roles["late"] = int(defined[-1])
+    return roles
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, range]]:
+    """(start, steps) of each maximal run of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return [(int(a), range(a, b)) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+
+
 @dataclass
 class Analysis:
     """What ``analysis.h5`` holds for one run (DESIGN.md, "HDF5 contracts")."""
@@ -161,6 +199,7 @@ class Analysis:
     mean_mu: np.ndarray
     phase: np.ndarray
     window_steps: np.ndarray
+    window_roles: list[str]  # per window: the auto_windows roles it was chosen for ("" if only asked for)
     window_corr: np.ndarray
     window_opposite: np.ndarray
     zigzag_loss_share: float
@@ -175,19 +214,24 @@ class Analysis:
 
 def analyze(steps: dict[str, np.ndarray], h: int, window_steps: list[int], smooth_above: float,
             zigzag_below: float, eos_tolerance: float = 0.1, schedule: dict | None = None,
-            batches_per_epoch: int = 1) -> Analysis:
+            batches_per_epoch: int = 1, auto: bool = False) -> Analysis:
     """All the analysis of one trajectory's ``/steps`` series (``eos_step`` needs ``/steps/sharpness``);
-    ``schedule`` and ``batches_per_epoch`` (the trajectory's) set the GAWU change point's rule."""
+    ``schedule`` and ``batches_per_epoch`` (the trajectory's) set the GAWU change point's rule.
+
+    The windows are ``window_steps`` and, with ``auto``, those ``auto_windows`` chooses.
+    """
     dot, opposite = steps["dot"], steps["opposite"]
     m = mean_mu(dot, h)
     rule = change_point_rule(schedule or {}, batches_per_epoch)
     t = online_change_point(adjacent_mu(dot), rule["h"], rule["steps_per_unit"], rule["max_warmup"])
     t_step = None if t is None else t * rule["steps_per_unit"]
     phase = phases(m, smooth_above, zigzag_below)
-    ws = np.asarray(sorted(set(window_steps)), dtype=np.int64)
+    chosen = auto_windows(m, phase) if auto else {}
+    ws = np.asarray(sorted(set(window_steps) | set(chosen.values())), dtype=np.int64)
+    roles = [", ".join(role for role, k in chosen.items() if k == step) for step in ws]
     return Analysis(
         h=h, smooth_above=smooth_above, zigzag_below=zigzag_below,
-        adjacent_mu=adjacent_mu(dot), mean_mu=m, phase=phase, window_steps=ws,
+        adjacent_mu=adjacent_mu(dot), mean_mu=m, phase=phase, window_steps=ws, window_roles=roles,
         window_corr=np.stack([window(dot, k, h, True) for k in ws]) if len(ws) else np.zeros((0, h, h)),
         window_opposite=np.stack([window(opposite, k, h, False) for k in ws]) if len(ws) else np.zeros((0, h, h)),
         zigzag_loss_share=zigzag_loss_share(steps["loss"], phase),

@@ -110,7 +110,9 @@ def _analyze(args) -> int:
     if not 0 <= args.eos_tolerance < 1:
         raise ZigzagError(f"invalid eos_tolerance={args.eos_tolerance}: must be in [0, 1)")
     total = int(traj.attrs["total_steps"])
-    windows = parse_step_selection(args.windows, total, "windows") or set()
+    tokens = args.windows.split(",")
+    auto = "auto" in tokens
+    windows = parse_step_selection(",".join(t for t in tokens if t != "auto") or "none", total, "windows") or set()
     if isinstance(windows, int):
         windows = set(range(0, total - args.h + 1, windows))
     late = sorted(k for k in windows if k + args.h > total)
@@ -119,16 +121,18 @@ def _analyze(args) -> int:
                           f"0..{total - args.h} (h={args.h}, {total} steps)")
     result = analyze(traj.steps, args.h, sorted(windows), args.smooth_above, args.zigzag_below, args.eos_tolerance,
                      schedule=traj.config.get("schedule") or {},
-                     batches_per_epoch=int(traj.attrs.get("batches_per_epoch", 1)))
-    config = {"trajectory": str(args.trajectory), "h": args.h, "windows": sorted(windows),
+                     batches_per_epoch=int(traj.attrs.get("batches_per_epoch", 1)), auto=auto)
+    config = {"trajectory": str(args.trajectory), "h": args.h, "windows": sorted(windows), "auto_windows": auto,
               "smooth_above": args.smooth_above, "zigzag_below": args.zigzag_below,
               "eos_tolerance": args.eos_tolerance}
     store.write_analysis(args.out, result, config, traj.attrs)
     rule = result.change_point_rule
     switch = ("none" if result.change_point_step is None else
               f"step {result.change_point_step} (epoch {result.change_point_epoch})")
+    chosen = ", ".join(f"{role} {k}" for k, role in zip(result.window_steps, result.window_roles) if role)
     print(f"{args.out}: zigzag share of the loss decrease {result.zigzag_loss_share:.3f}, "
-          f"{len(result.transitions)} phase changes, GAWU change point (h={rule['h']}, per {rule['unit']}): {switch}")
+          f"{len(result.transitions)} phase changes, GAWU change point (h={rule['h']}, per {rule['unit']}): {switch}"
+          + (f"; windows found: {chosen or 'none'}" if auto else ""))
     return 0
 
 
@@ -151,15 +155,12 @@ def _figure(args) -> int:
     inputs += [given[key] for key in ("trajectory", "analysis") if key in given]
     store.check_outputs([args.png, args.pdf], inputs)
     if args.kind == "trajectory":
-        figures.trajectory_figure(args.trajectory, args.analysis, args.png, args.pdf, args.title)
+        steps = None if args.steps is None else [s if s == "auto" else _int(s, "--steps") for s in args.steps.split(",")]
+        figures.trajectory_figure(args.trajectory, args.analysis, args.png, args.pdf, args.title, steps=steps)
     elif args.kind == "sharpness":
         figures.sharpness_figure(args.trajectory, args.analysis, args.png, args.pdf, args.title)
     elif args.kind == "sign-shift":
-        panels = []
-        for path, label, step in args.panel:
-            if not step.isdigit():
-                raise ZigzagError(f"--panel {path} {label} {step}: the step must be an integer >= 0")
-            panels.append((path, label, int(step)))
+        panels = [(path, label, step if step == "auto" else _int(step, "--panel STEP")) for path, label, step in args.panel]
         figures.sign_shift_figure(panels, args.png, args.pdf, args.title)
     elif args.kind == "warmup":
         figures.warmup_figure(_curves(args.curve)[0], args.png, args.pdf, args.title)
@@ -169,6 +170,13 @@ def _figure(args) -> int:
         figures.schedules_figure(_curves(args.curve), args.png, args.pdf, args.title)
     print(f"{args.png}, {args.pdf}")
     return 0
+
+
+def _int(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ZigzagError(f"invalid {what} {value!r}: a step number or auto") from None
 
 
 def _claims_spec(text: str) -> dict:
@@ -260,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("trajectory")
     p.add_argument("--out", required=True)
     p.add_argument("--h", type=int, default=5, help="window size (<= lags + 1)")
-    p.add_argument("--windows", default="none",
-                   help="steps k whose h x h matrices to keep: 5,675,1490 or every:N; each k <= steps - h")
+    p.add_argument("--windows", default="auto",
+                   help="steps k whose h x h matrices to keep: auto (a smooth, the deepest zigzag and the last "
+                        "window, found from mean_mu), 5,675,1490, auto,5,675, every:N or none; each k <= steps - h")
     p.add_argument("--smooth-above", type=float, default=0.5, help="mean_mu above this: smooth")
     p.add_argument("--zigzag-below", type=float, default=-0.5, help="mean_mu below this: zigzag")
     p.add_argument("--eos-tolerance", type=float, default=0.1,
@@ -286,8 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         if kind in ("trajectory", "sharpness"):
             k.add_argument("--trajectory", required=True)
             k.add_argument("--analysis", required=True)
+            if kind == "trajectory":
+                k.add_argument("--steps", help="windows to draw: steps like 5,134 and/or auto (the windows the analysis "
+                                               "found); default every analysed window")
         elif kind == "sign-shift":
-            k.add_argument("--panel", nargs=3, action="append", required=True, metavar=("ANALYSIS", "LABEL", "STEP"))
+            k.add_argument("--panel", nargs=3, action="append", required=True, metavar=("ANALYSIS", "LABEL", "STEP"),
+                           help="STEP: a window step, or auto: the deepest zigzag window")
         else:
             k.add_argument("--curve", nargs="+", action="append", required=True,
                            metavar="LABEL TRAJECTORY ANALYSIS", help="a label, then a trajectory and analysis per seed")

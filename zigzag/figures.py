@@ -82,17 +82,34 @@ def _phase_runs(phase: np.ndarray, value: int) -> list[tuple[float, float]]:
     return [(s - 0.5, e - s) for s, e in zip(starts, ends)]
 
 
-def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: str | None = None) -> Figure:
+def _select_windows(an: dict, steps: list | None, path: str) -> list[int]:
+    """Indices of the analysed windows to draw: every one (``steps`` None), or those at the given steps and,
+    for ``"auto"``, those the analysis found itself (``analysis.auto_windows``)."""
+    analysed = [int(k) for k in an["windows/steps"]]
+    if steps is None:
+        return list(range(len(analysed)))
+    missing = [k for k in steps if k != "auto" and k not in analysed]
+    if missing:
+        raise ZigzagError(f"{path}: step(s) {missing} are not analysed windows (available: "
+                          f"{', '.join(map(str, analysed)) or 'none'}); add them to the analysis windows")
+    return [e for e, (k, role) in enumerate(zip(analysed, an["windows/roles"]))
+            if k in steps or ("auto" in steps and role)]
+
+
+def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: str | None = None,
+                            steps: list | None = None) -> Figure:
     """Paper Figure 1: loss and mean gradient correlation (top), one correlation matrix per window (bottom).
 
-    ``label`` names the run in the curves' legends.
+    ``label`` names the run in the curves' legends; ``steps`` picks the windows (see ``_select_windows``).
     """
     traj, an = store.read_trajectory(trajectory), store.read_analysis(analysis)
     store.check_analysis_of(traj, trajectory, an, analysis)
     unit = "epoch" if traj.config.get("optimizer", "gd") == "gd" else "iteration"
     loss, mean_mu, phase = traj.steps["loss"], an["mean_mu"], an["phase"]
+    chosen = _select_windows(an, steps, analysis)
+    windows, corr = an["windows/steps"][chosen], an["windows/corr"][chosen]
+    roles = [an["windows/roles"][e] for e in chosen]
     steps = np.arange(len(loss))
-    windows, corr = an["windows/steps"], an["windows/corr"]
     diverged_at = _diverged_at(traj.attrs, "status")
 
     n = max(len(windows), 1)
@@ -134,8 +151,8 @@ def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: s
     fig.suptitle(suptitle, color=colour, fontsize=13)
 
     matrix_axes = bottom.subplots(1, n, squeeze=False)[0]
-    for ax, k, c in zip(matrix_axes, windows, corr):
-        _matrix_panel(ax, c, None, int(k), f"{unit} {int(k)}")
+    for ax, k, c, role in zip(matrix_axes, windows, corr, roles):
+        _matrix_panel(ax, c, None, int(k), f"{unit} {int(k)}" + (f" ({role})" if role else ""))
     if len(windows):
         _colourbar(bottom, matrix_axes)
     else:
@@ -144,9 +161,10 @@ def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: s
     return fig
 
 
-def build_sign_shift_figure(panels: list[tuple[str, str, int]], title: str) -> Figure:
+def build_sign_shift_figure(panels: list[tuple[str, str, int | str]], title: str) -> Figure:
     """Paper Figure 8: for each (analysis file, label, step), the window at ``step`` annotated with the
-    correlation and the percentage of gradient entries with opposite signs."""
+    correlation and the percentage of gradient entries with opposite signs. Step ``"auto"`` is the deepest
+    zigzag window the analysis found (``analysis.auto_windows``); a run without one gets a grey panel."""
     if not panels:
         raise ZigzagError("sign-shift figure: no panels given; name at least one (analysis, label, step)")
     fig = Figure(figsize=(4.3 * len(panels) + 1.0, 4.8), layout="constrained")
@@ -154,6 +172,13 @@ def build_sign_shift_figure(panels: list[tuple[str, str, int]], title: str) -> F
     for ax, (path, panel_label, step) in zip(axes, panels):
         an = store.read_analysis(path)
         windows = [int(k) for k in an["windows/steps"]]
+        if step == "auto":
+            found = [k for k, role in zip(windows, an["windows/roles"]) if "zigzag" in role.split(", ")]
+            if not found:
+                _matrix_panel(ax, np.full((int(an["attrs"]["h"]),) * 2, np.nan), None, 0,
+                              f"{panel_label}\nno zigzag phase in this run")
+                continue
+            step = found[0]
         if step not in windows:
             raise ZigzagError(f"{path}: step {step} is not an analysed window (available: "
                               f"{', '.join(map(str, windows)) or 'none'}); add it to the analysis windows")
@@ -178,9 +203,9 @@ def _save(fig: Figure, out_png: str, out_pdf: str) -> None:
 
 
 def trajectory_figure(trajectory: str, analysis: str, out_png: str, out_pdf: str, title: str,
-                      label: str | None = None) -> None:
+                      label: str | None = None, steps: list | None = None) -> None:
     """Render ``build_trajectory_figure`` to PNG and PDF."""
-    _save(build_trajectory_figure(trajectory, analysis, title, label), out_png, out_pdf)
+    _save(build_trajectory_figure(trajectory, analysis, title, label, steps), out_png, out_pdf)
 
 
 def sign_shift_figure(panels: list[tuple[str, str, int]], out_png: str, out_pdf: str, title: str) -> None:

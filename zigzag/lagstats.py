@@ -11,12 +11,20 @@ follow from them exactly.
 
 ``LagRing`` keeps the last L + 1 gradients (values and int8 signs) in ring buffers on the training
 device; one step costs one matrix-vector product and one sign comparison against the buffer.
+
+The dot products are exact to float64 rounding: the product of two float32 numbers is exact in float64,
+so the ring is multiplied in float64, chunk by chunk (``CHUNK`` entries of every row converted into one
+reused float64 buffer), and summed in float64. A float32 sum over 10^7 entries loses up to 1e-3 of
+its value (measured: BENCHMARKS.md, "Exact dot products"); this keeps every dot within about 1e-12 of
+the float64 reference without a float64 copy of the whole ring.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+CHUNK = 1 << 18  # entries per row converted to float64 at a time: (L + 1) x CHUNK x 8 bytes of buffer
 
 
 class FlatGradients:
@@ -57,6 +65,9 @@ class LagRing:
         self.values = torch.zeros(lags + 1, n_params, dtype=dtype, device=device)
         self.signs = torch.zeros(lags + 1, n_params, dtype=torch.int8, device=device)
         self._match = torch.empty(n_params, dtype=torch.bool, device=device)  # reused comparison buffer
+        chunk = min(CHUNK, n_params)  # reused float64 buffers of the chunked dot products
+        self._values64 = torch.empty(lags + 1, chunk, dtype=torch.float64, device=device)
+        self._grad64 = torch.empty(chunk, dtype=torch.float64, device=device)
         self.step = 0  # number of gradients pushed so far
 
     def push(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,19 +79,31 @@ class LagRing:
         sign.copy_(torch.sign(grad))
         # Opposite iff the stored sign equals -sign(g_k) and g_k[i] != 0; map 0 to 2 so it never matches.
         target = sign.neg().masked_fill_(sign == 0, 2)
-        ring_dot = self.values @ grad
+        ring_dot = self._dot64(grad)
         # Row by row into one reused buffer: no (L+1) x P temporary.
         ring_opposite = torch.stack([torch.count_nonzero(torch.eq(self.signs[i], target, out=self._match))
                                      for i in range(width)])
         # Ring row of lag l is (k - l) mod (L + 1).
         order = torch.tensor([(k - lag) % width for lag in range(width)], device=grad.device)
-        dot = ring_dot[order].double().cpu()
+        dot = ring_dot[order].cpu()
         opposite = ring_opposite[order].double().cpu() / grad.numel()
         undefined = torch.arange(width) > k
         dot[undefined] = float("nan")
         opposite[undefined] = float("nan")
         self.step = k + 1
         return dot, opposite
+
+    def _dot64(self, grad: torch.Tensor) -> torch.Tensor:
+        """``self.values @ grad`` in float64: exact products, float64 sums, one chunk of columns at a time."""
+        out = torch.zeros(self.lags + 1, dtype=torch.float64, device=grad.device)
+        chunk = self._grad64.numel()
+        for start in range(0, grad.numel(), chunk):
+            n = min(chunk, grad.numel() - start)
+            values, g = self._values64[:, :n], self._grad64[:n]
+            values.copy_(self.values[:, start:start + n])
+            g.copy_(grad[start:start + n])
+            out.addmv_(values, g)
+        return out
 
     def state_dict(self) -> dict:
         return {"values": self.values.clone(), "signs": self.signs.clone(), "step": self.step}

@@ -125,7 +125,7 @@ def _check_references(config: dict) -> None:
                 if run not in runs:
                     raise ZigzagError(f"{where}.run: {run!r} is not defined; defined runs: {', '.join(runs)}")
                 steps = runs[run].get("steps")
-                if step is not None and steps is not None and step + h > steps:
+                if isinstance(step, int) and steps is not None and step + h > steps:
                     raise ZigzagError(f"{where}: window at step {step} needs steps {step}..{step + h - 1} but "
                                       f"runs.{run}.steps is {steps}; allowed: 0..{steps - h}")
 
@@ -178,13 +178,14 @@ def _check_run_settings(name: str, run: dict) -> None:
 
 
 def _references(where: str, spec: dict):
-    """(config path, run, window step or None) for every run a figure or table reads."""
+    """(config path, run, window step, "auto" or None) for every run a figure or table reads."""
     if spec["kind"] == "trajectory":
-        for step in spec["steps"]:
+        steps = spec.get("steps", "auto")
+        for step in ["auto"] if steps == "auto" else steps:
             yield where, spec["run"], step
     elif spec["kind"] == "sign_shift":
         for i, panel in enumerate(spec["panels"]):
-            yield f"{where}.panels.{i}", panel["run"], panel["step"]
+            yield f"{where}.panels.{i}", panel["run"], panel.get("step", "auto")
     elif spec["kind"] in ("warmup", "sharpness"):
         yield where, spec["run"], None
     else:
@@ -251,13 +252,15 @@ def spec_instances(config: dict, spec: dict) -> list[str]:
     return [name for run in spec_runs(spec) for name in instances(config, run)[: 1 if first_only else None]]
 
 
-def run_windows(config: dict, instance: str) -> list[int]:
-    """Every window step any figure draws from this job (the analysis keeps exactly these matrices)."""
+def run_windows(config: dict, instance: str) -> list[int | str]:
+    """Every window step any figure draws from this job, "auto" first when one lets the analysis find them
+    (the analysis keeps exactly these matrices)."""
     run = run_of(config, instance)
     if instance != instances(config, run)[0]:
         return []
-    return sorted({step for fid, fig in config["figures"].items()
-                   for _, r, step in _references(fid, fig) if r == run and step is not None})
+    wanted = {step for fid, fig in config["figures"].items()
+              for _, r, step in _references(fid, fig) if r == run and step is not None}
+    return ["auto"] * ("auto" in wanted) + sorted(wanted - {"auto"})
 
 
 def dataset_args(config: dict, name: str) -> str:

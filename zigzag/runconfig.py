@@ -136,6 +136,19 @@ class RunConfig:
                 raise ZigzagError(f"invalid sharpness.{key}={s[key]!r}: must be an integer >= {low}")
         if "tol" in s and not (isinstance(s["tol"], (int, float)) and 0 < s["tol"] < 1):
             raise ZigzagError(f"invalid sharpness.tol={s['tol']!r}: must be in (0, 1)")
+        # With BatchNorm the loss depends on how samples are batched: the Hessian's loss must use the
+        # ghost batches of training (micro_batch), so the subset must split into them exactly.
+        if "subset" in s and self.has_batch_norm and s["subset"] % self.micro_batch:
+            below = s["subset"] // self.micro_batch * self.micro_batch
+            nearest = " or ".join(str(v) for v in (below, below + self.micro_batch) if v > 0)
+            raise ZigzagError(f"invalid sharpness.subset={s['subset']}: with BatchNorm it must be a multiple of "
+                              f"micro_batch={self.micro_batch} (the ghost batches GD trains on), e.g. {nearest}; "
+                              f"leave it out to use the whole training set")
+
+    @property
+    def has_batch_norm(self) -> bool:
+        """vgg16 and the ResNets always have BatchNorm; the cnn has it when ``batch_norm`` is set."""
+        return self.model != "cnn" or self.batch_norm
 
     def _validate_schedule(self) -> None:
         s = self.schedule

@@ -455,6 +455,8 @@ def write_analysis(path, analysis, config: dict, trajectory_attrs: dict) -> None
              f"(mean_mu < {a.zigzag_below}), 2 random (between), -1 undefined")
         w = f.create_group("windows")
         _put(w, "steps", a.window_steps, "first step k of each window")
+        _put(w, "roles", np.array(a.window_roles, dtype=h5py.string_dtype()),
+             "why each window was chosen (analysis.auto_windows): smooth, zigzag, late, or empty if asked for by step")
         _put(w, "corr", a.window_corr, "h x h matrices mu(k+a, k+b); NaN where past the recorded steps")
         _put(w, "opposite", a.window_opposite, "h x h matrices s(k+a, k+b), fraction of entries with opposite "
              "signs (an exact 0 is never opposite)")
@@ -474,6 +476,8 @@ def read_analysis(path) -> dict:
     with open_file(path, ANALYSIS) as f:
         out = {name: f[name][()] for name in ("mean_mu", "adjacent_mu", "phase")}
         out.update({f"windows/{name}": f["windows"][name][()] for name in ("steps", "corr", "opposite")})
+        roles = f["windows"]["roles"][()] if "roles" in f["windows"] else [b""] * len(out["windows/steps"])
+        out["windows/roles"] = [r.decode() if isinstance(r, bytes) else str(r) for r in roles]
         out["attrs"] = {key: attr_value(v) for key, v in f.attrs.items()}
         out["attrs"]["transitions"] = json.loads(out["attrs"]["transitions"])
         out["config"] = file_config(f)

@@ -325,7 +325,7 @@ class Trainer:
                 attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
                        "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch,
                        "dataset_sha256": self.binding["dataset_sha256"], "code_hash": self.binding["code"],
-                       **self.gpu_attrs})
+                       **self.gpu_attrs, **self._sharpness_attrs()})
             start, elapsed0, prev_sq = 0, 0.0, None
 
         progress = Progress(self.total_steps, start, self.out.parent.name or str(self.out), self.progress)
@@ -390,6 +390,13 @@ class Trainer:
         self.eigenvector = pair.eigenvector
         return {"sharpness": pair.eigenvalue, "sharpness_hvps": pair.n_hvp,
                 "grad_eigvec_cosine": gradient_eigenvector_cosine(grad, pair.eigenvector)}
+
+    def _sharpness_attrs(self) -> dict:
+        """The sample the sharpness is taken on and the batches its loss is split into (none: no sharpness)."""
+        if self.sharpness_selection is None:
+            return {}
+        subset = len(self.sharpness_data[0])
+        return {"sharpness_subset": subset, "sharpness_batch": min(self.config.micro_batch, subset)}
 
     def _change_point(self) -> dict:
         """The schedule's change point t (GAWU: the detected one) as ``change_point_step``, the first step

@@ -23,10 +23,13 @@ def figure_command(fid, spec):
     kind = spec["kind"]
     if kind in ("trajectory", "sharpness"):
         first = pipeline.instances(config, spec["run"])[0]
+        if kind == "trajectory":
+            steps = spec.get("steps", "auto")
+            args.append(f"--steps {steps if steps == 'auto' else ','.join(map(str, steps))}")
         return " ".join([kind, f"--trajectory {trajectory_file(first)}", f"--analysis {analysis_file(first)}", *args])
     if kind == "sign_shift":
         panels = [f"--panel {analysis_file(pipeline.instances(config, p['run'])[0])} {shlex.quote(p['label'])} "
-                  f"{p['step']}" for p in spec["panels"]]
+                  f"{p.get('step', 'auto')}" for p in spec["panels"]]
         return " ".join(["sign-shift", *panels, *args])
     if kind == "warmup":
         return " ".join(["warmup", *curve_args("--curve", [{"run": spec["run"], "label": spec["run"]}]), *args])
