@@ -272,7 +272,8 @@ def _empty_train(f):
 def _config(f, tmp, text):
     """``train --config`` with a run file that sets ``text`` besides a valid run."""
     path = tmp / "run.yaml"
-    path.write_text(f"dataset: {f['data']}\nmodel: cnn\nlr: 0.1\ndevice: cpu\n{text}")
+    steps = "" if "steps" in text else "steps: 3\n"
+    path.write_text(f"dataset: {f['data']}\nmodel: cnn\nlr: 0.1\ndevice: cpu\n{steps}{text}")
     return ["train", "--config", path, "--out", tmp / "out.h5"]
 
 
@@ -306,7 +307,7 @@ BAD_INPUTS = {
         "--png", t / "x.png", "--pdf", t / "x.pdf"],
     "claims spec {}": lambda f, t: ["table", "claims", "--spec", "{}", "--out", t / "c"],
     "claims spec []": lambda f, t: ["table", "claims", "--spec", "[]", "--out", t / "c"],
-    "eos tolerance 5": lambda f, t: ["analyze", f["traj"], "--out", t / "x.h5", "--eos-tolerance", "5"],
+    "eos tolerance 5": lambda f, t: ["analyze", f["traj"], "--out", t / "x.h5", "--h", "3", "--eos-tolerance", "5"],
     "window k + h > K": lambda f, t: ["analyze", f["traj"], "--out", t / "x.h5", "--h", "3", "--windows", "6"],
 }
 
