@@ -15,20 +15,18 @@ rotates from repeat to repeat, so drift within a repeat hits all alike):
 - ``bare``: forward + backward only, over the same micro-batches, the minimum any full-batch GD needs:
   ``F.cross_entropy(model(xb), yb, reduction="sum").div(n).backward()`` per micro-batch, nothing else
   (no zeroing, no optimizer step, no loss bookkeeping).
-- ``nostats``: the GD step below with ``LagRing.push`` left out (dot / opposite / grad_norm are written
-  as NaN): what the step costs without the lag statistics.
-- ``step``: the GD step exactly as ``Trainer.run`` does it for a step without test evaluation,
-  sharpness, progress output or checkpoint, at a constant learning rate: ``Trainer.batch``,
-  ``FlatGradients.zero_``, ``accumulate_gradient`` over micro-batches, ``LagRing.push``, the row (two
-  ``.item()`` syncs), ``optimizer.step`` and ``TrajectoryWriter.append`` into an HDF5 file in a
-  temporary folder. ``LagRing.push`` is also timed on its own inside it (b).
-- ``raw``: ``step`` plus ``TrajectoryWriter.append_raw`` of the flat gradient (float32, no compression),
-  with the same expression as ``Trainer.run``; the dump is also timed on its own inside it.
+- ``nostats``: ``step`` with ``LagRing.push`` replaced by constant statistics: what the step costs
+  without the lag statistics.
+- ``step``: one iteration of ``Trainer.run``'s loop for a step without test evaluation, sharpness,
+  progress output or checkpoint: ``Trainer.step`` itself (the very method the loop calls) and
+  ``TrajectoryWriter.append`` of its row, at a constant learning rate. ``LagRing.push`` is also timed
+  on its own inside it (b), and so is ``accumulate_gradient`` (the rest is "outside").
+- ``raw``: ``step`` with the raw-gradient dump selected for the step; the dump is also timed on its own
+  inside it.
 
-The components are those of a real ``Trainer`` built on a zigzag-dataset file (model, FlatGradients,
-LagRing, optimizer, device-resident data). Its ``run()`` for a few steps is the warm-up, and the
-per-step times it writes to ``/steps/time`` (steps without test evaluation) are printed beside the
-benchmark's ``step`` as a check that the timed step is the step the Trainer really takes.
+The steps are those of a real ``Trainer`` built on a zigzag-dataset file. Its ``run()`` for a few steps
+is the warm-up, and the per-step times it writes to ``/steps/time`` (steps without test evaluation) are
+printed beside the benchmark's ``step`` as a cross-check.
 
 Cases: ``cnn``: the paper's CNN, width 1 (32-64-128) with BatchNorm, on the 4,000 training images of
 mnist5k (1 x 32 x 32) prepared by ``zigzag.data.prepare``, micro-batch 1000, lags 8. ``resnet18``:
@@ -57,6 +55,7 @@ import torch.nn.functional as F
 from zigzag import data as zdata
 from zigzag import store
 from zigzag.runconfig import RunConfig
+from zigzag import trainer as trainer_module
 from zigzag.trainer import Trainer, accumulate_gradient
 
 TARGET_A = 1.05  # GD step / bare forward+backward
@@ -68,7 +67,7 @@ VARIANTS = ("bare", "nostats", "step", "raw")
 LABELS = {
     "bare": "bare forward+backward",
     "nostats": "GD step without lag stats",
-    "step": "GD step (as Trainer.run)",
+    "step": "GD step (Trainer.step)",
     "raw": "GD step + raw dump",
     "outside": "  step outside its fwd+bwd",
     "push": "  LagRing.push inside step",
@@ -138,44 +137,35 @@ def case_settings(name: str, args, tmp: Path) -> tuple[dict, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# one GD step as Trainer.run takes it (zigzag/trainer.py, the loop body of Trainer.run)
+# the timed step: Trainer.step itself, with timers around its parts
 
 
-def gd_step(tr: Trainer, writer: store.TrajectoryWriter, k: int, t0: float, sync, *,
-            stats: bool = True, raw: bool = False) -> dict[str, float]:
-    """Trainer.run's loop body for a step without evaluation, sharpness, progress line or checkpoint.
+def timed(fn, parts: dict, key: str, sync):
+    """``fn`` bracketed by device synchronisation, its time stored in ``parts[key]``.
 
-    Returns the in-step times of ``fwdbwd`` (batch, zeroing and accumulate_gradient), ``push``
-    (LagRing.push) and ``dump`` (the raw-gradient dump), each bracketed by device synchronisation; on
-    CUDA that adds no wait, since the step synchronises right after anyway (``.cpu()`` in push,
-    ``.item()``, the device-to-host copy of the dump).
+    On CUDA the brackets add no wait that the step does not have anyway: the step synchronises right
+    after its forward+backward (``LagRing.push`` copies the statistics to the host).
     """
-    cfg, parts = tr.config, {}
-    t = time.perf_counter()
-    x, y = tr.batch(k)
-    tr.grads.zero_()
-    loss_sum, correct = accumulate_gradient(tr.model, x, y, cfg.micro_batch)
-    sync()
-    parts["fwdbwd"] = time.perf_counter() - t
-    if stats:
-        t = time.perf_counter()
-        dot, opposite = tr.ring.push(tr.grads.flat)
-        parts["push"] = time.perf_counter() - t
-    loss = loss_sum.item() / len(x)
-    row = {"loss": loss, "accuracy": correct.item() / len(x), "lr": tr.optimizer.param_groups[0]["lr"],
-           "epoch": k // tr.batches_per_epoch}
-    if stats:
-        row["grad_norm"] = math.sqrt(dot[0]) if dot[0] >= 0 else math.nan
-        row["dot"], row["opposite"] = dot.numpy(), opposite.numpy()
-    if raw:
+    def wrapper(*args, **kwargs):
         sync()
         t = time.perf_counter()
-        writer.append_raw(k, tr.grads.flat.cpu().numpy().astype("float32", copy=False))
-        parts["dump"] = time.perf_counter() - t
-    tr.optimizer.step()
+        out = fn(*args, **kwargs)
+        sync()
+        parts[key] = time.perf_counter() - t
+        return out
+    return wrapper
+
+
+def no_stats(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stands in for ``LagRing.push`` in the ``nostats`` variant: constant, finite statistics."""
+    return torch.ones(LAGS + 1, dtype=torch.float64), torch.zeros(LAGS + 1, dtype=torch.float64)
+
+
+def gd_step(tr: Trainer, k: int, t0: float) -> None:
+    """One iteration of ``Trainer.run``'s loop without progress line or checkpoint: the real step and its row."""
+    row = tr.step(k)
     row["time"] = time.perf_counter() - t0
-    writer.append(row)
-    return parts
+    tr.writer.append(row)
 
 
 def bare_pass(tr: Trainer) -> None:
@@ -212,41 +202,47 @@ def run_case(name: str, args, tmp: Path) -> dict:
     run_steps = list(np.diff(times)[:-1]) if len(times) >= 3 else []
     print(f"   warm-up: Trainer.run of {args.warmup_steps} steps in {warm_s:.1f} s", flush=True)
 
-    cfg = tr.config
-    common = dict(n_params=tr.n_params, n_train=n, lags=cfg.lags,
-                  attrs={"device": str(device), "benchmark": "bench_step"})
-    plain = store.TrajectoryWriter.create(tmp / f"{name}_plain.h5", cfg.to_dict(), **common)
-    rawfile = store.TrajectoryWriter.create(tmp / f"{name}_raw.h5", cfg.to_dict(), raw_dtype="float32",
-                                            raw_compression=None, **common)
-    rawfile.append_raw(-1, tr.grads.flat.cpu().numpy().astype("float32", copy=False))  # warm the dump path
+    # The timed steps write into a fresh partial trajectory of the same Trainer, with raw gradients
+    # (selected in the ``raw`` variant only); timers wrap the step's parts (see ``timed``).
+    parts: dict[str, float] = {}
+    tr.raw_selection = 1
+    tr.open_trajectory()
+    push = timed(tr.ring.push, parts, "push", sync)
+    tr.ring.push = push
+    trainer_module.accumulate_gradient = timed(accumulate_gradient, parts, "fwdbwd", sync)
+    tr.writer.append_raw = timed(tr.writer.append_raw, parts, "dump", sync)
+    k, t0 = tr.ring.step, time.perf_counter()
+    gd_step(tr, k, t0)  # warms the dump path
+    k += 1
 
     samples: dict[str, list[float]] = {key: [] for key in (*VARIANTS, "outside", "push", "dump")}
-    k, t0 = tr.ring.step, time.perf_counter()
-    for r in range(args.repeats):
-        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
-        for variant in order:
-            sync()
-            t = time.perf_counter()
-            if variant == "bare":
-                bare_pass(tr)
-                parts = {}
-            else:
-                writer = rawfile if variant == "raw" else plain
-                parts = gd_step(tr, writer, k, t0, sync, stats=variant != "nostats", raw=variant == "raw")
-                k += 1
-            sync()
-            samples[variant].append(time.perf_counter() - t)
-            if variant == "step":
-                samples["push"].append(parts["push"])
-                samples["outside"].append(samples["step"][-1] - parts["fwdbwd"])
-            if variant == "raw":
-                samples["dump"].append(parts["dump"])
-        print(f"   repeat {r + 1}/{args.repeats}: " + ", ".join(
-            f"{v} {samples[v][-1]:.3f}s" for v in VARIANTS), flush=True)
-    plain.close()
-    rawfile.close()
-    for f in tmp.glob(f"{name}_*.h5"):
-        f.unlink()
+    try:
+        for r in range(args.repeats):
+            order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
+            for variant in order:
+                tr.raw_selection = 1 if variant == "raw" else None
+                tr.ring.push = no_stats if variant == "nostats" else push
+                sync()
+                t = time.perf_counter()
+                if variant == "bare":
+                    bare_pass(tr)
+                else:
+                    gd_step(tr, k, t0)
+                    k += 1
+                sync()
+                samples[variant].append(time.perf_counter() - t)
+                if variant == "step":
+                    samples["push"].append(parts["push"])
+                    samples["outside"].append(samples["step"][-1] - parts["fwdbwd"])
+                if variant == "raw":
+                    samples["dump"].append(parts["dump"])
+            print(f"   repeat {r + 1}/{args.repeats}: " + ", ".join(
+                f"{v} {samples[v][-1]:.3f}s" for v in VARIANTS), flush=True)
+    finally:
+        trainer_module.accumulate_gradient = accumulate_gradient
+        tr.writer.close()
+    for f in tmp.glob(f"{name}_*.h5*"):
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
 
     med = {key: statistics.median(v) for key, v in samples.items() if v}
     spread = {key: (min(v), max(v)) for key, v in samples.items() if v}
@@ -269,7 +265,7 @@ def run_case(name: str, args, tmp: Path) -> dict:
         "run_vs_step": med["run"] / med["step"] if "run" in med else math.nan,
     }
     print_case(name, samples, med, spread, ratios)
-    result = {"case": name, "what": what, "params": tr.n_params, "samples": n, "micro_batch": cfg.micro_batch,
+    result = {"case": name, "what": what, "params": tr.n_params, "samples": n, "micro_batch": config.micro_batch,
               "median": med, "ratios": ratios}
     del tr
     if device.type == "cuda":
