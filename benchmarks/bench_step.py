@@ -51,9 +51,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 from zigzag import data as zdata
 from zigzag import store
+from zigzag.precision import PRECISIONS
 from zigzag.runconfig import RunConfig
 from zigzag import trainer as trainer_module
 from zigzag.trainer import Trainer, accumulate_gradient
@@ -184,7 +186,7 @@ def run_case(name: str, args, tmp: Path) -> dict:
     settings, what = case_settings(name, args, tmp)
     config = RunConfig.from_dict({**settings, "lr": LR, "steps": args.warmup_steps, "lags": LAGS,
                                   "eval_every": 10 ** 9, "checkpoint_every": 10 ** 9,
-                                  "device": args.device, "seed": 0})
+                                  "device": args.device, "precision": args.precision, "seed": 0})
     torch.manual_seed(0)
     tr = Trainer(config, tmp / f"{name}_warmup.h5", progress=False)
     device, sync = tr.device, make_sync(tr.device)
@@ -206,11 +208,13 @@ def run_case(name: str, args, tmp: Path) -> dict:
     # (selected in the ``raw`` variant only); timers wrap the step's parts (see ``timed``).
     parts: dict[str, float] = {}
     tr.raw_selection = 1
+    applied = tr.precision.applied()
+    applied.__enter__()
     tr.open_trajectory()
     push = timed(tr.ring.push, parts, "push", sync)
     tr.ring.push = push
     trainer_module.accumulate_gradient = timed(accumulate_gradient, parts, "fwdbwd", sync)
-    tr.writer.append_raw = timed(tr.writer.append_raw, parts, "dump", sync)
+    tr.raw_dump.put = timed(tr.raw_dump.put, parts, "dump", sync)
     k, t0 = tr.ring.step, time.perf_counter()
     gd_step(tr, k, t0)  # warms the dump path
     k += 1
@@ -240,7 +244,9 @@ def run_case(name: str, args, tmp: Path) -> dict:
                 f"{v} {samples[v][-1]:.3f}s" for v in VARIANTS), flush=True)
     finally:
         trainer_module.accumulate_gradient = accumulate_gradient
+        tr.raw_dump.close()
         tr.writer.close()
+        applied.__exit__(None, None, None)
     for f in tmp.glob(f"{name}_*.h5*"):
         shutil.rmtree(f) if f.is_dir() else f.unlink()
 
@@ -271,6 +277,122 @@ def run_case(name: str, args, tmp: Path) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper case: seconds per epoch of each paper model, and the whole preset in GPU-hours
+
+PRESET = Path(__file__).resolve().parents[1] / "presets" / "paper.yaml"
+# Images per split of the preset's dataset sources (train, test): the published sizes of the sets.
+SOURCE_IMAGES = {"cifar10": (50_000, 10_000), "mnist": (60_000, 10_000), "svhn": (73_257, 26_032)}
+EPOCH = 50_000  # "seconds per epoch" are per 50,000 training images
+
+
+def paper_models(preset: dict) -> dict[tuple, dict]:
+    """The preset's distinct (model, batch_norm, micro_batch): what a gradient pass costs depends on these."""
+    models = {}
+    for run in preset["runs"].values():
+        key = (run["model"], run.get("batch_norm", True), run.get("micro_batch", 1000))
+        models[key] = dict(model=run["model"], batch_norm=key[1], micro_batch=key[2])
+    return models
+
+
+def time_paper_model(key: tuple, settings: dict, args, tmp: Path) -> dict:
+    """Seconds per 50,000-image epoch of Trainer.step, of a test evaluation and of one H v (all per image x 50,000)."""
+    from zigzag.sharpness import hessian_vector_product
+    from zigzag.trainer import evaluate
+
+    dataset = random_dataset(tmp, args.paper_images)
+    config = RunConfig.from_dict({**settings, "dataset": str(dataset), "width": 1.0, "lr": LR, "lags": LAGS,
+                                  "steps": 10 ** 6, "eval_every": 10 ** 9, "checkpoint_every": 10 ** 9,
+                                  "device": args.device, "precision": args.precision, "seed": 0})
+    tr = Trainer(config, tmp / "paper.h5", progress=False)
+    sync, n = make_sync(tr.device), len(tr.data.train_x)
+    if tr.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def clock(fn) -> float:
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
+
+    with tr.precision.applied():
+        tr.open_trajectory()
+        t0 = time.perf_counter()
+        gd_step(tr, 0, t0)  # warm-up
+        steps = [clock(lambda k=k: gd_step(tr, k, t0)) for k in range(1, 1 + args.repeats)]
+        with tr.precision.autocast():
+            forward = clock(lambda: evaluate(tr.model, tr.data.train_x, tr.data.train_y, config.micro_batch))
+        vector = torch.randn(tr.n_params, device=tr.device)
+        hvp = clock(lambda: hessian_vector_product(tr.model, *tr.sharpness_data, vector, config.micro_batch))
+        tr.writer.close()
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if tr.device.type == "cuda" else math.nan
+    scale = EPOCH / n
+    result = {"key": key, "epoch_s": statistics.median(steps) * scale, "forward_s": forward * scale,
+              "hvp_s": hvp * scale, "params": tr.n_params, "peak_gib": peak}
+    del tr
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    for f in tmp.glob("paper.h5*"):
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+    return result
+
+
+def preset_hours(preset: dict, timings: dict[tuple, dict]) -> list[dict]:
+    """Seconds of every run of the preset (all its seeds) from per-epoch timings of its models.
+
+    Per job: training epochs (GD: steps; SGD: epochs x the images its whole batches cover) x the
+    model's seconds per epoch x n_train / 50,000; test evaluations (step 0, every ``eval_every``-th
+    and the last) x a forward pass over n_test; sharpness solves (steps 0, K, 2K, ...) x (ncv + 1)
+    Hessian-vector products (one Lanczos cycle: ncv 20 cold, 8 warm) over the subset. The seconds
+    per epoch are those of CIFAR-shaped images (3 x 32 x 32) for every dataset.
+    """
+    rows = []
+    for name, run in preset["runs"].items():
+        key = (run["model"], run.get("batch_norm", True), run.get("micro_batch", 1000))
+        t = timings[key]
+        n_train, n_test = SOURCE_IMAGES[preset["datasets"][run["dataset"]]["source"]]
+        if run.get("optimizer", "gd") == "sgd":
+            per_epoch = n_train // run["batch_size"]
+            steps, images = run["epochs"] * per_epoch, run["epochs"] * per_epoch * run["batch_size"]
+        else:
+            steps, images = run["steps"], run["steps"] * n_train
+        evals = len(set(range(0, steps, run.get("eval_every", 10))) | {steps - 1})
+        seconds = images / EPOCH * t["epoch_s"] + evals * n_test / EPOCH * t["forward_s"]
+        every = run.get("sharpness", {}).get("every", "none")
+        if every != "none":
+            calls = math.ceil(steps / int(every.split(":")[1])) if every.startswith("every:") \
+                else len(str(every).split(","))
+            hvps = 21 + (calls - 1) * 9
+            seconds += hvps * run["sharpness"].get("subset", n_train) / EPOCH * t["hvp_s"]
+        seeds = len(run.get("seeds", [0]))
+        rows.append({"run": name, "seeds": seeds, "steps": steps, "seconds": seeds * seconds})
+    return rows
+
+
+def run_paper(args, tmp: Path) -> float:
+    """Times every model of the preset and prints the per-run and total estimate; returns the hours."""
+    preset = yaml.safe_load(PRESET.read_text())
+    print(f"\n== paper: each model of {PRESET.name} at width 1 on {args.paper_images} random 3x32x32 images, "
+          f"its micro-batch, precision {args.precision}; seconds per {EPOCH:,}-image epoch", flush=True)
+    timings = {}
+    for key, settings in paper_models(preset).items():
+        timings[key] = time_paper_model(key, settings, args, tmp)
+        t = timings[key]
+        print(f"   {key[0]:9s} bn={str(key[1]):5s} mb {key[2]:5d}  {t['params']:>11,} params  "
+              f"step {t['epoch_s']:9.3f} s/epoch  eval fwd {t['forward_s']:8.3f} s/epoch  "
+              f"H v {t['hvp_s']:9.3f} s/epoch = {t['hvp_s'] / t['epoch_s']:5.2f} steps  "
+              f"peak {t['peak_gib']:.1f} GiB", flush=True)
+    rows = preset_hours(preset, timings)
+    total = sum(r["seconds"] for r in rows) / 3600
+    print(f"\n   {'run':28s} {'seeds':>5s} {'steps':>6s} {'hours':>8s}")
+    for r in rows:
+        print(f"   {r['run']:28s} {r['seeds']:5d} {r['steps']:6d} {r['seconds'] / 3600:8.3f}")
+    print(f"\n   estimate of the whole {PRESET.name}: {total:.2f} hours of this device ({args.device}; "
+          f"GPU-hours on a GPU), precision {args.precision}, one job at a time", flush=True)
+    return total
 
 
 def verdict(value: float, target: float) -> str:
@@ -326,7 +448,12 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5 on CPU, 20 on CUDA)")
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
+    parser.add_argument("--cases", default=None,
+                        help=f"comma-separated: {', '.join(CASES)}, paper (default: all; paper only on cuda)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=RunConfig.precision,
+                        help="the runs' precision setting (default: the run default)")
+    parser.add_argument("--paper-images", type=int, default=None,
+                        help="random images per paper-case pass (default 50000 on cuda, 32 on cpu)")
     parser.add_argument("--samples", type=int, default=None,
                         help="resnet18 samples (default 256 on CPU, 5000 on CUDA); cnn always uses mnist5k's 4000")
     parser.add_argument("--warmup-steps", type=int, default=4,
@@ -343,13 +470,18 @@ def main(argv=None) -> None:
         raise SystemExit("--repeats must be >= 1 and --warmup-steps >= 3")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.cases is None:
+        args.cases = ",".join((*CASES, "paper") if args.device == "cuda" else CASES)
+    if args.paper_images is None:
+        args.paper_images = 50_000 if args.device == "cuda" else 32
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in cases if c not in CASES]
+    unknown = [c for c in cases if c not in (*CASES, "paper")]
     if unknown or not cases:
-        raise SystemExit(f"unknown case(s) {', '.join(unknown) or '(none given)'}; valid cases: {', '.join(CASES)}")
+        raise SystemExit(f"unknown case(s) {', '.join(unknown) or '(none given)'}; valid cases: "
+                         f"{', '.join(CASES)}, paper")
 
     print("bench_step: zigzag GD step vs bare forward+backward (medians of "
-          f"{args.repeats} repeats, variants alternated)")
+          f"{args.repeats} repeats, variants alternated), precision {args.precision}")
     for line in machine_info(args.device):
         print("  " + line)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the temporary folder is removed
@@ -359,10 +491,15 @@ def main(argv=None) -> None:
     results = []
     try:
         for name in cases:
-            results.append(run_case(name, args, tmp))
+            if name == "paper":
+                run_paper(args, tmp)
+            else:
+                results.append(run_case(name, args, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    if not results:
+        return
     print(f"\nsummary ({args.device}, {torch.get_num_threads()} threads, {args.repeats} repeats, total "
           f"{time.perf_counter() - t_start:.0f} s): times are medians; ratios are medians of per-repeat ratios\n")
     print("| case | params | samples / micro-batch | bare fwd+bwd | step w/o stats | GD step | step + raw dump "

@@ -33,6 +33,8 @@ from zigzag import store
 from zigzag.errors import ZigzagError
 from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.models import build_model
+from zigzag.precision import Precision
+from zigzag.rawdump import RawGradientWriter
 from zigzag.runconfig import RunConfig, parse_step_selection, selected
 from zigzag.schedules import GAWU, GradientCorrelationMonitor, WarmupCosine
 from zigzag.sharpness import gradient_eigenvector_cosine, top_eigenpair
@@ -146,7 +148,11 @@ class Trainer:
         self.checkpoint = self.resume_dir / "checkpoint.pt"
         store.check_writable(self.out)
         self.device = resolve_device(config.device)
+        self.precision = Precision(config.precision, self.device)
         self.data = load_data(config.dataset, self.device)
+        if self.precision.channels_last:  # the parameters keep their layout, which FlatGradients shares
+            self.data.train_x = self.data.train_x.contiguous(memory_format=torch.channels_last)
+            self.data.test_x = self.data.test_x.contiguous(memory_format=torch.channels_last)
         n = len(self.data.train_x)
         if config.optimizer == "sgd":
             if config.batch_size > n:
@@ -171,6 +177,8 @@ class Trainer:
         self.model = build_model(config.model, width=config.width, in_channels=shape[1], image_size=shape[2],
                                  num_classes=self.data.num_classes, batch_norm=config.batch_norm).to(self.device)
         self.model.train()
+        # the module the training step calls: compiled (same parameters) when ``compile`` is set
+        self.step_model = torch.compile(self.model) if config.compile else self.model
         self.grads = FlatGradients(self.model)
         self.n_params = self.grads.flat.numel()
         self.ring = LagRing(self.n_params, config.lags, self.device)
@@ -181,6 +189,9 @@ class Trainer:
         self._epoch_order: tuple[int, torch.Tensor] | None = None
         self.prev_sq: float | None = None  # |g_(k-1)|^2, for the cosine of adjacent gradients
         self.writer: store.TrajectoryWriter | None = None  # the partial trajectory, set by open_trajectory
+        self.raw_dump: RawGradientWriter | None = None  # its background raw-gradient writer, if any
+        # the step's loss sum and correct count reach the host in one copy (pinned: asynchronous on CUDA)
+        self._scalars = torch.empty(2, pin_memory=self.device.type == "cuda")
 
     def _build_scheduler(self) -> tuple[WarmupCosine | GAWU | None, int]:
         """The run's LR schedule and how many steps make one of its units (epoch or iteration)."""
@@ -216,6 +227,10 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def _save_checkpoint(self, n_steps: int, elapsed: float) -> None:
+        """Save the state after ``n_steps`` steps, once the trajectory file holds all of them."""
+        if self.raw_dump is not None:
+            self.raw_dump.drain()
+        self.writer.flush()
         state = {
             "config": self.config.to_dict(),
             "n_steps": n_steps,
@@ -263,21 +278,26 @@ class Trainer:
         cfg = self.config
         x, y = self.batch(k)
         self.grads.zero_()
-        loss_sum, correct = accumulate_gradient(self.model, x, y, cfg.micro_batch)
+        with self.precision.autocast():
+            loss_sum, correct = accumulate_gradient(self.step_model, x, y, cfg.micro_batch)
+        self._scalars.copy_(torch.stack((loss_sum, correct)), non_blocking=True)
+        # push copies the statistics to the host, which waits for the device and so for the copy above
         dot, opposite = self.ring.push(self.grads.flat)
-        loss = loss_sum.item() / len(x)
-        row = {"loss": loss, "accuracy": correct.item() / len(x), "lr": self.optimizer.param_groups[0]["lr"],
+        loss_sum, correct = self._scalars.tolist()
+        loss = loss_sum / len(x)
+        row = {"loss": loss, "accuracy": correct / len(x), "lr": self.optimizer.param_groups[0]["lr"],
                "epoch": k // self.batches_per_epoch, "grad_norm": math.sqrt(dot[0]) if dot[0] >= 0 else math.nan,
                "dot": dot.numpy(), "opposite": opposite.numpy()}
         if self.diverged(row):
             return row
         if k % cfg.eval_every == 0 or k == self.total_steps - 1:
-            row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
-                                                              cfg.micro_batch)
+            with self.precision.autocast():
+                row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
+                                                                  cfg.micro_batch)
         if selected(self.sharpness_selection, k):
             row.update(self.sharpness(self.grads.flat))
         if selected(self.raw_selection, k):
-            self.writer.append_raw(k, self.grads.flat.cpu().numpy().astype(cfg.raw_dtype, copy=False))
+            self.raw_dump.put(k, self.grads.flat)
         self.optimizer.step()
         if self.prev_sq is not None:
             cosine = float(dot[1]) / math.sqrt(float(dot[0]) * self.prev_sq)
@@ -299,30 +319,38 @@ class Trainer:
     def open_trajectory(self) -> tuple[int, float]:
         """The partial trajectory to write into: reopened at the checkpoint, or created afresh.
 
-        Sets ``self.writer``; returns the first step to take and the wall-clock seconds already spent.
+        Sets ``self.writer`` (and ``self.raw_dump``); returns the first step to take and the wall-clock
+        seconds already spent.
         """
         cfg = self.config
         state = self._load_checkpoint()
         if state is not None:
             print(f"{self.out}: resuming at step {state['n_steps']} from {self.checkpoint}", file=sys.stderr)
-            self.prev_sq = state["prev_sq"]
             self.writer = store.TrajectoryWriter.reopen(self.partial, state["n_steps"])
-            return state["n_steps"], state["elapsed"]
-        shutil.rmtree(self.resume_dir, ignore_errors=True)
-        self.resume_dir.mkdir(parents=True)
-        self.writer = store.TrajectoryWriter.create(
-            self.partial, {**cfg.to_dict(), "dataset_config": self.data.dataset_config},
-            n_params=self.n_params, n_train=len(self.data.train_x), lags=cfg.lags,
-            raw_dtype=cfg.raw_dtype if self.raw_selection is not None else None,
-            raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
-            extra_series=store.SHARPNESS_SERIES if self.sharpness_selection is not None else None,
-            attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
-                   "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch})
-        self.prev_sq = None
-        return 0, 0.0
+            start, elapsed, self.prev_sq = state["n_steps"], state["elapsed"], state["prev_sq"]
+        else:
+            shutil.rmtree(self.resume_dir, ignore_errors=True)
+            self.resume_dir.mkdir(parents=True)
+            self.writer = store.TrajectoryWriter.create(
+                self.partial, {**cfg.to_dict(), "dataset_config": self.data.dataset_config},
+                n_params=self.n_params, n_train=len(self.data.train_x), lags=cfg.lags,
+                raw_dtype=cfg.raw_dtype if self.raw_selection is not None else None,
+                raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
+                extra_series=store.SHARPNESS_SERIES if self.sharpness_selection is not None else None,
+                attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
+                       "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch,
+                       **self.precision.attrs()})
+            start, elapsed, self.prev_sq = 0, 0.0, None
+        if self.raw_selection is not None:
+            self.raw_dump = RawGradientWriter(self.writer, self.n_params, cfg.raw_dtype, self.device)
+        return start, elapsed
 
     def run(self) -> str:
-        """Train to the end (or divergence); returns the final status."""
+        """Train to the end (or divergence) under the run's precision flags; returns the final status."""
+        with self.precision.applied():
+            return self._loop()
+
+    def _loop(self) -> str:
         start, elapsed0 = self.open_trajectory()
         progress = Progress(self.total_steps, start, self.out.parent.name or str(self.out), self.progress)
         t0 = time.perf_counter() - elapsed0
@@ -339,8 +367,10 @@ class Trainer:
             progress.update(k, row["loss"], self.progress_monitor.mean_correlation)
             if (k + 1) % self.config.checkpoint_every == 0 and k + 1 < self.total_steps:
                 self._save_checkpoint(k + 1, row["time"])
+        if self.raw_dump is not None:
+            self.raw_dump.close()
         self.writer.finish(status, change_point=self._change_point(),
-                      **({} if diverged_at is None else {"diverged_at": diverged_at}))
+                           **({} if diverged_at is None else {"diverged_at": diverged_at}))
         progress.close()
         os.replace(self.partial, self.out)
         shutil.rmtree(self.resume_dir, ignore_errors=True)
