@@ -17,9 +17,10 @@ eigenvalue, the one that matters for stability. On a quadratic, gradient descent
 diverges along the top eigenvector once lambda_max > 2/eta. A negative eigenvalue of larger
 magnitude (what which="LM" could return) is not the sharpness.
 
-Cost: one H v is one forward-over-reverse pass over the training set (``hessian_vector_product``);
-``top_eigenpair`` uses about ``ncv`` + 1 of them
-when one Lanczos cycle converges (21 with eigsh's default ``ncv`` of 20), more with restarts.
+Cost: one H v is one forward-over-reverse pass over the training set (``hessian_vector_product``;
+on a 2-core CPU about 2.5 gradient passes without BatchNorm, 3.5-4.5 with it); ``top_eigenpair`` uses
+about ``ncv`` + 1 of them when one Lanczos cycle converges (21 with eigsh's default ``ncv`` of 20), more
+with restarts.
 """
 
 from __future__ import annotations
