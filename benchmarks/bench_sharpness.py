@@ -5,8 +5,11 @@ reads the per-step wall clock from the trajectory (``/steps/time``): a step with
 GD step; a step with it is GD step + one Lanczos solve (the first one cold, later ones warm-started
 from the previous eigenvector). Prints, per run: step time, cold and warm cost per call in GD steps,
 Hessian-vector products per call, and the total overhead at the run's K over its full length.
+Also, per run: one Hessian-vector product against one gradient pass over the same sharpness subset
+(``accumulate_gradient`` with the run's micro-batch; medians of ``--repeats``), the unit the paper
+preset's sharpness cost is stated in. ``--hvp-only`` prints only that.
 
-    python benchmarks/bench_sharpness.py [--device cpu|cuda] [--threads N]
+    python benchmarks/bench_sharpness.py [--device cpu|cuda] [--threads N] [--hvp-only] [--repeats N]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +26,8 @@ import yaml
 
 from zigzag import data, store
 from zigzag.runconfig import RunConfig
-from zigzag.trainer import Trainer
+from zigzag.sharpness import hessian_vector_product
+from zigzag.trainer import Trainer, accumulate_gradient
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED_STEPS = {"cnn_lr0.1": 40, "resnet18_lr0.1": 30, "vgg16_lr0.01": 41}
@@ -51,10 +56,41 @@ def measure(name: str, run: dict, dataset: str, device: str, folder: Path) -> di
             "overhead": overhead, "full_steps": full_steps}
 
 
+def hvp_cost(name: str, run: dict, dataset: str, device: str, folder: Path, repeats: int) -> dict:
+    """Seconds of one H v and of one gradient pass over the run's sharpness subset, at initialisation."""
+    settings = {**run, "dataset": dataset, "device": device}
+    trainer = Trainer(RunConfig.from_dict(settings), folder / f"{name}_hvp.h5", progress=False)
+    x, y = trainer.sharpness_data
+    mb = trainer.config.micro_batch
+    vector = torch.randn(trainer.n_params, generator=torch.Generator().manual_seed(0)).to(trainer.device)
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+
+    def clock(fn) -> float:
+        times = []
+        for _ in range(repeats + 1):  # the first is a warm-up
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times[1:]))
+
+    def gradient_pass():
+        trainer.grads.zero_()
+        accumulate_gradient(trainer.model, x, y, mb)
+
+    with trainer.precision.applied():
+        grad_s = clock(gradient_pass)
+        hvp_s = clock(lambda: hessian_vector_product(trainer.model, x, y, vector, mb))
+    return {"run": name, "subset": len(x), "grad_s": grad_s, "hvp_s": hvp_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hvp-only", action="store_true", help="only the H v / gradient pass ratio")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of the H v ratio")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -63,8 +99,16 @@ def main() -> None:
         spec = config["datasets"]["mnist500"]
         dataset = str(folder / "mnist500.h5")
         data.prepare(spec["source"], dataset, train_size=spec["train_size"], seed=spec["seed"])
-        rows = [measure(name, config["runs"][name], dataset, args.device, folder) for name in MEASURED_STEPS]
+        costs = [hvp_cost(name, config["runs"][name], dataset, args.device, folder, args.repeats)
+                 for name in MEASURED_STEPS]
+        rows = [] if args.hvp_only else [measure(name, config["runs"][name], dataset, args.device, folder)
+                                         for name in MEASURED_STEPS]
     print(f"device {args.device}, torch {torch.__version__}, {args.threads} threads")
+    print("run              subset  gradient pass     H v   H v in gradient passes")
+    for c in costs:
+        print(f"{c['run']:<15} {c['subset']:>6}  {c['grad_s']:12.3f}s  {c['hvp_s']:6.3f}s  {c['hvp_s'] / c['grad_s']:6.2f}")
+    if not rows:
+        return
     print("run              K  subset  GD step  call cold  call warm  HVPs cold/warm  overhead at K over the run")
     for r in rows:
         print(f"{r['run']:<15} {r['K']:>2}  {r['subset']:>6}  {r['step_s']:6.3f}s  {r['cold_steps']:6.1f} st  "

@@ -15,20 +15,18 @@ rotates from repeat to repeat, so drift within a repeat hits all alike):
 - ``bare``: forward + backward only, over the same micro-batches, the minimum any full-batch GD needs:
   ``F.cross_entropy(model(xb), yb, reduction="sum").div(n).backward()`` per micro-batch, nothing else
   (no zeroing, no optimizer step, no loss bookkeeping).
-- ``nostats``: the GD step below with ``LagRing.push`` left out (dot / opposite / grad_norm are written
-  as NaN): what the step costs without the lag statistics.
-- ``step``: the GD step exactly as ``Trainer.run`` does it for a step without test evaluation,
-  sharpness, progress output or checkpoint, at a constant learning rate: ``Trainer.batch``,
-  ``FlatGradients.zero_``, ``accumulate_gradient`` over micro-batches, ``LagRing.push``, the row (two
-  ``.item()`` syncs), ``optimizer.step`` and ``TrajectoryWriter.append`` into an HDF5 file in a
-  temporary folder. ``LagRing.push`` is also timed on its own inside it (b).
-- ``raw``: ``step`` plus ``TrajectoryWriter.append_raw`` of the flat gradient (float32, no compression),
-  with the same expression as ``Trainer.run``; the dump is also timed on its own inside it.
+- ``nostats``: ``step`` with ``LagRing.push`` replaced by constant statistics: what the step costs
+  without the lag statistics.
+- ``step``: one iteration of ``Trainer.run``'s loop for a step without test evaluation, sharpness,
+  progress output or checkpoint: ``Trainer.step`` itself (the very method the loop calls) and
+  ``TrajectoryWriter.append`` of its row, at a constant learning rate. ``LagRing.push`` is also timed
+  on its own inside it (b), and so is ``accumulate_gradient`` (the rest is "outside").
+- ``raw``: ``step`` with the raw-gradient dump selected for the step; the dump is also timed on its own
+  inside it.
 
-The components are those of a real ``Trainer`` built on a zigzag-dataset file (model, FlatGradients,
-LagRing, optimizer, device-resident data). Its ``run()`` for a few steps is the warm-up, and the
-per-step times it writes to ``/steps/time`` (steps without test evaluation) are printed beside the
-benchmark's ``step`` as a check that the timed step is the step the Trainer really takes.
+The steps are those of a real ``Trainer`` built on a zigzag-dataset file. Its ``run()`` for a few steps
+is the warm-up, and the per-step times it writes to ``/steps/time`` (steps without test evaluation) are
+printed beside the benchmark's ``step`` as a cross-check.
 
 Cases: ``cnn``: the paper's CNN, width 1 (32-64-128) with BatchNorm, on the 4,000 training images of
 mnist5k (1 x 32 x 32) prepared by ``zigzag.data.prepare``, micro-batch 1000, lags 8. ``resnet18``:
@@ -54,10 +52,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 from zigzag import data as zdata
 from zigzag import store
+from zigzag.precision import PRECISIONS
 from zigzag.runconfig import RunConfig
+from zigzag import trainer as trainer_module
 from zigzag.trainer import Trainer, accumulate_gradient
 
 TARGET_A = 1.05  # GD step / bare forward+backward
@@ -69,7 +70,7 @@ VARIANTS = ("bare", "nostats", "step", "raw")
 LABELS = {
     "bare": "bare forward+backward",
     "nostats": "GD step without lag stats",
-    "step": "GD step (as Trainer.run)",
+    "step": "GD step (Trainer.step)",
     "raw": "GD step + raw dump",
     "outside": "  step outside its fwd+bwd",
     "push": "  LagRing.push inside step",
@@ -144,44 +145,35 @@ def case_settings(name: str, args, tmp: Path) -> tuple[dict, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# one GD step as Trainer.run takes it (zigzag/trainer.py, the loop body of Trainer.run)
+# the timed step: Trainer.step itself, with timers around its parts
 
 
-def gd_step(tr: Trainer, writer: store.TrajectoryWriter, k: int, t0: float, sync, *,
-            stats: bool = True, raw: bool = False) -> dict[str, float]:
-    """Trainer.run's loop body for a step without evaluation, sharpness, progress line or checkpoint.
+def timed(fn, parts: dict, key: str, sync):
+    """``fn`` bracketed by device synchronisation, its time stored in ``parts[key]``.
 
-    Returns the in-step times of ``fwdbwd`` (batch, zeroing and accumulate_gradient), ``push``
-    (LagRing.push) and ``dump`` (the raw-gradient dump), each bracketed by device synchronisation; on
-    CUDA that adds no wait, since the step synchronises right after anyway (``.cpu()`` in push,
-    ``.item()``, the device-to-host copy of the dump).
+    On CUDA the brackets add no wait that the step does not have anyway: the step synchronises right
+    after its forward+backward (``LagRing.push`` copies the statistics to the host).
     """
-    cfg, parts = tr.config, {}
-    t = time.perf_counter()
-    x, y = tr.batch(k)
-    tr.grads.zero_()
-    loss_sum, correct = accumulate_gradient(tr.model, x, y, cfg.micro_batch)
-    sync()
-    parts["fwdbwd"] = time.perf_counter() - t
-    if stats:
-        t = time.perf_counter()
-        dot, opposite = tr.ring.push(tr.grads.flat)
-        parts["push"] = time.perf_counter() - t
-    loss = loss_sum.item() / len(x)
-    row = {"loss": loss, "accuracy": correct.item() / len(x), "lr": tr.optimizer.param_groups[0]["lr"],
-           "epoch": k // tr.batches_per_epoch}
-    if stats:
-        row["grad_norm"] = math.sqrt(dot[0]) if dot[0] >= 0 else math.nan
-        row["dot"], row["opposite"] = dot.numpy(), opposite.numpy()
-    if raw:
+    def wrapper(*args, **kwargs):
         sync()
         t = time.perf_counter()
-        writer.append_raw(k, tr.grads.flat.cpu().numpy().astype("float32", copy=False))
-        parts["dump"] = time.perf_counter() - t
-    tr.optimizer.step()
+        out = fn(*args, **kwargs)
+        sync()
+        parts[key] = time.perf_counter() - t
+        return out
+    return wrapper
+
+
+def no_stats(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stands in for ``LagRing.push`` in the ``nostats`` variant: constant, finite statistics."""
+    return torch.ones(LAGS + 1, dtype=torch.float64), torch.zeros(LAGS + 1, dtype=torch.float64)
+
+
+def gd_step(tr: Trainer, k: int, t0: float) -> None:
+    """One iteration of ``Trainer.run``'s loop without progress line or checkpoint: the real step and its row."""
+    row = tr.step(k)
     row["time"] = time.perf_counter() - t0
-    writer.append(row)
-    return parts
+    tr.writer.append(row)
 
 
 def bare_pass(tr: Trainer) -> None:
@@ -200,7 +192,7 @@ def run_case(name: str, args, tmp: Path) -> dict:
     settings, what = case_settings(name, args, tmp)
     config = RunConfig.from_dict({**settings, "lr": LR, "steps": args.warmup_steps, "lags": LAGS,
                                   "eval_every": 10 ** 9, "checkpoint_every": 10 ** 9,
-                                  "device": args.device, "seed": 0})
+                                  "device": args.device, "precision": args.precision, "seed": 0})
     torch.manual_seed(0)
     tr = Trainer(config, tmp / f"{name}_warmup.h5", progress=False)
     device, sync = tr.device, make_sync(tr.device)
@@ -218,41 +210,51 @@ def run_case(name: str, args, tmp: Path) -> dict:
     run_steps = list(np.diff(times)[:-1]) if len(times) >= 3 else []
     print(f"   warm-up: Trainer.run of {args.warmup_steps} steps in {warm_s:.1f} s", flush=True)
 
-    cfg = tr.config
-    common = dict(n_params=tr.n_params, n_train=n, lags=cfg.lags,
-                  attrs={"device": str(device), "benchmark": "bench_step"})
-    plain = store.TrajectoryWriter.create(tmp / f"{name}_plain.h5", cfg.to_dict(), **common)
-    rawfile = store.TrajectoryWriter.create(tmp / f"{name}_raw.h5", cfg.to_dict(), raw_dtype="float32",
-                                            raw_compression=None, **common)
-    rawfile.append_raw(-1, tr.grads.flat.cpu().numpy().astype("float32", copy=False))  # warm the dump path
+    # The timed steps write into a fresh partial trajectory of the same Trainer, with raw gradients
+    # (selected in the ``raw`` variant only); timers wrap the step's parts (see ``timed``).
+    parts: dict[str, float] = {}
+    tr.raw_selection = 1
+    applied = tr.precision.applied()
+    applied.__enter__()
+    tr.open_trajectory()
+    push = timed(tr.ring.push, parts, "push", sync)
+    tr.ring.push = push
+    trainer_module.accumulate_gradient = timed(accumulate_gradient, parts, "fwdbwd", sync)
+    tr.raw_dump.put = timed(tr.raw_dump.put, parts, "dump", sync)
+    k, t0 = tr.ring.step, time.perf_counter()
+    gd_step(tr, k, t0)  # warms the dump path
+    k += 1
 
     samples: dict[str, list[float]] = {key: [] for key in (*VARIANTS, "outside", "push", "dump")}
-    k, t0 = tr.ring.step, time.perf_counter()
-    for r in range(args.repeats):
-        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
-        for variant in order:
-            sync()
-            t = time.perf_counter()
-            if variant == "bare":
-                bare_pass(tr)
-                parts = {}
-            else:
-                writer = rawfile if variant == "raw" else plain
-                parts = gd_step(tr, writer, k, t0, sync, stats=variant != "nostats", raw=variant == "raw")
-                k += 1
-            sync()
-            samples[variant].append(time.perf_counter() - t)
-            if variant == "step":
-                samples["push"].append(parts["push"])
-                samples["outside"].append(samples["step"][-1] - parts["fwdbwd"])
-            if variant == "raw":
-                samples["dump"].append(parts["dump"])
-        print(f"   repeat {r + 1}/{args.repeats}: " + ", ".join(
-            f"{v} {samples[v][-1]:.3f}s" for v in VARIANTS), flush=True)
-    plain.close()
-    rawfile.close()
-    for f in tmp.glob(f"{name}_*.h5"):
-        f.unlink()
+    try:
+        for r in range(args.repeats):
+            order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
+            for variant in order:
+                tr.raw_selection = 1 if variant == "raw" else None
+                tr.ring.push = no_stats if variant == "nostats" else push
+                sync()
+                t = time.perf_counter()
+                if variant == "bare":
+                    bare_pass(tr)
+                else:
+                    gd_step(tr, k, t0)
+                    k += 1
+                sync()
+                samples[variant].append(time.perf_counter() - t)
+                if variant == "step":
+                    samples["push"].append(parts["push"])
+                    samples["outside"].append(samples["step"][-1] - parts["fwdbwd"])
+                if variant == "raw":
+                    samples["dump"].append(parts["dump"])
+            print(f"   repeat {r + 1}/{args.repeats}: " + ", ".join(
+                f"{v} {samples[v][-1]:.3f}s" for v in VARIANTS), flush=True)
+    finally:
+        trainer_module.accumulate_gradient = accumulate_gradient
+        tr.raw_dump.close()
+        tr.writer.close()
+        applied.__exit__(None, None, None)
+    for f in tmp.glob(f"{name}_*.h5*"):
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
 
     med = {key: statistics.median(v) for key, v in samples.items() if v}
     spread = {key: (min(v), max(v)) for key, v in samples.items() if v}
@@ -275,12 +277,128 @@ def run_case(name: str, args, tmp: Path) -> dict:
         "run_vs_step": med["run"] / med["step"] if "run" in med else math.nan,
     }
     print_case(name, samples, med, spread, ratios)
-    result = {"case": name, "what": what, "params": tr.n_params, "samples": n, "micro_batch": cfg.micro_batch,
+    result = {"case": name, "what": what, "params": tr.n_params, "samples": n, "micro_batch": config.micro_batch,
               "median": med, "ratios": ratios}
     del tr
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper case: seconds per epoch of each paper model, and the whole preset in GPU-hours
+
+PRESET = Path(__file__).resolve().parents[1] / "presets" / "paper.yaml"
+# Images per split of the preset's dataset sources (train, test): the published sizes of the sets.
+SOURCE_IMAGES = {"cifar10": (50_000, 10_000), "mnist": (60_000, 10_000), "svhn": (73_257, 26_032)}
+EPOCH = 50_000  # "seconds per epoch" are per 50,000 training images
+
+
+def paper_models(preset: dict) -> dict[tuple, dict]:
+    """The preset's distinct (model, batch_norm, micro_batch): what a gradient pass costs depends on these."""
+    models = {}
+    for run in preset["runs"].values():
+        key = (run["model"], run.get("batch_norm", True), run.get("micro_batch", 1000))
+        models[key] = dict(model=run["model"], batch_norm=key[1], micro_batch=key[2])
+    return models
+
+
+def time_paper_model(key: tuple, settings: dict, args, tmp: Path) -> dict:
+    """Seconds per 50,000-image epoch of Trainer.step, of a test evaluation and of one H v (all per image x 50,000)."""
+    from zigzag.sharpness import hessian_vector_product
+    from zigzag.trainer import evaluate
+
+    dataset = random_dataset(tmp, args.paper_images)
+    config = RunConfig.from_dict({**settings, "dataset": str(dataset), "width": 1.0, "lr": LR, "lags": LAGS,
+                                  "steps": 10 ** 6, "eval_every": 10 ** 9, "checkpoint_every": 10 ** 9,
+                                  "device": args.device, "precision": args.precision, "seed": 0})
+    tr = Trainer(config, tmp / "paper.h5", progress=False)
+    sync, n = make_sync(tr.device), len(tr.data.train_x)
+    if tr.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def clock(fn) -> float:
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
+
+    with tr.precision.applied():
+        tr.open_trajectory()
+        t0 = time.perf_counter()
+        gd_step(tr, 0, t0)  # warm-up
+        steps = [clock(lambda k=k: gd_step(tr, k, t0)) for k in range(1, 1 + args.repeats)]
+        with tr.precision.autocast():
+            forward = clock(lambda: evaluate(tr.model, tr.data.train_x, tr.data.train_y, config.micro_batch))
+        vector = torch.randn(tr.n_params, device=tr.device)
+        hvp = clock(lambda: hessian_vector_product(tr.model, *tr.sharpness_data, vector, config.micro_batch))
+        tr.writer.close()
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if tr.device.type == "cuda" else math.nan
+    scale = EPOCH / n
+    result = {"key": key, "epoch_s": statistics.median(steps) * scale, "forward_s": forward * scale,
+              "hvp_s": hvp * scale, "params": tr.n_params, "peak_gib": peak}
+    del tr
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    for f in tmp.glob("paper.h5*"):
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+    return result
+
+
+def preset_hours(preset: dict, timings: dict[tuple, dict]) -> list[dict]:
+    """Seconds of every run of the preset (all its seeds) from per-epoch timings of its models.
+
+    Per job: training epochs (GD: steps; SGD: epochs x the images its whole batches cover) x the
+    model's seconds per epoch x n_train / 50,000; test evaluations (step 0, every ``eval_every``-th
+    and the last) x a forward pass over n_test; sharpness solves (steps 0, K, 2K, ...) x (ncv + 1)
+    Hessian-vector products (one Lanczos cycle: ncv 20 cold, 8 warm) over the subset. The seconds
+    per epoch are those of CIFAR-shaped images (3 x 32 x 32) for every dataset.
+    """
+    rows = []
+    for name, run in preset["runs"].items():
+        key = (run["model"], run.get("batch_norm", True), run.get("micro_batch", 1000))
+        t = timings[key]
+        n_train, n_test = SOURCE_IMAGES[preset["datasets"][run["dataset"]]["source"]]
+        if run.get("optimizer", "gd") == "sgd":
+            per_epoch = n_train // run["batch_size"]
+            steps, images = run["epochs"] * per_epoch, run["epochs"] * per_epoch * run["batch_size"]
+        else:
+            steps, images = run["steps"], run["steps"] * n_train
+        evals = len(set(range(0, steps, run.get("eval_every", 10))) | {steps - 1})
+        seconds = images / EPOCH * t["epoch_s"] + evals * n_test / EPOCH * t["forward_s"]
+        every = run.get("sharpness", {}).get("every", "none")
+        if every != "none":
+            calls = math.ceil(steps / int(every.split(":")[1])) if every.startswith("every:") \
+                else len(str(every).split(","))
+            hvps = 21 + (calls - 1) * 9
+            seconds += hvps * run["sharpness"].get("subset", n_train) / EPOCH * t["hvp_s"]
+        seeds = len(run.get("seeds", [0]))
+        rows.append({"run": name, "seeds": seeds, "steps": steps, "seconds": seeds * seconds})
+    return rows
+
+
+def run_paper(args, tmp: Path) -> float:
+    """Times every model of the preset and prints the per-run and total estimate; returns the hours."""
+    preset = yaml.safe_load(PRESET.read_text())
+    print(f"\n== paper: each model of {PRESET.name} at width 1 on {args.paper_images} random 3x32x32 images, "
+          f"its micro-batch, precision {args.precision}; seconds per {EPOCH:,}-image epoch", flush=True)
+    timings = {}
+    for key, settings in paper_models(preset).items():
+        timings[key] = time_paper_model(key, settings, args, tmp)
+        t = timings[key]
+        print(f"   {key[0]:9s} bn={str(key[1]):5s} mb {key[2]:5d}  {t['params']:>11,} params  "
+              f"step {t['epoch_s']:9.3f} s/epoch  eval fwd {t['forward_s']:8.3f} s/epoch  "
+              f"H v {t['hvp_s']:9.3f} s/epoch = {t['hvp_s'] / t['epoch_s']:5.2f} steps  "
+              f"peak {t['peak_gib']:.1f} GiB", flush=True)
+    rows = preset_hours(preset, timings)
+    total = sum(r["seconds"] for r in rows) / 3600
+    print(f"\n   {'run':28s} {'seeds':>5s} {'steps':>6s} {'hours':>8s}")
+    for r in rows:
+        print(f"   {r['run']:28s} {r['seeds']:5d} {r['steps']:6d} {r['seconds'] / 3600:8.3f}")
+    print(f"\n   estimate of the whole {PRESET.name}: {total:.2f} hours of this device ({args.device}; "
+          f"GPU-hours on a GPU), precision {args.precision}, one job at a time", flush=True)
+    return total
 
 
 def verdict(value: float, target: float) -> str:
@@ -336,7 +454,12 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5 on CPU, 20 on CUDA)")
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
+    parser.add_argument("--cases", default=None,
+                        help=f"comma-separated: {', '.join(CASES)}, paper (default: all; paper only on cuda)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=RunConfig.precision,
+                        help="the runs' precision setting (default: the run default)")
+    parser.add_argument("--paper-images", type=int, default=None,
+                        help="random images per paper-case pass (default 50000 on cuda, 32 on cpu)")
     parser.add_argument("--samples", type=int, default=None,
                         help="resnet18 samples (default 256 on CPU, 5000 on CUDA); cnn always uses mnist5k's 4000")
     parser.add_argument("--warmup-steps", type=int, default=4,
@@ -353,13 +476,18 @@ def main(argv=None) -> None:
         raise SystemExit("--repeats must be >= 1 and --warmup-steps >= 3")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.cases is None:
+        args.cases = ",".join((*CASES, "paper") if args.device == "cuda" else CASES)
+    if args.paper_images is None:
+        args.paper_images = 50_000 if args.device == "cuda" else 32
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in cases if c not in CASES]
+    unknown = [c for c in cases if c not in (*CASES, "paper")]
     if unknown or not cases:
-        raise SystemExit(f"unknown case(s) {', '.join(unknown) or '(none given)'}; valid cases: {', '.join(CASES)}")
+        raise SystemExit(f"unknown case(s) {', '.join(unknown) or '(none given)'}; valid cases: "
+                         f"{', '.join(CASES)}, paper")
 
     print("bench_step: zigzag GD step vs bare forward+backward (medians of "
-          f"{args.repeats} repeats, variants alternated)")
+          f"{args.repeats} repeats, variants alternated), precision {args.precision}")
     for line in machine_info(args.device):
         print("  " + line)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the temporary folder is removed
@@ -369,10 +497,15 @@ def main(argv=None) -> None:
     results = []
     try:
         for name in cases:
-            results.append(run_case(name, args, tmp))
+            if name == "paper":
+                run_paper(args, tmp)
+            else:
+                results.append(run_case(name, args, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    if not results:
+        return
     print(f"\nsummary ({args.device}, {torch.get_num_threads()} threads, {args.repeats} repeats, total "
           f"{time.perf_counter() - t_start:.0f} s): times are medians; ratios are medians of per-repeat ratios\n")
     print("| case | params | samples / micro-batch | bare fwd+bwd | step w/o stats | GD step | step + raw dump "

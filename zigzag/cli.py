@@ -38,6 +38,8 @@ TRAIN_FLAGS = {  # flag -> (RunConfig key, type, help)
     "--raw-compression": ("raw_compression", str, "none, gzip or lzf"),
     "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (resume after a kill)"),
     "--device": ("device", str, "auto, cpu or cuda"),
+    "--precision": ("precision", str, "fp32, tf32 or bf16: the arithmetic on a GPU (default tf32; on a CPU "
+                    "all three compute in float32)"),
 }
 
 
@@ -66,6 +68,8 @@ def _train(args) -> int:
         values["sharpness"] = {**values.get("sharpness", {}), "every": args.sharpness}
     if args.batch_norm is not None:
         values["batch_norm"] = args.batch_norm
+    if args.compile is not None:
+        values["compile"] = args.compile
     config = RunConfig.from_dict(values)
     _set_threads(args.threads)
 
@@ -257,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, dest=key, type=typ, help=help_)
     p.add_argument("--batch-norm", dest="batch_norm", action=argparse.BooleanOptionalAction,
                    help="BatchNorm in the cnn model (on by default; --no-batch-norm for exact one-batch gradients)")
+    p.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction,
+                   help="compile the model's forward+backward with torch.compile (default off)")
     p.add_argument("--sharpness", help="top Hessian eigenvalue at every:K steps or a list of steps")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--gpu-locks", default=os.path.join(tempfile.gettempdir(), "zigzag-gpu-locks"),

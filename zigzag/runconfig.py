@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from zigzag.errors import ZigzagError
 from zigzag.models import MODELS
+from zigzag.precision import PRECISIONS
 from zigzag.schedules import GROWTHS
 
 OPTIMIZERS = ("gd", "sgd")
@@ -41,6 +42,8 @@ class RunConfig:
     raw_compression: str = "none"
     checkpoint_every: int = 50
     device: str = "auto"
+    precision: str = "tf32"
+    compile: bool = False
     schedule: dict = field(default_factory=dict)
     sharpness: dict = field(default_factory=dict)
 
@@ -120,6 +123,10 @@ class RunConfig:
             bad("raw_compression", self.raw_compression, f"one of {', '.join(COMPRESSIONS)}")
         if self.device not in DEVICES:
             bad("device", self.device, f"one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            bad("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        if not isinstance(self.compile, bool):
+            bad("compile", self.compile, "true or false")
         parse_step_selection(self.raw_gradients, 1 << 62, "raw_gradients")
         self._validate_schedule()
         self._validate_sharpness()

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ DATASET = "zigzag-dataset"
 TRAJECTORY = "zigzag-trajectory"
 ANALYSIS = "zigzag-analysis"
 FORMATS = (DATASET, TRAJECTORY, ANALYSIS)
+FLUSH_SECONDS = 2.0  # a trajectory writer writes its buffered rows at least this often
 
 # Per-step series of a trajectory: name -> description (one line, units).
 STEP_SERIES = {
@@ -273,14 +275,18 @@ class TrajectoryWriter:
     """Appends one row per step to resizable, chunked datasets of a trajectory file.
 
     ``/steps/<series>`` [K] and ``/steps/dot``, ``/steps/opposite`` [K, L+1]; optional raw gradients
-    ``/raw/gradients`` [R, P] with their steps in ``/raw/steps`` [R]. ``status`` is kept current and the
-    file is flushed after every row, so a reader sees every finished step.
+    ``/raw/gradients`` [R, P] with their steps in ``/raw/steps`` [R]. Rows are buffered and written in
+    blocks: at the first ``append`` ``FLUSH_SECONDS`` after the last write, at ``flush()`` (the trainer
+    flushes before every checkpoint, so the file holds every step a checkpoint claims) and at
+    ``finish``/``close``. ``status`` is kept current.
     """
 
     def __init__(self, f: h5py.File):
         self.f = f
         self.steps = f["steps"]
-        self.n_steps = self.steps["loss"].shape[0]
+        self.n_steps = self.steps["loss"].shape[0]  # rows appended, written or buffered
+        self._rows: list[dict] = []
+        self._flushed_at = time.monotonic()
 
     @classmethod
     def create(cls, path, config: dict, *, n_params: int, n_train: int, lags: int,
@@ -336,12 +342,24 @@ class TrajectoryWriter:
 
     def append(self, row: dict) -> None:
         """Append step ``self.n_steps``; series missing from ``row`` are NaN."""
-        k = self.n_steps
-        for name, ds in self.steps.items():
-            ds.resize(k + 1, axis=0)
-            ds[k] = row.get(name, np.nan)
-        self.n_steps = k + 1
+        self._rows.append(row)
+        self.n_steps += 1
+        if time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one block per series and flush the file."""
+        if self._rows:
+            k, m = self.n_steps - len(self._rows), len(self._rows)
+            for name, ds in self.steps.items():
+                block = np.empty((m, *ds.shape[1:]))
+                for i, row in enumerate(self._rows):
+                    block[i] = row.get(name, np.nan)
+                ds.resize(k + m, axis=0)
+                ds[k:] = block
+            self._rows = []
         self.f.flush()
+        self._flushed_at = time.monotonic()
 
     def append_raw(self, step: int, gradient: np.ndarray) -> None:
         grads, steps = self.f["raw/gradients"], self.f["raw/steps"]
@@ -352,12 +370,14 @@ class TrajectoryWriter:
         steps[r] = step
 
     def finish(self, status: str, **attrs) -> None:
+        self.flush()
         self.f.attrs["status"] = status
         for key, value in attrs.items():
             self.f.attrs[key] = value
         self.f.close()
 
     def close(self) -> None:
+        self.flush()
         self.f.close()
 
 

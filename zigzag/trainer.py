@@ -36,6 +36,8 @@ from zigzag.pipeline import code_hash
 from zigzag.errors import ZigzagError
 from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.models import build_model
+from zigzag.precision import Precision
+from zigzag.rawdump import RawGradientWriter
 from zigzag.runconfig import RunConfig, parse_step_selection, selected
 from zigzag.schedules import GAWU, GradientCorrelationMonitor, WarmupCosine
 from zigzag.sharpness import gradient_eigenvector_cosine, top_eigenpair
@@ -165,7 +167,11 @@ class Trainer:
         store.check_writable(self.out)
         store.check_outputs([self.out], [config.dataset])
         self.device = resolve_device(config.device, None if lease is None else lease.index)
+        self.precision = Precision(config.precision, self.device)
         self.data = load_data(config.dataset, self.device)
+        if self.precision.channels_last:  # the parameters keep their layout, which FlatGradients shares
+            self.data.train_x = self.data.train_x.contiguous(memory_format=torch.channels_last)
+            self.data.test_x = self.data.test_x.contiguous(memory_format=torch.channels_last)
         # What a checkpoint is bound to besides the settings: the dataset's contents and the training code.
         self.binding = {"dataset_sha256": store.file_sha256(config.dataset), "code": code_hash("train")}
         n = len(self.data.train_x)
@@ -192,6 +198,8 @@ class Trainer:
         self.model = build_model(config.model, width=config.width, in_channels=shape[1], image_size=shape[2],
                                  num_classes=self.data.num_classes, batch_norm=config.batch_norm).to(self.device)
         self.model.train()
+        # the module the training step calls: compiled (same parameters) when ``compile`` is set
+        self.step_model = torch.compile(self.model) if config.compile else self.model
         self.grads = FlatGradients(self.model)
         self.n_params = self.grads.flat.numel()
         self.ring = self._lag_ring()
@@ -200,6 +208,11 @@ class Trainer:
         self.scheduler, self.steps_per_unit = self._build_scheduler()
         self.progress_monitor = GradientCorrelationMonitor(PROGRESS_H)
         self._epoch_order: tuple[int, torch.Tensor] | None = None
+        self.prev_sq: float | None = None  # |g_(k-1)|^2, for the cosine of adjacent gradients
+        self.writer: store.TrajectoryWriter | None = None  # the partial trajectory, set by open_trajectory
+        self.raw_dump: RawGradientWriter | None = None  # its background raw-gradient writer, if any
+        # the step's loss sum and correct count reach the host in one copy (pinned: asynchronous on CUDA)
+        self._scalars = torch.empty(2, pin_memory=self.device.type == "cuda")
 
     def _lag_ring(self) -> LagRing:
         """The ring of the last L + 1 gradients (float values and int8 signs), or one line on what it needs."""
@@ -249,13 +262,17 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
 
-    def _save_checkpoint(self, n_steps: int, elapsed: float, prev_sq: float) -> None:
+    def _save_checkpoint(self, n_steps: int, elapsed: float) -> None:
+        """Save the state after ``n_steps`` steps, once the trajectory file holds all of them."""
+        if self.raw_dump is not None:
+            self.raw_dump.drain()
+        self.writer.flush()
         state = {
             "config": self.config.to_dict(),
             **self.binding,
             "n_steps": n_steps,
             "elapsed": elapsed,
-            "prev_sq": prev_sq,
+            "prev_sq": self.prev_sq,
             "progress_monitor": self.progress_monitor.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "eigenvector": self.eigenvector,
@@ -303,20 +320,72 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         return state, writer
 
+    # -- one step -------------------------------------------------------------------------------
+
+    def step(self, k: int) -> dict:
+        """Take step k and return its row (without ``time``).
+
+        Computes g_k at theta_k and its lag statistics; unless the step diverged (see ``diverged``), it
+        then evaluates the test set, solves for the sharpness and dumps g_k into the trajectory where selected,
+        and moves theta_k -> theta_k+1 (optimizer, correlation monitors, schedule).
+        """
+        cfg = self.config
+        x, y = self.batch(k)
+        self.grads.zero_()
+        with self.precision.autocast():
+            loss_sum, correct = accumulate_gradient(self.step_model, x, y, cfg.micro_batch)
+        self._scalars.copy_(torch.stack((loss_sum, correct)), non_blocking=True)
+        # push copies the statistics to the host, which waits for the device and so for the copy above
+        dot, opposite = self.ring.push(self.grads.flat)
+        loss_sum, correct = self._scalars.tolist()
+        loss = loss_sum / len(x)
+        row = {"loss": loss, "accuracy": correct / len(x), "lr": self.optimizer.param_groups[0]["lr"],
+               "epoch": k // self.batches_per_epoch, "grad_norm": math.sqrt(dot[0]) if dot[0] >= 0 else math.nan,
+               "dot": dot.numpy(), "opposite": opposite.numpy()}
+        if self.diverged(row):
+            return row
+        if k % cfg.eval_every == 0 or k == self.total_steps - 1:
+            with self.precision.autocast():
+                row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
+                                                                  cfg.micro_batch)
+        if selected(self.sharpness_selection, k):
+            row.update(self.sharpness(self.grads.flat))
+        if selected(self.raw_selection, k):
+            self.raw_dump.put(k, self.grads.flat)
+        self.optimizer.step()
+        if self.prev_sq is not None:
+            cosine = float(dot[1]) / math.sqrt(float(dot[0]) * self.prev_sq)
+            self.progress_monitor.add_cosine(cosine)
+            if isinstance(self.scheduler, GAWU):
+                self.scheduler.monitor.add_cosine(cosine)
+        self.prev_sq = float(dot[0])
+        if self.scheduler and (k + 1) % self.steps_per_unit == 0:
+            self.scheduler.step()
+        return row
+
+    @staticmethod
+    def diverged(row: dict) -> bool:
+        """A non-finite loss or gradient norm ends the run (no update is taken from such a step)."""
+        return not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"]))
+
     # -- the loop -------------------------------------------------------------------------------
 
-    def run(self) -> str:
-        """Train to the end (or divergence); returns the final status."""
+    def open_trajectory(self) -> tuple[int, float]:
+        """The partial trajectory to write into: reopened at the checkpoint, or created afresh.
+
+        Sets ``self.writer`` (and ``self.raw_dump``); returns the first step to take and the wall-clock
+        seconds already spent.
+        """
         cfg = self.config
         resumed = self._load_checkpoint()
         if resumed is not None:
-            state, writer = resumed
-            start, elapsed0, prev_sq = state["n_steps"], state["elapsed"], state["prev_sq"]
-            print(f"{self.out}: resuming at step {start} from {self.checkpoint}", file=sys.stderr)
+            state, self.writer = resumed
+            print(f"{self.out}: resuming at step {state['n_steps']} from {self.checkpoint}", file=sys.stderr)
+            start, elapsed, self.prev_sq = state["n_steps"], state["elapsed"], state["prev_sq"]
         else:
             shutil.rmtree(self.resume_dir, ignore_errors=True)
             self.resume_dir.mkdir(parents=True)
-            writer = store.TrajectoryWriter.create(
+            self.writer = store.TrajectoryWriter.create(
                 self.partial, {**cfg.to_dict(), "dataset_config": self.data.dataset_config},
                 n_params=self.n_params, n_train=len(self.data.train_x), lags=cfg.lags,
                 raw_dtype=cfg.raw_dtype if self.raw_selection is not None else None,
@@ -325,54 +394,38 @@ class Trainer:
                 attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
                        "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch,
                        "dataset_sha256": self.binding["dataset_sha256"], "code_hash": self.binding["code"],
-                       **self.gpu_attrs, **self._sharpness_attrs()})
-            start, elapsed0, prev_sq = 0, 0.0, None
+                       **self.gpu_attrs, **self._sharpness_attrs(), **self.precision.attrs()})
+            start, elapsed, self.prev_sq = 0, 0.0, None
+        if self.raw_selection is not None:
+            self.raw_dump = RawGradientWriter(self.writer, self.n_params, cfg.raw_dtype, self.device)
+        return start, elapsed
 
+    def run(self) -> str:
+        """Train to the end (or divergence) under the run's precision flags; returns the final status."""
+        with self.precision.applied():
+            return self._loop()
+
+    def _loop(self) -> str:
+        start, elapsed0 = self.open_trajectory()
         progress = Progress(self.total_steps, start, self.out.parent.name or str(self.out), self.progress)
         t0 = time.perf_counter() - elapsed0
-        status = "completed"
+        status, diverged_at = "completed", None
         for k in range(start, self.total_steps):
-            x, y = self.batch(k)
-            self.grads.zero_()
-            loss_sum, correct = accumulate_gradient(self.model, x, y, cfg.micro_batch)
-            dot, opposite = self.ring.push(self.grads.flat)
-            loss = loss_sum.item() / len(x)
-            grad_norm = math.sqrt(dot[0]) if dot[0] >= 0 else math.nan
-            lr = self.optimizer.param_groups[0]["lr"]
-            row = {"loss": loss, "accuracy": correct.item() / len(x), "lr": lr,
-                   "epoch": k // self.batches_per_epoch, "grad_norm": grad_norm,
-                   "dot": dot.numpy(), "opposite": opposite.numpy()}
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                row["time"] = time.perf_counter() - t0
-                writer.append(row)
-                status = "diverged"
-                print(f"warning: {self.out}: training diverged at step {k} (loss {loss}, |g| {grad_norm}); "
-                      f"trajectory kept with status=diverged", file=sys.stderr)
-                writer.finish(status, diverged_at=k, **self._change_point())
-                break
-            if k % cfg.eval_every == 0 or k == self.total_steps - 1:
-                row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
-                                                                  cfg.micro_batch)
-            if selected(self.sharpness_selection, k):
-                row.update(self.sharpness(self.grads.flat))
-            if selected(self.raw_selection, k):
-                writer.append_raw(k, self.grads.flat.cpu().numpy().astype(cfg.raw_dtype, copy=False))
-            self.optimizer.step()
+            row = self.step(k)
             row["time"] = time.perf_counter() - t0
-            writer.append(row)
-            if prev_sq is not None:
-                cosine = float(dot[1]) / math.sqrt(float(dot[0]) * prev_sq)
-                self.progress_monitor.add_cosine(cosine)
-                if isinstance(self.scheduler, GAWU):
-                    self.scheduler.monitor.add_cosine(cosine)
-            prev_sq = float(dot[0])
-            if self.scheduler and (k + 1) % self.steps_per_unit == 0:
-                self.scheduler.step()
-            progress.update(k, loss, self.progress_monitor.mean_correlation)
-            if (k + 1) % cfg.checkpoint_every == 0 and k + 1 < self.total_steps:
-                self._save_checkpoint(k + 1, row["time"], prev_sq)
-        else:
-            writer.finish(status, **self._change_point())
+            self.writer.append(row)
+            if self.diverged(row):
+                status, diverged_at = "diverged", k
+                print(f"warning: {self.out}: training diverged at step {k} (loss {row['loss']}, "
+                      f"|g| {row['grad_norm']}); trajectory kept with status=diverged", file=sys.stderr)
+                break
+            progress.update(k, row["loss"], self.progress_monitor.mean_correlation)
+            if (k + 1) % self.config.checkpoint_every == 0 and k + 1 < self.total_steps:
+                self._save_checkpoint(k + 1, row["time"])
+        if self.raw_dump is not None:
+            self.raw_dump.close()
+        self.writer.finish(status, **self._change_point(),
+                           **({} if diverged_at is None else {"diverged_at": diverged_at}))
         progress.close()
         os.replace(self.partial, self.out)
         shutil.rmtree(self.resume_dir, ignore_errors=True)
