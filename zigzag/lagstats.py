@@ -12,11 +12,11 @@ follow from them exactly.
 ``LagRing`` keeps the last L + 1 gradients (values and int8 signs) in ring buffers on the training
 device; one step costs one matrix-vector product and one sign comparison against the buffer.
 
-The dot products are exact to float64 rounding: the product of two float32 numbers is exact in float64,
-so the ring is multiplied in float64, chunk by chunk (``CHUNK`` entries of every row converted into one
-reused float64 buffer), and summed in float64. A float32 sum over 10^7 entries loses up to 1e-3 of
-its value (measured: BENCHMARKS.md, "Exact dot products"); this keeps every dot within about 1e-12 of
-the float64 reference without a float64 copy of the whole ring.
+The dot products are summed in two levels: float32 partial sums over blocks of ``CHUNK`` entries
+(one matrix-vector product per block), and the partial sums added in float64. One float32 sum over
+10^7 entries loses up to 1e-3 of its value (BENCHMARKS.md, "Exact dot products"); blocks of 16,384
+entries keep every dot within about 1e-7 of the float64 reference at ResNet-34 size, at about the cost
+of a single float32 product, with no float64 copy of the ring.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CHUNK = 1 << 18  # entries per row converted to float64 at a time: (L + 1) x CHUNK x 8 bytes of buffer
+CHUNK = 1 << 14  # entries per float32 partial dot product; the partials are summed in float64
 
 
 class FlatGradients:
@@ -65,9 +65,8 @@ class LagRing:
         self.values = torch.zeros(lags + 1, n_params, dtype=dtype, device=device)
         self.signs = torch.zeros(lags + 1, n_params, dtype=torch.int8, device=device)
         self._match = torch.empty(n_params, dtype=torch.bool, device=device)  # reused comparison buffer
-        chunk = min(CHUNK, n_params)  # reused float64 buffers of the chunked dot products
-        self._values64 = torch.empty(lags + 1, chunk, dtype=torch.float64, device=device)
-        self._grad64 = torch.empty(chunk, dtype=torch.float64, device=device)
+        # reused float32 partial sums of the blocked dot products: one row per block of CHUNK entries
+        self._partials = torch.empty(-(-n_params // CHUNK), lags + 1, dtype=dtype, device=device)
         self.step = 0  # number of gradients pushed so far
 
     def push(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,16 +93,19 @@ class LagRing:
         return dot, opposite
 
     def _dot64(self, grad: torch.Tensor) -> torch.Tensor:
-        """``self.values @ grad`` in float64: exact products, float64 sums, one chunk of columns at a time."""
-        out = torch.zeros(self.lags + 1, dtype=torch.float64, device=grad.device)
-        chunk = self._grad64.numel()
-        for start in range(0, grad.numel(), chunk):
-            n = min(chunk, grad.numel() - start)
-            values, g = self._values64[:, :n], self._grad64[:n]
-            values.copy_(self.values[:, start:start + n])
-            g.copy_(grad[start:start + n])
-            out.addmv_(values, g)
-        return out
+        """``self.values @ grad``: float32 partial sums over blocks of ``CHUNK`` entries, added in float64."""
+        n, partials = grad.numel(), self._partials
+        main = n - n % CHUNK
+        if grad.is_cuda:  # one batched product (blocks, L+1, CHUNK) @ (blocks, CHUNK, 1): one kernel, not n / CHUNK
+            blocks = main // CHUNK
+            torch.bmm(self.values[:, :main].view(self.lags + 1, blocks, CHUNK).transpose(0, 1),
+                      grad[:main].view(blocks, CHUNK, 1), out=partials[:blocks].unsqueeze(-1))
+        else:  # CPU: one matrix-vector product per block, straight into its row of partial sums
+            for i, start in enumerate(range(0, main, CHUNK)):
+                torch.mv(self.values[:, start:start + CHUNK], grad[start:start + CHUNK], out=partials[i])
+        if main < n:
+            torch.mv(self.values[:, main:], grad[main:], out=partials[-1])
+        return partials.double().sum(0)
 
     def state_dict(self) -> dict:
         return {"values": self.values.clone(), "signs": self.signs.clone(), "step": self.step}
