@@ -63,8 +63,13 @@ class LagRing:
             raise ValueError("lags must be >= 1")
         self.lags = lags
         self.values = torch.zeros(lags + 1, n_params, dtype=dtype, device=device)
+        # Sign codes: sign(g) with an exact 0 stored as 3, so that the negated code of the newest gradient
+        # (1, -1 or -3) equals an older code exactly where the two signs are opposite and neither is 0.
         self.signs = torch.zeros(lags + 1, n_params, dtype=torch.int8, device=device)
-        self._match = torch.empty(n_params, dtype=torch.bool, device=device)  # reused comparison buffer
+        # reused buffers: the sign in float, the negated code, one comparison
+        self._sign = torch.empty(n_params, dtype=dtype, device=device)
+        self._target = torch.empty(n_params, dtype=torch.int8, device=device)
+        self._match = torch.empty(n_params, dtype=torch.bool, device=device)
         # reused float32 partial sums of the blocked dot products: one row per block of CHUNK entries
         self._partials = torch.empty(-(-n_params // CHUNK), lags + 1, dtype=dtype, device=device)
         self.step = 0  # number of gradients pushed so far
@@ -74,10 +79,10 @@ class LagRing:
         k, width = self.step, self.lags + 1
         row = k % width
         self.values[row].copy_(grad)
-        sign = self.signs[row]
-        sign.copy_(torch.sign(grad))
-        # Opposite iff the stored sign equals -sign(g_k) and g_k[i] != 0; map 0 to 2 so it never matches.
-        target = sign.neg().masked_fill_(sign == 0, 2)
+        # code = s + 3 (1 - s^2) for s = sign(g): -1, 1, and 3 for an exact 0 (never matched by a target)
+        code = torch.sign(grad, out=self._sign).addcmul_(self._sign, self._sign, value=-3).add_(3)
+        self.signs[row].copy_(code)
+        target = torch.neg(self.signs[row], out=self._target)
         ring_dot = self._dot64(grad)
         # Row by row into one reused buffer: no (L+1) x P temporary.
         ring_opposite = torch.stack([torch.count_nonzero(torch.eq(self.signs[i], target, out=self._match))
