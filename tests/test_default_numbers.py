@@ -1,0 +1,92 @@
+"""The default config computes what it computed: a change of structure must not change a number.
+
+Trains the first steps of two runs of ``config.yaml`` through the command line, as the workflow does
+(``cnn_lr0.1``: full-batch GD with sharpness; ``sgd_gawu``: SGD under GAWU), analyses them with the
+config's analysis settings, and compares every numeric dataset and attribute of both files with
+``tests/reference/default_numbers.npz``. The reference was written by this test from the code before
+the settings, readers and workflow were reorganised (issue 11); regenerate it only for a change that is
+meant to change the numbers, and say so in the commit:
+
+    ZIGZAG_WRITE_REFERENCE=1 .venv/bin/pytest tests/test_default_numbers.py
+"""
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from conftest import zigzag_cli
+from zigzag import pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = Path(__file__).parent / "reference" / "default_numbers.npz"
+SHORTENED = {"cnn_lr0.1": {"steps": 12, "eval_every": 5, "sharpness": {"every": "every:5"}},
+             "sgd_gawu": {"epochs": 3}}
+# wall-clock times and identifiers differ from run to run; everything else must not
+VARYING = ("time", "elapsed", "seconds", "trajectory_id", "created", "host", "versions", "config", "git",
+           "trajectory", "sha256", "torch", "numpy", "python", "device", "platform")
+
+
+def numbers(path) -> dict[str, np.ndarray]:
+    """Every numeric dataset and attribute of an HDF5 file, keyed by path (``/steps/loss``, ``/@lags``)."""
+    out = {}
+
+    def keep(name: str, value) -> None:
+        if any(word in name.rsplit("/", 1)[-1] for word in VARYING):
+            return
+        value = np.asarray(value)
+        if value.dtype.kind in "biuf":
+            out[name] = value.astype(np.float64)
+
+    with h5py.File(path, "r") as f:
+        for key, value in f.attrs.items():
+            keep(f"/@{key}", value)
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                keep(f"/{name}", obj[()])
+            for key, value in obj.attrs.items():
+                keep(f"/{name}@{key}", value)
+
+        f.visititems(visit)
+    return out
+
+
+def run_default(tmp_path) -> dict[str, np.ndarray]:
+    config = pipeline.checked_config(yaml.safe_load((ROOT / "config.yaml").read_text()),
+                                     ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    spec = config["datasets"]["mnist500"]
+    dataset = tmp_path / "mnist500.h5"
+    zigzag_cli("prepare", *pipeline.dataset_args(config, "mnist500").split(), "--out", dataset)
+    assert spec["source"] == "mnist5k"
+    found = {}
+    for run, changes in SHORTENED.items():
+        for key, value in changes.items():
+            config["runs"][run][key] = ({**config["runs"][run][key], **value} if isinstance(value, dict)
+                                        else value)
+        job = pipeline.instances(config, run)[0]
+        settings = json.loads(pipeline.run_settings(config, job, str(dataset)))
+        trajectory, analysis = tmp_path / f"{job}.h5", tmp_path / f"{job}.analysis.h5"
+        zigzag_cli("train", "--settings", json.dumps(settings), "--threads", 2, "--quiet", "--out", trajectory)
+        zigzag_cli("analyze", trajectory, "--out", analysis, *pipeline.analysis_args(config, job).split())
+        for kind, path in (("trajectory", trajectory), ("analysis", analysis)):
+            found.update({f"{run}:{kind}:{name}": value for name, value in numbers(path).items()})
+    return found
+
+
+def test_default_runs_compute_the_reference_numbers(tmp_path):
+    found = run_default(tmp_path)
+    if os.environ.get("ZIGZAG_WRITE_REFERENCE"):
+        REFERENCE.parent.mkdir(exist_ok=True)
+        np.savez_compressed(REFERENCE, **found)
+        pytest.skip(f"wrote {REFERENCE} ({len(found)} arrays)")
+    reference = dict(np.load(REFERENCE))
+    missing = sorted(set(reference) - set(found))
+    assert not missing, f"numbers no longer written: {missing}"
+    assert any(name.endswith("/steps/sharpness") for name in reference)
+    for name, expected in reference.items():
+        np.testing.assert_allclose(found[name], expected, rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=name)
