@@ -33,6 +33,11 @@ mnist5k (1 x 32 x 32) prepared by ``zigzag.data.prepare``, micro-batch 1000, lag
 ResNet-18 width 1 (11.2M parameters) on ``--samples`` random 3 x 32 x 32 images with 10 classes
 (default 256 on CPU, 5000 on CUDA), micro-batch 128 on CPU / 1000 on CUDA, lags 8. ``resnet34``: the same
 with ResNet-34 width 1 (21.3M parameters), the size of the exact-dot-product target.
+
+Two cases print their own tables instead of the ratios (by default on CUDA only): ``precisions``, each
+precision mode's ``Trainer.step`` time on ResNet-18 and the cosine of its gradient with the fp32
+gradient (``run_precisions``); ``paper``, every model of presets/paper.yaml at full size and the
+whole preset in GPU-hours (``run_paper``).
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ def random_dataset(tmp: Path, samples: int, n_test: int = 64, seed: int = 0) -> 
 
 
 CASES = ("cnn", "resnet18", "resnet18-sgd", "resnet34")
+EXTRA_CASES = ("precisions", "paper")  # not step-overhead cases: their own tables
 
 
 def case_settings(name: str, args, tmp: Path) -> tuple[dict, str]:
@@ -401,6 +407,63 @@ def run_paper(args, tmp: Path) -> float:
     return total
 
 
+# ---------------------------------------------------------------------------------------------
+# the precisions case: each precision mode's step time and its gradient against fp32
+
+
+def run_precisions(args, tmp: Path, model: str = "resnet18", width: float = 1.0) -> list[dict]:
+    """Each mode of ``PRECISIONS`` on ``model`` (ResNet-18 width 1 in the benchmark): median seconds of ``Trainer.step`` and the cosine
+    of its gradient g_0 (same seed, same initial parameters) with the fp32 gradient.
+
+    The gradient is the step's own: ``accumulate_gradient`` of ``Trainer.step`` under the mode's flags and
+    autocast, into the trainer's flat float32 buffer. On a CPU every mode computes in float32 (see
+    ``zigzag.precision``), so the cosines are exactly 1 there.
+    """
+    samples = args.samples or (5000 if args.device == "cuda" else 64)
+    micro_batch = 1000 if args.device == "cuda" else 64
+    dataset = random_dataset(tmp, samples)
+    print(f"\n== precisions: {model} width {width:g} on {samples} random 3x32x32 images, micro_batch {micro_batch}; "
+          f"median of {args.repeats} Trainer.step calls per mode, gradient at step 0 against fp32", flush=True)
+    rows, reference = [], None
+    for mode in PRECISIONS:
+        config = RunConfig.from_dict({"dataset": str(dataset), "model": model, "width": width, "lr": LR,
+                                      "micro_batch": micro_batch, "lags": LAGS, "steps": 10 ** 6,
+                                      "eval_every": 10 ** 9, "checkpoint_every": 10 ** 9, "device": args.device,
+                                      "precision": mode, "seed": 0})
+        tr = Trainer(config, tmp / f"precision_{mode}.h5", progress=False)
+        sync = make_sync(tr.device)
+        with tr.precision.applied() as flags:
+            x, y = tr.batch(0)
+            tr.grads.zero_()
+            with tr.precision.autocast():
+                accumulate_gradient(tr.step_model, x, y, micro_batch)
+            grad = tr.grads.flat.double().cpu()
+            reference = grad if reference is None else reference
+            cosine = float(grad @ reference / (grad.norm() * reference.norm()))
+            tr.open_trajectory()
+            t0 = time.perf_counter()
+            gd_step(tr, 0, t0)  # warm-up (cuDNN autotuning, allocations)
+            times = []
+            for k in range(1, 1 + args.repeats):
+                sync()
+                t = time.perf_counter()
+                gd_step(tr, k, t0)
+                sync()
+                times.append(time.perf_counter() - t)
+            tr.writer.close()
+        rows.append({"mode": mode, "step_s": statistics.median(times), "cosine": cosine, "flags": flags})
+        del tr
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    fp32 = rows[0]["step_s"]
+    print(f"\n   | precision | step | vs fp32 | gradient cosine with fp32 | backend flags |\n   |---|---|---|---|---|")
+    for r in rows:
+        flags = ", ".join(f"{k}={v}" for k, v in r["flags"].items() if k != "device")
+        print(f"   | {r['mode']} | {r['step_s']:.3f} s | {r['step_s'] / fp32:.2f}x | {r['cosine']:.6f} | {flags} |",
+              flush=True)
+    return rows
+
+
 def verdict(value: float, target: float) -> str:
     return "PASS" if value <= target else "MISS"
 
@@ -455,7 +518,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5 on CPU, 20 on CUDA)")
     parser.add_argument("--cases", default=None,
-                        help=f"comma-separated: {', '.join(CASES)}, paper (default: all; paper only on cuda)")
+                        help=f"comma-separated: {', '.join((*CASES, *EXTRA_CASES))} (default: all; "
+                             f"{' and '.join(EXTRA_CASES)} only on cuda)")
     parser.add_argument("--precision", choices=PRECISIONS, default=RunConfig.precision,
                         help="the runs' precision setting (default: the run default)")
     parser.add_argument("--paper-images", type=int, default=None,
@@ -477,14 +541,14 @@ def main(argv=None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.cases is None:
-        args.cases = ",".join((*CASES, "paper") if args.device == "cuda" else CASES)
+        args.cases = ",".join((*CASES, *EXTRA_CASES) if args.device == "cuda" else CASES)
     if args.paper_images is None:
         args.paper_images = 50_000 if args.device == "cuda" else 32
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in cases if c not in (*CASES, "paper")]
+    unknown = [c for c in cases if c not in (*CASES, *EXTRA_CASES)]
     if unknown or not cases:
         raise SystemExit(f"unknown case(s) {', '.join(unknown) or '(none given)'}; valid cases: "
-                         f"{', '.join(CASES)}, paper")
+                         f"{', '.join((*CASES, *EXTRA_CASES))}")
 
     print("bench_step: zigzag GD step vs bare forward+backward (medians of "
           f"{args.repeats} repeats, variants alternated), precision {args.precision}")
@@ -499,6 +563,8 @@ def main(argv=None) -> None:
         for name in cases:
             if name == "paper":
                 run_paper(args, tmp)
+            elif name == "precisions":
+                run_precisions(args, tmp)
             else:
                 results.append(run_case(name, args, tmp))
     finally:

@@ -54,3 +54,14 @@ def test_paper_case_runs_on_a_cpu_with_few_images(bench, tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert math.isfinite(hours) and hours > 0
     assert "cnn" in out and "s/epoch" in out and f"{hours:.2f} hours of this device" in out
+
+
+def test_precisions_case_times_each_mode_and_compares_its_gradient(bench, tmp_path, capsys):
+    args = types.SimpleNamespace(device="cpu", samples=8, repeats=1)
+    rows = bench.run_precisions(args, tmp_path, model="cnn", width=0.25)
+    assert [r["mode"] for r in rows] == ["fp32", "tf32", "bf16"]
+    for r in rows:  # on a CPU every mode computes in float32: the same gradient, TF32 off
+        assert r["cosine"] == pytest.approx(1.0, abs=1e-12)
+        assert r["step_s"] > 0 and r["flags"]["cudnn.allow_tf32"] is False and r["flags"]["autocast"] == "none"
+    out = capsys.readouterr().out
+    assert "| bf16 |" in out and "gradient cosine with fp32" in out
