@@ -21,15 +21,6 @@ SMOOTH, ZIGZAG, RANDOM, UNDEFINED = 0, 1, 2, -1
 PHASE_NAMES = {SMOOTH: "smooth", ZIGZAG: "zigzag", RANDOM: "random", UNDEFINED: "undefined"}
 
 
-def mu(dot: np.ndarray, j: int, k: int) -> float:
-    """Pairwise gradient correlation mu(j, k) (eq. 2) from the lag statistics."""
-    j, k = min(j, k), max(j, k)
-    lag = k - j
-    if lag >= dot.shape[1]:
-        raise ValueError(f"mu({j}, {k}) needs lag {lag} but only lags 0..{dot.shape[1] - 1} were recorded")
-    return float(dot[k, lag] / np.sqrt(dot[j, 0] * dot[k, 0]))
-
-
 def adjacent_mu(dot: np.ndarray) -> np.ndarray:
     """mu(k-1, k) for every step k (NaN at k = 0)."""
     norms_sq = dot[:, 0]
