@@ -1,7 +1,8 @@
 """From lag statistics to the paper's quantities: mu, window matrices, mean_mu, phases, loss share.
 
 Everything here is exact arithmetic on ``dot[k, l] = <g_k, g_{k-l}>`` and
-``opposite[k, l] = s(k, k-l)`` (DESIGN.md, "Definitions"), so it needs no gradients:
+``opposite[k, l] = s(k, k-l)`` (docs/design.md, "Lag statistics, and why they are sufficient"), so it
+needs no gradients:
 
     mu(j, k)      = dot[k, k-j] / sqrt(dot[j, 0] dot[k, 0])                     (eq. 2), |k - j| <= L
     M_k[a, b]     = mu(k+a, k+b),  a, b = 0..h-1                               (the h x h window)
@@ -181,7 +182,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, range]]:
 
 @dataclass
 class Analysis:
-    """What ``analysis.h5`` holds for one run (DESIGN.md, "HDF5 contracts")."""
+    """What ``analysis.h5`` holds for one run (docs/formats.md, "zigzag-analysis")."""
 
     h: int
     smooth_above: float

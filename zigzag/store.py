@@ -408,7 +408,7 @@ class Trajectory:
     """A trajectory read into memory (raw gradients stay on disk: open the file for those).
 
     ``attrs`` holds the root attributes as stored; the properties give the ones that may be "none" with
-    None restored (docs/formats.md, "How none is stored").
+    None restored (docs/formats.md, "None values").
     """
 
     steps: dict[str, np.ndarray]
