@@ -1,4 +1,5 @@
-"""Per-step overhead of zigzag's GD step against the bare forward+backward pass (DESIGN.md, "Quality bar").
+"""Per-step overhead of zigzag's GD step against the bare forward+backward pass
+(docs/design.md, "Tests and measurements").
 
     python benchmarks/bench_step.py [--device cpu|cuda] [--repeats N] [--cases cnn,resnet18,resnet18-sgd] [--samples N]
 

@@ -33,15 +33,15 @@ def test_analyze_cli_matches_brute_force_from_raw_gradients(tiny_dataset, tmp_pa
         zigzag_cli("analyze", traj, "--out", out, "--h", h, "--windows", f"0,4,{14 - h}")  # the last window ends at 13
         result = store.read_analysis(out)
         brute_mean = [np.mean([cos(raw[k + m - 1], raw[k + m]) for m in range(1, h)]) for k in range(14 - h + 1)]
-        np.testing.assert_allclose(result["mean_mu"][: 14 - h + 1], brute_mean, rtol=1e-5, atol=1e-6)
-        assert np.isnan(result["mean_mu"][14 - h + 1:]).all()
-        assert result["windows/steps"].tolist() == sorted({0, 4, 14 - h})
-        for e, k in enumerate(result["windows/steps"]):
+        np.testing.assert_allclose(result.mean_mu[: 14 - h + 1], brute_mean, rtol=1e-5, atol=1e-6)
+        assert np.isnan(result.mean_mu[14 - h + 1:]).all()
+        assert result.window_steps.tolist() == sorted({0, 4, 14 - h})
+        for e, k in enumerate(result.window_steps):
             corr = [[cos(raw[k + a], raw[k + b]) for b in range(h)] for a in range(h)]
             opp = [[np.mean(raw[k + a] * raw[k + b] < 0) for b in range(h)] for a in range(h)]
-            np.testing.assert_allclose(result["windows/corr"][e], corr, rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(result["windows/opposite"][e], opp, atol=1e-12)
-        assert result["attrs"]["h"] == h and result["attrs"]["format"] == "zigzag-analysis"
+            np.testing.assert_allclose(result.window_corr[e], corr, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(result.window_opposite[e], opp, atol=1e-12)
+        assert result.h == h and result.format_version == store.FORMAT_VERSION
 
 
 def test_alternating_gradients_are_zigzag_with_full_sign_shift():
@@ -168,13 +168,13 @@ def test_analyze_finds_windows_that_lie_in_their_phase_on_real_runs(tiny_dataset
                "--lags", "5", "--micro-batch", "96", "--seed", seed, "--device", "cpu", "--quiet", "--out", traj)
     printed = zigzag_cli("analyze", traj, "--out", out, "--h", "5").stdout
     result = store.read_analysis(out)
-    roles = dict(zip(result["windows/roles"], result["windows/steps"].tolist()))
-    phase, m = result["phase"], result["mean_mu"]
+    roles = dict(zip(result.window_roles, result.window_steps.tolist()))
+    phase, m = result.phase, result.mean_mu
     assert {"zigzag", "late"} <= set(roles) and "windows found: " in printed
     if "smooth" in roles:
         assert phase[roles["smooth"]] == analysis.SMOOTH
     assert phase[roles["zigzag"]] == analysis.ZIGZAG and m[roles["zigzag"]] == np.nanmin(m)
     assert roles["late"] == 30 - 5 and np.isnan(m[roles["late"] + 1:]).all()
-    for e, k in enumerate(result["windows/steps"]):  # the matrices are those windows
+    for e, k in enumerate(result.window_steps):  # the matrices are those windows
         corr = analysis.window(store.read_trajectory(traj).steps["dot"], int(k), 5, True)
-        np.testing.assert_allclose(result["windows/corr"][e], corr)
+        np.testing.assert_allclose(result.window_corr[e], corr)

@@ -39,7 +39,7 @@ def stages_changed_by_editing(package, module: str) -> set[str]:
     ("store", set(STAGES)),
     ("cli", set(STAGES)),
     ("errors", set(STAGES)),
-    ("inspect", set()),  # `zigzag inspect` is no stage of the workflow
+    ("filesummary", set()),  # `zigzag inspect` is no stage of the workflow
 ])
 def test_editing_a_module_reruns_the_stages_that_import_it(package, module, stages):
     assert stages_changed_by_editing(package, module) == stages
@@ -49,4 +49,4 @@ def test_every_module_is_run_by_some_stage_or_named(package):
     """No module drops out of every hash by accident: each is in a stage, or is a standalone command."""
     modules = {p.stem for p in package.glob("*.py")}
     covered = set().union(*(pipeline.stage_modules(stage) for stage in STAGES))
-    assert modules - covered == {"inspect"}
+    assert modules - covered == {"filesummary"}

@@ -1,5 +1,9 @@
-"""The trajectory writer buffers rows and writes them in blocks; the file is the one row-by-row writing gave."""
+"""The trajectory writer buffers rows and writes them in blocks; the file is the one row-by-row writing gave.
+The readers give back what the writers stored, with None where the file stores -1 for "none"."""
 
+import dataclasses
+
+import h5py
 import numpy as np
 import pytest
 
@@ -78,3 +82,72 @@ def test_reopen_keeps_the_flushed_steps_a_checkpoint_claims(tmp_path):
     reopened.finish("completed")
     loss = store.read_trajectory(path).steps["loss"]
     assert loss.tolist() == pytest.approx([r["loss"] for r in rows(6)[:4]] + [rows(6)[5]["loss"]], abs=0)
+
+
+def analysis_result(**changes):
+    """An ``analysis.Analysis`` (h = 3) of gradients s_k g with signs s = + + + + - + - +: smooth, then random at
+    step 2, zigzag from step 3; ``changes`` applied."""
+    from zigzag import analysis
+
+    signs = np.array([1, 1, 1, 1, -1, 1, -1, 1.0])
+    dot = np.array([[signs[k] * signs[k - lag] if lag <= k else np.nan for lag in range(3)] for k in range(8)])
+    result = analysis.analyze({"dot": dot, "opposite": (dot < 0).astype(float), "loss": np.linspace(2, 1, 8)},
+                              3, [0, 2], 0.5, -0.5, auto=True)
+    return dataclasses.replace(result, **changes)
+
+
+@pytest.mark.parametrize("nones", [True, False])
+def test_analysis_round_trips_every_field_and_restores_none(tmp_path, nones):
+    """What ``write_analysis`` stores, ``read_analysis`` gives back field by field; a "none" step is -1 in the
+    file (the format) and None in memory, so no caller compares with -1."""
+    from zigzag import analysis
+
+    step = None if nones else 4
+    written = analysis_result(change_point_step=step, change_point_epoch=step, zigzag_onset=step, eos_step=step)
+    trajectory_attrs = {"status": "completed", "trajectory_id": "abc"} if nones else \
+        {"status": "diverged", "trajectory_id": "abc", "diverged_at": 5}
+    path = tmp_path / "a.h5"
+    store.write_analysis(path, written, {"h": 3}, trajectory_attrs)
+    read = store.read_analysis(path)
+    for field in dataclasses.fields(analysis.Analysis):  # every computed field comes back as it was
+        expected, got = getattr(written, field.name), getattr(read, field.name)
+        if isinstance(expected, np.ndarray):
+            np.testing.assert_array_equal(got, expected, err_msg=field.name)
+            assert got.dtype == expected.dtype, field.name
+        else:
+            assert got == expected, field.name
+    assert read.transitions == [(2, "smooth", "random"), (3, "random", "zigzag")]
+    assert (read.trajectory_status, read.trajectory_id, read.config, read.format_version) == \
+        (trajectory_attrs["status"], "abc", {"h": 3}, store.FORMAT_VERSION)
+    assert read.diverged_at == (None if nones else 5) and len(read) == 8
+    with h5py.File(path, "r") as f:
+        for name in ("change_point_step", "change_point_epoch", "zigzag_onset", "eos_step", "diverged_at"):
+            assert f.attrs[name] == (-1 if nones else getattr(read, name)), name
+
+
+def test_an_analysis_missing_a_name_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "a.h5"
+    store.write_analysis(path, analysis_result(), {}, {"status": "completed"})
+    with h5py.File(path, "a") as f:
+        del f.attrs["eos_step"]
+        del f["windows/corr"]
+    with pytest.raises(store.ZigzagError, match=r"missing windows/corr, @eos_step; re-run `zigzag analyze`"):
+        store.read_analysis(path)
+
+
+def test_trajectory_none_values_are_none(tmp_path):
+    """A trajectory's "none" attributes (-1 or absent on disk) read as None: no divergence, no change point."""
+    path = tmp_path / "t.h5"
+    writer = store.TrajectoryWriter.create(path, {"schedule": {"kind": "gawu", "unit": "epoch"}}, n_params=3,
+                                           n_train=4, lags=2)
+    for row in rows(3):
+        writer.append(row)
+    writer.finish("completed", change_point_step=-1, change_point_epoch=-1)
+    traj = store.read_trajectory(path)
+    assert traj.diverged_at is None and store.schedule_change_point(traj) is None
+    writer = store.TrajectoryWriter.create(path, {"schedule": {"kind": "gawu", "unit": "epoch"}}, n_params=3,
+                                           n_train=4, lags=2)
+    writer.append(rows(1)[0])
+    writer.finish("diverged", diverged_at=0, change_point_step=0, change_point_epoch=0)
+    traj = store.read_trajectory(path)
+    assert traj.diverged_at == 0 and store.schedule_change_point(traj) == 0

@@ -1,7 +1,8 @@
 """From lag statistics to the paper's quantities: mu, window matrices, mean_mu, phases, loss share.
 
 Everything here is exact arithmetic on ``dot[k, l] = <g_k, g_{k-l}>`` and
-``opposite[k, l] = s(k, k-l)`` (DESIGN.md, "Definitions"), so it needs no gradients:
+``opposite[k, l] = s(k, k-l)`` (docs/design.md, "Lag statistics, and why they are sufficient"), so it
+needs no gradients:
 
     mu(j, k)      = dot[k, k-j] / sqrt(dot[j, 0] dot[k, 0])                     (eq. 2), |k - j| <= L
     M_k[a, b]     = mu(k+a, k+b),  a, b = 0..h-1                               (the h x h window)
@@ -19,15 +20,6 @@ import numpy as np
 
 SMOOTH, ZIGZAG, RANDOM, UNDEFINED = 0, 1, 2, -1
 PHASE_NAMES = {SMOOTH: "smooth", ZIGZAG: "zigzag", RANDOM: "random", UNDEFINED: "undefined"}
-
-
-def mu(dot: np.ndarray, j: int, k: int) -> float:
-    """Pairwise gradient correlation mu(j, k) (eq. 2) from the lag statistics."""
-    j, k = min(j, k), max(j, k)
-    lag = k - j
-    if lag >= dot.shape[1]:
-        raise ValueError(f"mu({j}, {k}) needs lag {lag} but only lags 0..{dot.shape[1] - 1} were recorded")
-    return float(dot[k, lag] / np.sqrt(dot[j, 0] * dot[k, 0]))
 
 
 def adjacent_mu(dot: np.ndarray) -> np.ndarray:
@@ -190,7 +182,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, range]]:
 
 @dataclass
 class Analysis:
-    """What ``analysis.h5`` holds for one run (DESIGN.md, "HDF5 contracts")."""
+    """What ``analysis.h5`` holds for one run (docs/formats.md, "zigzag-analysis")."""
 
     h: int
     smooth_above: float

@@ -52,11 +52,11 @@ class Run:
 
     name: str
     traj: store.Trajectory
-    an: dict
+    an: store.AnalysisFile
 
     @property
     def mean_mu(self) -> np.ndarray:
-        return self.an["mean_mu"]
+        return self.an.mean_mu
 
     @property
     def epoch_mean_mu(self) -> np.ndarray:
@@ -103,7 +103,7 @@ def sign_flips(runs: list[Run], t: dict) -> dict:
         return _not_run(claim, paper, threshold)
     shares, parts = {}, []
     for run in runs:
-        steps = window_pair_steps(run.an["phase"], int(run.an["attrs"]["h"]))
+        steps = window_pair_steps(run.an.phase, run.an.h)
         if len(steps):
             shares[run.name] = float(np.nanmedian(run.traj.steps["opposite"][steps, 1]))
             parts.append(f"{run.name} {100 * shares[run.name]:.0f}%")
@@ -143,7 +143,7 @@ def loss_share(runs: list[Run], t: dict) -> dict:
     threshold = f"zigzag share of the loss decrease >= {t['loss_share']} in every run"
     if not runs:
         return _not_run(claim, paper, threshold)
-    shares = {r.name: float(r.an["attrs"]["zigzag_loss_share"]) for r in runs}
+    shares = {r.name: r.an.zigzag_loss_share for r in runs}
     ok = all(np.isfinite(v) and v >= t["loss_share"] for v in shares.values())
     return _row(claim, paper, "; ".join(f"{n} {v:.2f}" for n, v in shares.items()), list(shares),
                 HOLDS if ok else FAILS, threshold)
@@ -185,7 +185,7 @@ def gawu_close_to_best_wu(gawu: Run | None, wu: list[list[Run]], t: dict) -> dic
     runs = [gawu.name, *(r.name for r in best)]
     gawu_t, acc = store.schedule_change_point(gawu.traj), final_accuracy(gawu)
     best_text = f"best WU t = {best_t} ({100 * best_mean:.1f}% ± {100 * best_sd:.1f}%)"
-    if gawu_t < 0:
+    if gawu_t is None:
         return _row(claim, paper, f"GAWU never switched; {best_text}", runs, FAILS, threshold, never_switched=True)
     measured = f"GAWU t = {gawu_t} ({100 * acc:.1f}%); {best_text}"
     if not np.isfinite(best_sd):
@@ -204,12 +204,12 @@ def onset_at_edge_of_stability(runs: list[Run], t: dict) -> dict:
         return _not_run(claim, paper, threshold)
     parts, ok, seen = [], True, False
     for r in runs:
-        onset, eos = r.an["attrs"]["zigzag_onset"], r.an["attrs"]["eos_step"]
-        parts.append(f"{r.name}: onset {onset if onset >= 0 else 'none'}, 2/lr at {eos if eos >= 0 else 'never'}")
-        if onset >= 0 and eos >= 0:
+        onset, eos = r.an.zigzag_onset, r.an.eos_step
+        parts.append(f"{r.name}: onset {'none' if onset is None else onset}, 2/lr at {'never' if eos is None else eos}")
+        if onset is not None and eos is not None:
             seen = True
             ok &= abs(onset - eos) <= t["eos_gap"]
-        elif onset >= 0 or eos >= 0:
+        elif onset is not None or eos is not None:
             ok = False
     verdict = (HOLDS if ok else FAILS) if seen or not ok else NOT_RUN
     return _row(claim, paper, "; ".join(parts), [r.name for r in runs], verdict, threshold)

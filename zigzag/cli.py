@@ -93,7 +93,7 @@ def _prepare(args) -> int:
 
 
 def _inspect(args) -> int:
-    from zigzag.inspect import summary
+    from zigzag.filesummary import summary
 
     print(summary(args.file))
     return 0

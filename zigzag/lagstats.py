@@ -1,4 +1,4 @@
-"""Gradient lag statistics: pure tensor code, no I/O (DESIGN.md, "Definitions").
+"""Gradient lag statistics: pure tensor code, no I/O (docs/design.md, "Lag statistics, and why they are sufficient").
 
 At step k, for lags l = 0..L:
 

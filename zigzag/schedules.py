@@ -148,7 +148,7 @@ class GradientCorrelationMonitor:
     ``update(g_k)`` returns the adjacent cosine ``mu(k-1, k) = <g_{k-1}, g_k> / (|g_{k-1}| |g_k|)``
     (NaN on the first call, or when either gradient is zero). ``mean_correlation`` is the mean of the
     last ``h - 1`` adjacent cosines, ``1/(h-1) * sum_{m=1..h-1} mu(k-h+m, k-h+m+1)``: eq. (3) for the
-    window of ``h`` units that ends at the current unit ``k``, i.e. ``mean_mu_{k-h+1}`` of DESIGN.md;
+    window of ``h`` units that ends at the current unit ``k``, i.e. ``mean_mu_{k-h+1}`` of docs/design.md;
     NaN until ``h - 1`` cosines exist. Keeps one float64 copy of the previous gradient and the last
     ``h - 1`` cosines. A parameter whose ``.grad`` is None counts as zeros.
     """

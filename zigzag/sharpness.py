@@ -1,7 +1,7 @@
 """Sharpness: the top eigenvalue of the training-loss Hessian (Cohen et al. 2021, "edge of stability").
 
-The loss is the one gradient descent follows (DESIGN.md, "Definitions"): over n training examples,
-split into micro-batches B_1..B_m in order,
+The loss is the one gradient descent follows (docs/design.md, "Steps, gradients and the loss"): over n
+training examples, split into micro-batches B_1..B_m in order,
 
     L(theta) = (1/n) sum_j sum_{i in B_j} CE(f(x_i; theta), y_i)        (train mode)
 

@@ -1,4 +1,4 @@
-"""The HDF5 schema: the one place that reads and writes zigzag files (DESIGN.md, "HDF5 contracts").
+"""The HDF5 schema: the one place that reads and writes zigzag files (docs/formats.md).
 
 Three formats share the same root attributes: ``format``, ``format_version``, ``config`` (JSON of the
 settings that made the file) and ``versions`` (JSON of the package versions). Every dataset carries a
@@ -405,7 +405,11 @@ def _check_partial(f: h5py.File, keep_steps: int) -> None:
 
 @dataclass
 class Trajectory:
-    """A trajectory read into memory (raw gradients stay on disk: open the file for those)."""
+    """A trajectory read into memory (raw gradients stay on disk: open the file for those).
+
+    ``attrs`` holds the root attributes as stored; the properties give the ones that may be "none" with
+    None restored (docs/formats.md, "None values").
+    """
 
     steps: dict[str, np.ndarray]
     attrs: dict
@@ -415,8 +419,18 @@ class Trajectory:
     def status(self) -> str:
         return self.attrs["status"]
 
+    @property
+    def diverged_at(self) -> int | None:
+        """The step a diverged run stopped at; None for a run that did not diverge."""
+        return _none_if_negative(self.attrs.get("diverged_at", -1)) if self.status == "diverged" else None
+
     def __len__(self) -> int:
         return len(self.steps["loss"])
+
+
+def _none_if_negative(value) -> int | None:
+    """A step index as stored (-1: none) as an int, or None."""
+    return None if value is None or int(value) < 0 else int(value)
 
 
 def attr_value(value):
@@ -428,13 +442,13 @@ def attr_value(value):
     return value
 
 
-def schedule_change_point(traj: Trajectory) -> int:
-    """The schedule's change point t in its own unit (``schedule.unit``: epoch or iteration = step), -1 if
+def schedule_change_point(traj: Trajectory) -> int | None:
+    """The schedule's change point t in its own unit (``schedule.unit``: epoch or iteration = step), None if
     none: from the trajectory's ``change_point_epoch`` / ``change_point_step`` (format_version 1 stored it
     in schedule units as ``change_point``)."""
     unit = (traj.config.get("schedule") or {}).get("unit", "epoch")
     key = "change_point_epoch" if unit == "epoch" else "change_point_step"
-    return int(traj.attrs.get(key, traj.attrs.get("change_point", -1)))
+    return _none_if_negative(traj.attrs.get(key, traj.attrs.get("change_point", -1)))
 
 
 def read_trajectory(path) -> Trajectory:
@@ -482,23 +496,82 @@ def write_analysis(path, analysis, config: dict, trajectory_attrs: dict) -> None
              "signs (an exact 0 is never opposite)")
 
 
-def check_analysis_of(trajectory: Trajectory, trajectory_path, analysis: dict, analysis_path) -> None:
+def check_analysis_of(trajectory: Trajectory, trajectory_path, analysis: AnalysisFile, analysis_path) -> None:
     """Refuse an analysis that was made from another trajectory than ``trajectory`` (its ``trajectory_id``)."""
-    made_from = analysis["attrs"].get("trajectory_id", "")
+    made_from = analysis.trajectory_id
     if made_from != trajectory.attrs.get("trajectory_id", ""):
         raise ZigzagError(f"{analysis_path} was made from another trajectory than {trajectory_path} (trajectory_id "
                           f"{made_from or 'none'} vs {trajectory.attrs.get('trajectory_id') or 'none'}); "
                           f"re-run `zigzag analyze {trajectory_path}`")
 
 
-def read_analysis(path) -> dict:
-    """Arrays and attributes of an analysis file as plain Python/NumPy values."""
+@dataclass
+class AnalysisFile:
+    """An analysis file read into memory: every field of ``analysis.Analysis``, as ``write_analysis`` stored
+    it, with None restored where the file stores -1 (docs/formats.md, "zigzag-analysis"), and where it came
+    from (the trajectory's status, id and divergence step, the settings in ``config``)."""
+
+    h: int
+    smooth_above: float
+    zigzag_below: float
+    adjacent_mu: np.ndarray           # [K] mu(k-1, k) (eq. 2); NaN at k = 0
+    mean_mu: np.ndarray               # [K] eq. 3; NaN for the last h-1 steps
+    phase: np.ndarray                 # [K] int8: analysis.SMOOTH, ZIGZAG, RANDOM, UNDEFINED
+    window_steps: np.ndarray          # [E] first step k of each window
+    window_roles: list[str]           # [E] the auto_windows roles of each window ("" if only asked for)
+    window_corr: np.ndarray           # [E, h, h] mu(k+a, k+b)
+    window_opposite: np.ndarray       # [E, h, h] s(k+a, k+b)
+    zigzag_loss_share: float          # NaN if the loss did not decrease
+    transitions: list[tuple[int, str, str]]
+    change_point_step: int | None
+    change_point_epoch: int | None
+    change_point_rule: dict
+    zigzag_onset: int | None
+    eos_step: int | None
+    eos_tolerance: float
+    trajectory_status: str            # the trajectory's status when it was analysed
+    trajectory_id: str                # "" for a file older than trajectory ids
+    diverged_at: int | None           # the step a diverged trajectory stopped at
+    config: dict                      # the settings of `zigzag analyze`
+    format_version: int
+
+    def __len__(self) -> int:
+        return len(self.mean_mu)
+
+
+ANALYSIS_REQUIRED = ("mean_mu", "adjacent_mu", "phase", "windows/steps", "windows/corr", "windows/opposite",
+                     "@h", "@smooth_above", "@zigzag_below", "@zigzag_loss_share", "@transitions",
+                     "@change_point_step", "@change_point_epoch", "@change_point_rule", "@zigzag_onset",
+                     "@eos_step", "@eos_tolerance", "@trajectory_status", "@diverged_at", "@config")
+
+
+def read_analysis(path) -> AnalysisFile:
+    """Read a zigzag-analysis file; one clear error if a name it needs is missing (an older or damaged file)."""
     with open_file(path, ANALYSIS) as f:
-        out = {name: f[name][()] for name in ("mean_mu", "adjacent_mu", "phase")}
-        out.update({f"windows/{name}": f["windows"][name][()] for name in ("steps", "corr", "opposite")})
-        roles = f["windows"]["roles"][()] if "roles" in f["windows"] else [b""] * len(out["windows/steps"])
-        out["windows/roles"] = [r.decode() if isinstance(r, bytes) else str(r) for r in roles]
-        out["attrs"] = {key: attr_value(v) for key, v in f.attrs.items()}
-        out["attrs"]["transitions"] = json.loads(out["attrs"]["transitions"])
-        out["config"] = file_config(f)
-    return out
+        missing = [name for name in ANALYSIS_REQUIRED
+                   if (name[1:] not in f.attrs if name.startswith("@") else not isinstance(f.get(name), h5py.Dataset))]
+        if missing:
+            raise ZigzagError(f"{path}: damaged or older zigzag-analysis, missing {', '.join(missing)}; "
+                              f"re-run `zigzag analyze` on its trajectory")
+        a = {key: attr_value(v) for key, v in f.attrs.items()}
+        steps = f["windows/steps"][()]
+        roles = f["windows/roles"][()] if "roles" in f["windows"] else [b""] * len(steps)
+        return AnalysisFile(
+            h=int(a["h"]), smooth_above=float(a["smooth_above"]), zigzag_below=float(a["zigzag_below"]),
+            adjacent_mu=f["adjacent_mu"][()], mean_mu=f["mean_mu"][()], phase=f["phase"][()],
+            window_steps=steps, window_roles=[r.decode() if isinstance(r, bytes) else str(r) for r in roles],
+            window_corr=f["windows/corr"][()], window_opposite=f["windows/opposite"][()],
+            zigzag_loss_share=float(a["zigzag_loss_share"]),
+            transitions=[(int(k), before, after) for k, before, after in json.loads(a["transitions"])],
+            change_point_step=_none_if_negative(a["change_point_step"]),
+            change_point_epoch=_none_if_negative(a["change_point_epoch"]),
+            change_point_rule=json.loads(a["change_point_rule"]),
+            zigzag_onset=_none_if_negative(a["zigzag_onset"]),
+            eos_step=_none_if_negative(a["eos_step"]),
+            eos_tolerance=float(a["eos_tolerance"]),
+            trajectory_status=a["trajectory_status"],
+            trajectory_id=a.get("trajectory_id", ""),
+            diverged_at=_none_if_negative(a["diverged_at"]),
+            config=file_config(f),
+            format_version=int(a["format_version"]),
+        )

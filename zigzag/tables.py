@@ -41,10 +41,10 @@ def _change_points(trajs: list[store.Trajectory]) -> str:
     suffix = " (iterations)" if schedule.get("unit", "epoch") == "iteration" else ""
     ts = [store.schedule_change_point(t) for t in trajs]
     if schedule.get("kind") != "gawu":
-        ts = sorted(set(ts))
-    if all(t < 0 for t in ts):
+        ts = sorted(set(ts), key=lambda t: -1 if t is None else t)
+    if all(t is None for t in ts):
         return MISSING
-    return ", ".join(str(t) if t >= 0 else MISSING for t in ts) + suffix
+    return ", ".join(MISSING if t is None else str(t) for t in ts) + suffix
 
 
 def schedule_table(rows: list[tuple[str, list[str]]]) -> pd.DataFrame:

@@ -155,7 +155,7 @@ class Progress:
 
 
 class Trainer:
-    """Runs one ``RunConfig`` and writes its trajectory file (DESIGN.md, ``trajectory.h5``)."""
+    """Runs one ``RunConfig`` and writes its trajectory file (docs/formats.md, "zigzag-trajectory")."""
 
     def __init__(self, config: RunConfig, out: str | os.PathLike, progress: bool = True,
                  lease: gpulease.Lease | None = None):

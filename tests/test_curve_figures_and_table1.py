@@ -80,7 +80,7 @@ def runs(tmp_path_factory):
 def seeds(pairs, name):
     """[seeds, steps] of a series: mean_mu from the analyses, anything else from the trajectories."""
     if name == "mean_mu":
-        return np.stack([store.read_analysis(a)["mean_mu"] for _, a in pairs])
+        return np.stack([store.read_analysis(a).mean_mu for _, a in pairs])
     return np.stack([store.read_trajectory(t).steps[name] for t, _ in pairs])
 
 
@@ -134,7 +134,7 @@ def test_one_seed_is_its_own_line_and_the_change_point_is_labelled(runs):
     fig = figures.build_warmup_figure(("GAWU", [pair]), "one seed")
     ax, ax_lr = fig.axes[:2]
     np.testing.assert_array_equal(line(ax, "mean gradient correlation").get_ydata(),
-                                  store.read_analysis(pair[1])["mean_mu"])
+                                  store.read_analysis(pair[1]).mean_mu)
     assert not ax.collections and not ax_lr.collections  # no band
     (change,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
     assert list(change.get_xdata()) == [11.0, 11.0]
@@ -151,7 +151,7 @@ def test_batch_size_figure_mixes_seed_counts_and_aligns_a_diverged_seed(runs):
                                equal_nan=True)
     np.testing.assert_array_equal(line(ax, "B = 500, lr 0.2").get_ydata(), seeds(runs["wu5"], "mean_mu")[0])
     diverging = line(ax, "B = 250, lr 0.1")
-    common = np.stack([store.read_analysis(a)["mean_mu"][:31] for _, a in runs["diverging"]])
+    common = np.stack([store.read_analysis(a).mean_mu[:31] for _, a in runs["diverging"]])
     np.testing.assert_array_equal(diverging.get_xdata(), np.arange(31) / BPE)
     np.testing.assert_allclose(diverging.get_ydata(), common.mean(axis=0), equal_nan=True)
     assert legend_texts(fig.legends[0]) == ["B = 1000, lr 0.4 [n = 3]", "B = 500, lr 0.2 [n = 1]",

@@ -111,7 +111,7 @@ def test_analysis_change_point_follows_the_trainers_gawu_rule(tiny_dataset, tmp_
     with h5py.File(an, "r") as f:
         assert (f.attrs["change_point_step"], f.attrs["change_point_epoch"]) == (8, 4)
         assert "change_point" not in f.attrs
-    adjacent = store.read_analysis(an)["adjacent_mu"]
+    adjacent = store.read_analysis(an).adjacent_mu
     assert analysis.online_change_point(adjacent, 3, steps_per_unit=1) == 9
     shown = zigzag_cli("inspect", out).stdout
     assert "change_point_step: 8" in shown and "change_point_epoch: 4" in shown
