@@ -8,7 +8,9 @@
   against the epoch, each curve one label and one (trajectory, analysis) pair per seed; several seeds are
   drawn as mean +- 1 sample standard deviation.
 
-The ``build_*`` functions return the ``Figure``; the others save it as PNG and PDF, atomically.
+The ``build_*`` functions return the ``Figure``; the others save it as PNG and PDF, atomically. Each
+figure kind of the workflow names its ``build_*`` function in ``zigzag/figurekinds.py``; ``render`` draws
+a kind from the inputs its declaration describes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from zigzag import store
 from zigzag.analysis import RANDOM, SMOOTH, ZIGZAG
 from zigzag.errors import ZigzagError
+from zigzag.figurekinds import KINDS
 
 CMAP = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.8")
 NORM = matplotlib.colors.Normalize(vmin=-1.0, vmax=1.0)
@@ -200,6 +203,16 @@ def _save(fig: Figure, out_png: str, out_pdf: str) -> None:
     with store.atomic_output(out_png) as tmp_png, store.atomic_output(out_pdf) as tmp_pdf:
         fig.savefig(tmp_png, format="png", dpi=DPI)
         fig.savefig(tmp_pdf, format="pdf")
+
+
+def render(kind: str, inputs, title: str, out_png: str, out_pdf: str, **options) -> None:
+    """Draw a figure of ``kind`` with the renderer its declaration names and save it as PNG and PDF.
+    ``inputs`` as the kind reads them (``zigzag/figurekinds.py``): the files of one job, or a list of
+    panels, a curve or a list of curves; ``options`` the kind's own (``steps`` for a kind with windows)."""
+    declared = KINDS[kind]
+    build = globals()[declared.renderer]
+    args = tuple(inputs) if declared.runs == "run" and declared.seeds == "first" else (inputs,)
+    _save(build(*args, title, **options), out_png, out_pdf)
 
 
 def trajectory_figure(trajectory: str, analysis: str, out_png: str, out_pdf: str, title: str,
