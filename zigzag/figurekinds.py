@@ -58,6 +58,8 @@ KINDS = {kind.name: kind for kind in (
                runs="curves", seeds="all", reads=("trajectory", "analysis"), renderer="build_schedules_figure"),
     FigureKind("sharpness", "sharpness with 2/lr, mean correlation and gradient-eigenvector cosine",
                runs="run", seeds="first", reads=("trajectory", "analysis"), renderer="build_sharpness_figure"),
+    FigureKind("lag1", "correlation of adjacent gradients at every step, one line per curve",
+               runs="curves", seeds="all", reads=("trajectory",), renderer="build_lag1_figure"),
 )}
 RUNS_FORMS = ("run", "panels", "curves")
 
