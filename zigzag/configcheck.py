@@ -1,7 +1,7 @@
 """The workflow's configuration: validation against the schema, cross-references, and its one addition.
 
-``workflow/rules/common.smk`` calls ``check_unique_keys`` and ``checked_config`` on every config file, then
-``add_sharpness_figures``; every problem is one ``ZigzagError`` line that names the key and the allowed
+``workflow/rules/common.smk`` calls ``check_unique_keys`` on every config file, ``checked_config`` on the
+config, then ``add_sharpness_figures``; every problem is one ``ZigzagError`` line that names the key and the allowed
 values, raised before any job starts. ``zigzag/pipeline.py`` plans the jobs of the checked config.
 """
 

@@ -44,7 +44,6 @@ def claims_instances(config: dict) -> list[str]:
                               for i in claim_seed_instances(config, run)))
 
 
-
 def entry_references(section: str, where: str, spec: dict):
     """(config path, run, window step or "auto" or None) for every run a figure or table entry reads."""
     if section == "figures":
