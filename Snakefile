@@ -1,6 +1,10 @@
 # zigzag: the optimization geometry of deep networks, from data to the paper's figures.
 #   snakemake --cores 8 all_figures                         # the offline default (config.yaml)
 #   snakemake --cores 8 all_figures --configfile presets/paper.yaml   # the paper, on a GPU
+from snakemake.utils import min_version
+
+min_version("9.0")
+
 
 # A --configfile (e.g. a preset) is a whole config: it replaces config.yaml instead of merging into it.
 if not workflow.overwrite_configfiles:
@@ -13,6 +17,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:

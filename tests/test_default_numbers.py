@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import zigzag_cli
-from zigzag import pipeline
+from zigzag import configcheck, pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = Path(__file__).parent / "reference" / "default_numbers.npz"
@@ -57,8 +57,8 @@ def numbers(path) -> dict[str, np.ndarray]:
 
 
 def run_default(tmp_path) -> dict[str, np.ndarray]:
-    config = pipeline.checked_config(yaml.safe_load((ROOT / "config.yaml").read_text()),
-                                     ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    config = configcheck.checked_config(yaml.safe_load((ROOT / "config.yaml").read_text()),
+                                        ROOT / "workflow" / "schemas" / "config.schema.yaml")
     spec = config["datasets"]["mnist500"]
     dataset = tmp_path / "mnist500.h5"
     zigzag_cli("prepare", *pipeline.dataset_args(config, "mnist500").split(), "--out", dataset)

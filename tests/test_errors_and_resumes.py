@@ -23,7 +23,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from conftest import write_synthetic_dataset, zigzag_cli
-from zigzag import pipeline, store
+from zigzag import configcheck, store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -375,8 +375,8 @@ def test_duplicate_run_name_in_a_config_file_is_one_line(tmp_path):
     text = (ROOT / ".test" / "config.yaml").read_text()
     run = next(line for line in text.splitlines() if line.startswith("  cnn_a:"))
     (tmp_path / "config.yaml").write_text(text.replace(run, f"{run}\n{run.replace('0.1', '0.2')}"))
-    with pytest.raises(pipeline.ZigzagError, match="line 8: key 'cnn_a' is given twice"):
-        pipeline.check_unique_keys(tmp_path / "config.yaml")
+    with pytest.raises(configcheck.ZigzagError, match="line 8: key 'cnn_a' is given twice"):
+        configcheck.check_unique_keys(tmp_path / "config.yaml")
     result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile",
                              str(ROOT / "Snakefile"), "--directory", str(tmp_path)], capture_output=True, text=True,
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -149,3 +149,34 @@ def test_auto_steps_draw_the_windows_the_analysis_found(tmp_path):
     _, flat = write_run(tmp_path / "b", np.stack([g] * 8), windows=(), auto=True)
     fig = figures.build_sign_shift_figure([(an, "(a)", "auto"), (flat, "(b)", "auto")], "sign shift")
     assert fig.axes[0].get_title() == "(a) (epoch 6)" and "no zigzag phase" in fig.axes[1].get_title()
+
+
+def test_lag1_figure_draws_the_adjacent_correlation_of_every_seed_from_trajectories_alone(tmp_path):
+    """Two seeds: g, -g, g, ... (mu(k-1, k) = -1) and a constant gradient (+1): mean 0, sample sd sqrt(2)."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    zig, _ = write_run(tmp_path / "a", alternating(10))
+    flat, _ = write_run(tmp_path / "b", np.stack([np.random.default_rng(2).standard_normal(30)] * 8))
+    fig = figures.build_lag1_figure([("zigzag", [(zig,)]), ("two seeds", [(zig,), (flat,)])], "lag 1")
+    ax = fig.axes[0]
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 2]
+    np.testing.assert_allclose(lines[0].get_ydata()[1:], -1.0, atol=1e-12)
+    assert np.isnan(lines[0].get_ydata()[0]) and len(lines[1].get_xdata()) == 8  # seeds cut to 8 steps
+    np.testing.assert_allclose(lines[1].get_ydata()[1:], 0.0, atol=1e-12)
+    (band,) = ax.collections
+    np.testing.assert_allclose(band.get_paths()[0].vertices[:, 1].max(), np.sqrt(2.0), atol=1e-9)
+    assert ax.get_ylim() == (-1.05, 1.05) and "common first 8 steps" in fig._supxlabel.get_text()
+
+    png, pdf = tmp_path / "lag1.png", tmp_path / "lag1.pdf"
+    figures.render("lag1", [("zigzag", [(zig,)])], "lag 1", str(png), str(pdf))
+    assert png.stat().st_size > 10_000 and pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_lag1_figure_through_the_command_line(tmp_path):
+    from zigzag import cli
+
+    (tmp_path / "a").mkdir()
+    zig, _ = write_run(tmp_path / "a", alternating(10))
+    png, pdf = tmp_path / "f.png", tmp_path / "f.pdf"
+    assert cli.main(["figure", "lag1", "--curve", "two seeds", zig, zig, "--title", "t", "--png", str(png),
+                     "--pdf", str(pdf)]) == 0
+    assert png.stat().st_size > 10_000

@@ -1,52 +1,68 @@
-"""Which stages a code change re-runs: each stage's code hash covers exactly the modules it imports."""
+"""The workflow's plan: what a figure rule's command reads is what the rule lists as inputs, for every
+figure of the shipped configs; the config's one addition (sharpness figures) is explicit."""
 
-import shutil
+import shlex
+from pathlib import Path
 
 import pytest
+import yaml
 
-from zigzag import pipeline
+from zigzag import cli, configcheck, figures, pipeline, store
+from zigzag.errors import ZigzagError
+from zigzag.figurekinds import KINDS
 
-STAGES = tuple(pipeline.STAGE_ENTRIES)
-
-
-@pytest.fixture
-def package(tmp_path, monkeypatch):
-    """A copy of the package that a test may edit, read by ``code_hash``."""
-    copy = tmp_path / "zigzag"
-    shutil.copytree(pipeline.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(pipeline, "PACKAGE", copy)
-    return copy
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
-def stages_changed_by_editing(package, module: str) -> set[str]:
-    before = {stage: pipeline.code_hash(stage) for stage in STAGES}
-    with open(package / f"{module}.py", "a") as f:
-        f.write("\n# edited\n")
-    return {stage for stage in STAGES if pipeline.code_hash(stage) != before[stage]}
+def load(configfile: str) -> dict:
+    return configcheck.checked_config(yaml.safe_load((ROOT / configfile).read_text()), SCHEMA)
 
 
-@pytest.mark.parametrize("module, stages", [
-    ("trainer", {"train"}),
-    ("lagstats", {"train"}),
-    ("precision", {"train", "analyze"}),  # runconfig imports it, and `zigzag analyze` uses runconfig
-    ("rawdump", {"train"}),
-    ("gpulease", {"train"}),
-    ("data", {"prepare"}),
-    ("analysis", {"analyze", "figures", "tables"}),  # figures and claims import its phase labels
-    ("figures", {"figures"}),
-    ("claims", {"tables"}),
-    ("tables", {"tables"}),
-    ("store", set(STAGES)),
-    ("cli", set(STAGES)),
-    ("errors", set(STAGES)),
-    ("filesummary", set()),  # `zigzag inspect` is no stage of the workflow
-])
-def test_editing_a_module_reruns_the_stages_that_import_it(package, module, stages):
-    assert stages_changed_by_editing(package, module) == stages
+@pytest.mark.parametrize("configfile", ["config.yaml", "presets/paper.yaml"])
+def test_each_figure_command_reads_exactly_its_rule_inputs(configfile, monkeypatch):
+    config = configcheck.add_sharpness_figures(load(configfile))
+    calls = []
+    monkeypatch.setattr(store, "check_outputs", lambda outputs, inputs: calls.append(("inputs", sorted(inputs))))
+    monkeypatch.setattr(figures, "render", lambda kind, inputs, title, png, pdf, **options: calls.append(
+        ("render", kind, title, png, options)))
+    for fid, spec in config["figures"].items():
+        calls.clear()
+        assert cli.main(["figure", *shlex.split(pipeline.figure_command(config, fid, spec))]) == 0
+        (_, read), (_, kind, title, png, options) = calls
+        planned = pipeline.figure_inputs(config, spec)
+        assert read == sorted(path for files in planned.values() for path in files), fid
+        assert set(planned) == set(figures.KINDS[spec["kind"]].reads)
+        assert (kind, title, png) == (spec["kind"], spec["title"], f"{config['results']}/figures/{fid}.png")
+        assert ("steps" in options) == (spec["kind"] == "trajectory")
 
 
-def test_every_module_is_run_by_some_stage_or_named(package):
-    """No module drops out of every hash by accident: each is in a stage, or is a standalone command."""
-    modules = {p.stem for p in package.glob("*.py")}
-    covered = set().union(*(pipeline.stage_modules(stage) for stage in STAGES))
-    assert modules - covered == {"filesummary"}
+def test_a_curve_figure_reads_every_seed_and_a_matrix_figure_the_first():
+    config = load("config.yaml")
+    warmup, sign = config["figures"]["fig7_warmup"], config["figures"]["fig8_sign_shift"]
+    assert pipeline.figure_inputs(config, warmup) == {
+        "trajectory": ["results/runs/sgd_wu_t12-seed0/trajectory.h5", "results/runs/sgd_wu_t12-seed1/trajectory.h5"],
+        "analysis": ["results/analysis/sgd_wu_t12-seed0.h5", "results/analysis/sgd_wu_t12-seed1.h5"]}
+    assert pipeline.figure_inputs(config, sign) == {
+        "analysis": ["results/analysis/cnn_lr0.1.h5", "results/analysis/resnet18_lr0.1.h5"]}
+
+
+def test_sharpness_figures_are_added_explicitly_and_a_given_id_wins():
+    config = load("config.yaml")
+    assert not [fid for fid in config["figures"] if fid.startswith("sharpness_")]  # checking adds nothing
+    config["figures"]["sharpness_vgg16_lr0.01"] = {"kind": "trajectory", "run": "vgg16_lr0.01", "title": "mine"}
+    configcheck.add_sharpness_figures(config)
+    added = {fid: spec for fid, spec in config["figures"].items() if fid.startswith("sharpness_")}
+    assert sorted(added) == ["sharpness_cnn_lr0.1", "sharpness_resnet18_lr0.1", "sharpness_vgg16_lr0.01"]
+    assert added["sharpness_cnn_lr0.1"] == {"kind": "sharpness", "run": "cnn_lr0.1",
+                                            "title": "Sharpness and gradient geometry: cnn_lr0.1 (lr 0.1)"}
+    assert added["sharpness_vgg16_lr0.01"]["title"] == "mine"
+
+
+def test_an_unknown_kind_is_one_line_naming_the_registry_kinds():
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["figures"]["fig1_cnn"]["kind"] = "trajectori"
+    with pytest.raises(ZigzagError) as raised:
+        configcheck.checked_config(config, SCHEMA)
+    assert str(raised.value) == f"figures.fig1_cnn.kind: 'trajectori' is not allowed; allowed: {', '.join(KINDS)}"
+    assert list(KINDS)[:6] == ["trajectory", "sign_shift", "warmup", "batch_sizes", "schedules", "sharpness"]

@@ -152,3 +152,21 @@ def test_default_and_paper_configs_dry_run(configfile, tmp_path):
         for job in ("cnn_lr0.1", "cnn_lr0.1-seed1", "cnn_lr0.1-seed2", "sgd_gawu-seed2"):
             assert f"results/runs/{job}/trajectory.h5" in out
     assert "table_claims" in jobs
+
+
+# The conda/container advice is out of scope: the project deploys with pip (README, "How it works").
+DEPLOYMENT_LINT = "Specify a conda environment or container for each rule."
+
+
+@pytest.mark.parametrize("configfile", ["config.yaml", "presets/paper.yaml"])
+def test_snakemake_lint_finds_nothing_but_the_deployment_advice(configfile):
+    result = subprocess.run([*SNAKEMAKE, "--lint", "--configfile", configfile], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lints = re.findall(r"^ {4}\* (.+?):$", result.stdout + result.stderr, re.M)
+    assert lints and set(lints) == {DEPLOYMENT_LINT}, result.stdout + result.stderr
+
+
+def test_snakefiles_are_formatted():
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

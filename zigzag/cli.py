@@ -140,38 +140,39 @@ def _analyze(args) -> int:
     return 0
 
 
-def _curves(specs: list[list[str]]) -> list[tuple[str, list[tuple[str, str]]]]:
-    """``--curve LABEL TRAJ ANALYSIS [TRAJ ANALYSIS ...]`` -> (label, [(trajectory, analysis) per seed])."""
-    curves = []
+def _curves(specs: list[list[str]], reads: tuple[str, ...]) -> list[tuple[str, list[tuple[str, ...]]]]:
+    """``--curve LABEL FILES [FILES ...]`` -> (label, [files per seed]), FILES one file of each of ``reads``."""
+    curves, n = [], len(reads)
     for label, *files in specs:
-        if not files or len(files) % 2:
-            raise ZigzagError(f"--curve {label!r}: give pairs of trajectory and analysis files, one pair per seed")
-        curves.append((label, list(zip(files[::2], files[1::2]))))
+        if not files or len(files) % n:
+            what = "pairs of trajectory and analysis files" if n == 2 else f"{' and '.join(reads)} files"
+            raise ZigzagError(f"--curve {label!r}: give {what}, one {'pair' if n == 2 else 'set'} per seed")
+        curves.append((label, [tuple(files[i:i + n]) for i in range(0, len(files), n)]))
     return curves
 
 
 def _figure(args) -> int:
+    """Read the inputs of the figure's kind (``zigzag/figurekinds.py``) from the flags and render it."""
     from zigzag import figures, store
+    from zigzag.figurekinds import KINDS
 
-    given = vars(args)
-    inputs = [panel[0] for panel in given.get("panel") or []]
-    inputs += [path for _, *files in given.get("curve") or [] for path in files]
-    inputs += [given[key] for key in ("trajectory", "analysis") if key in given]
-    store.check_outputs([args.png, args.pdf], inputs)
-    if args.kind == "trajectory":
-        steps = None if args.steps is None else [s if s == "auto" else _int(s, "--steps") for s in args.steps.split(",")]
-        figures.trajectory_figure(args.trajectory, args.analysis, args.png, args.pdf, args.title, steps=steps)
-    elif args.kind == "sharpness":
-        figures.sharpness_figure(args.trajectory, args.analysis, args.png, args.pdf, args.title)
-    elif args.kind == "sign-shift":
-        panels = [(path, label, step if step == "auto" else _int(step, "--panel STEP")) for path, label, step in args.panel]
-        figures.sign_shift_figure(panels, args.png, args.pdf, args.title)
-    elif args.kind == "warmup":
-        figures.warmup_figure(_curves(args.curve)[0], args.png, args.pdf, args.title)
-    elif args.kind == "batch-sizes":
-        figures.batch_size_figure(_curves(args.curve), args.png, args.pdf, args.title)
+    kind = KINDS[args.figure_kind]
+    if kind.runs == "panels":
+        inputs = [(*files, label, step if step == "auto" else _int(step, "--panel STEP"))
+                  for *files, label, step in args.panel]
+        paths = [path for *files, _, _ in args.panel for path in files]
+    elif kind.seeds == "first":
+        inputs = paths = [getattr(args, name) for name in kind.reads]
     else:
-        figures.schedules_figure(_curves(args.curve), args.png, args.pdf, args.title)
+        curves = _curves(args.curve, kind.reads)
+        inputs = curves[0] if kind.runs == "run" else curves
+        paths = [path for _, *files in args.curve for path in files]
+    store.check_outputs([args.png, args.pdf], paths)
+    options = {}
+    if kind.windows:
+        options["steps"] = None if args.steps is None else [s if s == "auto" else _int(s, "--steps")
+                                                            for s in args.steps.split(",")]
+    figures.render(kind.name, inputs, args.title, args.png, args.pdf, **options)
     print(f"{args.png}, {args.pdf}")
     return 0
 
@@ -285,32 +286,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("figure", help="render one figure (PNG and PDF)")
     kinds = p.add_subparsers(dest="kind", required=True)
-    figure_kinds = {
-        "trajectory": "loss, mean correlation and h x h matrices (paper Figs. 1-6)",
-        "sign-shift": "matrices with the %% of opposite signs (paper Fig. 8)",
-        "warmup": "mean correlation with the warm-up lr on a twin axis (paper Fig. 7)",
-        "batch-sizes": "mean correlation for several batch sizes (paper Fig. 9)",
-        "schedules": "training loss and lr, GAWU vs WU (paper Fig. 10)",
-        "sharpness": "sharpness with 2/lr, mean correlation and gradient-eigenvector cosine",
-    }
-    for kind, help_ in figure_kinds.items():
-        k = kinds.add_parser(kind, help=help_)
+    from zigzag.figurekinds import KINDS
+
+    for kind in KINDS.values():  # the flags follow what the kind reads
+        k = kinds.add_parser(kind.command, help=kind.help)
         k.add_argument("--title", required=True)
         k.add_argument("--png", required=True)
         k.add_argument("--pdf", required=True)
-        if kind in ("trajectory", "sharpness"):
-            k.add_argument("--trajectory", required=True)
-            k.add_argument("--analysis", required=True)
-            if kind == "trajectory":
-                k.add_argument("--steps", help="windows to draw: steps like 5,134 and/or auto (the windows the analysis "
-                                               "found); default every analysed window")
-        elif kind == "sign-shift":
-            k.add_argument("--panel", nargs=3, action="append", required=True, metavar=("ANALYSIS", "LABEL", "STEP"),
+        files = tuple(name.upper() for name in kind.reads)
+        if kind.runs == "panels":
+            k.add_argument("--panel", nargs=len(files) + 2, action="append", required=True,
+                           metavar=(*files, "LABEL", "STEP"),
                            help="STEP: a window step, or auto: the deepest zigzag window")
+        elif kind.seeds == "first":
+            for name in kind.reads:
+                k.add_argument(f"--{name}", required=True)
         else:
-            k.add_argument("--curve", nargs="+", action="append", required=True,
-                           metavar="LABEL TRAJECTORY ANALYSIS", help="a label, then a trajectory and analysis per seed")
-        k.set_defaults(func=_figure)
+            k.add_argument("--curve", nargs="+", action="append", required=True, metavar=f"LABEL {' '.join(files)}",
+                           help=f"a label, then the {' and '.join(kind.reads)} file of each seed")
+        if kind.windows:
+            k.add_argument("--steps", help="windows to draw: steps like 5,134 and/or auto (the windows the analysis "
+                                           "found); default every analysed window")
+        k.set_defaults(func=_figure, figure_kind=kind.name)
 
     p = sub.add_parser("table", help="write a table as CSV, Markdown and LaTeX")
     kinds = p.add_subparsers(dest="kind", required=True)

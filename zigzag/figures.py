@@ -7,8 +7,12 @@
 - ``warmup_figure`` (Figure 7), ``batch_size_figure`` (Figure 9), ``schedules_figure`` (Figure 10): curves
   against the epoch, each curve one label and one (trajectory, analysis) pair per seed; several seeds are
   drawn as mean +- 1 sample standard deviation.
+- ``build_lag1_figure`` (beyond the paper): the correlation of adjacent gradients at every step, curves
+  of trajectories alone.
 
-The ``build_*`` functions return the ``Figure``; the others save it as PNG and PDF, atomically.
+The ``build_*`` functions return the ``Figure``; the others save it as PNG and PDF, atomically. Each
+figure kind of the workflow names its ``build_*`` function in ``zigzag/figurekinds.py``; ``render`` draws
+a kind from the inputs its declaration describes.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from matplotlib.patches import Patch
 import numpy as np
 
 from zigzag import store
-from zigzag.analysis import RANDOM, SMOOTH, ZIGZAG
+from zigzag.analysis import RANDOM, SMOOTH, ZIGZAG, adjacent_mu
 from zigzag.errors import ZigzagError
+from zigzag.figurekinds import KINDS
 
 CMAP = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.8")
 NORM = matplotlib.colors.Normalize(vmin=-1.0, vmax=1.0)
@@ -194,6 +199,16 @@ def _save(fig: Figure, out_png: str, out_pdf: str) -> None:
         fig.savefig(tmp_pdf, format="pdf")
 
 
+def render(kind: str, inputs, title: str, out_png: str, out_pdf: str, **options) -> None:
+    """Draw a figure of ``kind`` with the renderer its declaration names and save it as PNG and PDF.
+    ``inputs`` as the kind reads them (``zigzag/figurekinds.py``): the files of one job, or a list of
+    panels, a curve or a list of curves; ``options`` the kind's own (``steps`` for a kind with windows)."""
+    declared = KINDS[kind]
+    build = globals()[declared.renderer]
+    args = tuple(inputs) if declared.runs == "run" and declared.seeds == "first" else (inputs,)
+    _save(build(*args, title, **options), out_png, out_pdf)
+
+
 def trajectory_figure(trajectory: str, analysis: str, out_png: str, out_pdf: str, title: str,
                       label: str | None = None, steps: list | None = None) -> None:
     """Render ``build_trajectory_figure`` to PNG and PDF."""
@@ -208,11 +223,12 @@ def sign_shift_figure(panels: list[tuple[str, str, int]], out_png: str, out_pdf:
 # ---------------------------------------------------------------------------------------------
 # Curves over seeds: paper Figures 7, 9 and 10.
 #
-# A curve is ``(label, [(trajectory, analysis), ...])``, one pair of files per seed. The x axis is the
+# A curve is ``(label, [(trajectory, analysis), ...])``, one pair of files per seed (a kind that reads no
+# analysis: ``(trajectory,)`` per seed, and the curve has no "mean_mu"). The x axis is the
 # epoch, step / batches_per_epoch (fractional for SGD iterations; the step itself for GD). Several seeds
 # are drawn as their mean with a band of +-1 sample standard deviation (ddof = 1); one seed as its line.
 
-Curve = tuple[str, list[tuple[str, str]]]
+Curve = tuple[str, list[tuple[str, ...]]]
 CORR_COLOUR, LR_COLOUR, CHANGE_COLOUR = "tab:red", "tab:green", "0.25"
 BAND_ALPHA = 0.22
 
@@ -223,8 +239,8 @@ class CurveData:
 
     label: str
     x: np.ndarray                  # epoch of each step: step / batches_per_epoch
-    series: dict[str, np.ndarray]  # "mean_mu", "loss", "lr": [seeds, steps]
-    h: int
+    series: dict[str, np.ndarray]  # "mean_mu", "lag1", "loss", "lr": [seeds, steps]
+    h: int | None                  # the analyses' window; None for trajectories alone
     schedule_kind: str             # constant | warmup_cosine | gawu
     unit: str                      # the schedule's unit: epoch | iteration
     batches_per_epoch: int
@@ -258,20 +274,22 @@ def load_curve(curve: Curve) -> CurveData:
     if not pairs:
         raise ZigzagError(f"curve {label!r}: no (trajectory, analysis) files; give one pair per seed")
     trajs, analyses = [], []
-    for traj_path, analysis_path in pairs:
-        traj, an = store.read_trajectory(traj_path), store.read_analysis(analysis_path)
-        store.check_analysis_of(traj, traj_path, an, analysis_path)
-        if len(an) != len(traj):
-            raise ZigzagError(f"{analysis_path}: {len(an)} steps, but its trajectory {traj_path} has "
-                              f"{len(traj)}; re-run `zigzag analyze` on that trajectory")
+    for traj_path, *analysis_paths in pairs:
+        traj = store.read_trajectory(traj_path)
+        for analysis_path in analysis_paths:
+            an = store.read_analysis(analysis_path)
+            store.check_analysis_of(traj, traj_path, an, analysis_path)
+            if len(an) != len(traj):
+                raise ZigzagError(f"{analysis_path}: {len(an)} steps, but its trajectory {traj_path} has "
+                                  f"{len(traj)}; re-run `zigzag analyze` on that trajectory")
+            analyses.append(an)
         trajs.append(traj)
-        analyses.append(an)
     bpe = {int(t.attrs.get("batches_per_epoch", 1)) for t in trajs}
     hs = {a.h for a in analyses}
     if len(bpe) > 1 or len(hs) > 1:
         raise ZigzagError(f"curve {label!r}: its seeds differ in batches per epoch ({sorted(bpe)}) or window h "
                           f"({sorted(hs)}); a curve's seeds must share every setting but the seed")
-    (bpe,), (h,) = bpe, hs
+    (bpe,), h = bpe, (hs.pop() if hs else None)
     lengths = [len(t) for t in trajs]
     k = min(lengths)
     schedule = trajs[0].config.get("schedule") or {}
@@ -283,8 +301,10 @@ def load_curve(curve: Curve) -> CurveData:
                      if len(trajs) > 1 else f"{label}: diverged at step {where}")
     if len(set(lengths)) > 1:
         notes.append(f"{label}: seeds aligned on their common first {k} steps")
-    series = {"mean_mu": np.stack([a.mean_mu[:k] for a in analyses]),
-              **{name: np.stack([t.steps[name][:k] for t in trajs]) for name in ("loss", "lr")}}
+    series = {name: np.stack([t.steps[name][:k] for t in trajs]) for name in ("loss", "lr")}
+    if analyses:
+        series["mean_mu"] = np.stack([a.mean_mu[:k] for a in analyses])
+    series["lag1"] = np.stack([adjacent_mu(t.steps["dot"])[:k] for t in trajs])
     return CurveData(label=label, x=np.arange(k) / bpe, series=series, h=h,
                      schedule_kind=schedule.get("kind", "constant"), unit=schedule.get("unit", "epoch"),
                      batches_per_epoch=bpe, change_points=[store.schedule_change_point(t) for t in trajs],
@@ -416,6 +436,27 @@ def build_schedules_figure(curves: list[Curve], title: str) -> Figure:
     for ax in (ax_loss, ax_lr):
         _epoch_xlim(ax, data)
     fig.legend(handles, [_legend_label(d, mixed) for d in data], loc="outside right center", fontsize=9)
+    fig.suptitle(title, fontsize=13)
+    _footnote(fig, data)
+    return fig
+
+
+def build_lag1_figure(curves: list[Curve], title: str) -> Figure:
+    """The correlation of adjacent gradients mu(k-1, k) (eq. 2 at lag 1, from ``/steps/dot``) against the
+    epoch, one line (and band) per curve: the step-by-step sign flip of the zigzag (near -1) that the
+    mean correlation (eq. 3) averages over a window. Reads trajectories only."""
+    if not curves:
+        raise ZigzagError("lag-1 figure: no curves given; name at least one (label, files)")
+    data = [load_curve(c) for c in curves]
+    mixed = len({d.n for d in data}) > 1
+    fig = Figure(figsize=(10.0, 4.6), layout="constrained")
+    ax = fig.subplots()
+    colours = matplotlib.colormaps["tab10"].colors
+    handles = [_draw(ax, d, "lag1", colours[i % 10], d.label, lw=0.9) for i, d in enumerate(data)]
+    ax.axhline(0.0, color="black", lw=0.6)
+    ax.set(xlabel="epoch", ylabel="correlation of adjacent gradients", ylim=(-1.05, 1.05))
+    _epoch_xlim(ax, data)
+    fig.legend(handles, [_legend_label(d, mixed, with_t=False) for d in data], fontsize=9, loc="outside right center")
     fig.suptitle(title, fontsize=13)
     _footnote(fig, data)
     return fig

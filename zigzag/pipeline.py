@@ -1,169 +1,17 @@
-"""The workflow's configuration: validation, defaults and the per-rule settings that Snakemake compares.
+"""The workflow's plan: job names, rule inputs and every rule's arguments, from a checked config.
 
-``workflow/rules/common.smk`` calls ``checked_config`` once; every problem is one ``ZigzagError`` line
-that names the key and the allowed values, raised before any job starts. The helpers below turn the
-config into plain-typed rule params (dicts as sorted JSON), so that a changed setting re-runs exactly
-the stages that depend on it, and ``code_hash`` gives each stage a param that changes when the
-package sources it runs change.
+``zigzag/configcheck.py`` checks the config first. The functions below turn it into plain-typed rule
+inputs and params (dicts as sorted JSON, commands as strings), so that a changed setting re-runs exactly
+the stages that depend on it; the rules in ``workflow/rules/`` only call them. A job is one run on one
+seed (``instances``); figures are planned from their kind's declaration (``zigzag/figurekinds.py``).
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
 import json
-from pathlib import Path
+import shlex
 
-import jsonschema
-
-from zigzag.errors import ZigzagError
-
-PACKAGE = Path(__file__).parent
-# The modules each stage's subcommand imports; what they import from the package, transitively, is found in the
-# sources (``stage_modules``), so a new module or import is covered without editing a list.
-STAGE_ENTRIES = {
-    "prepare": ("data",),
-    "train": ("trainer",),
-    "analyze": ("analysis", "runconfig", "store"),  # what `zigzag analyze` imports
-    "figures": ("figures",),
-    "tables": ("tables", "claims"),
-}
-# The command line every rule runs; its imports (one per subcommand, inside functions) are not followed.
-COMMAND_LINE = ("__init__", "__main__", "cli", "errors")
-
-
-def _package_imports(name: str) -> set[str]:
-    """Package modules that module ``name`` imports anywhere in its source (module or function level)."""
-    found = set()
-    for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "zigzag":
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zigzag."):
-            found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("zigzag."))
-    return found
-
-
-def stage_modules(stage: str) -> list[str]:
-    """The package modules ``stage`` runs: the command line, its entry modules and all they import."""
-    seen, todo = set(COMMAND_LINE), list(STAGE_ENTRIES[stage])
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(_package_imports(name))
-    return sorted(seen)
-
-
-def code_hash(stage: str) -> str:
-    """sha256 (16 hex digits) of the sources of the package modules that ``stage`` runs."""
-    digest = hashlib.sha256()
-    for name in stage_modules(stage):
-        digest.update(name.encode())
-        digest.update((PACKAGE / f"{name}.py").read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _path(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "config"
-
-
-def _one_line(error: jsonschema.ValidationError) -> str:
-    where = _path(error)
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - set(allowed))
-        return f"{where}: unknown key {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
-    if error.validator == "enum":
-        return f"{where}: {error.instance!r} is not allowed; allowed: {', '.join(map(str, error.validator_value))}"
-    if error.validator == "required":
-        return f"{where}: {error.message}"
-    if error.validator in ("exclusiveMinimum", "minimum", "maximum", "exclusiveMaximum"):
-        op = {"exclusiveMinimum": ">", "minimum": ">=", "maximum": "<=", "exclusiveMaximum": "<"}[error.validator]
-        return f"{where}: {error.instance!r} is not allowed; must be {op} {error.validator_value}"
-    return f"{where}: {error.message}"
-
-
-def _most_specific(config: dict, schema_path, cause: jsonschema.ValidationError) -> jsonschema.ValidationError:
-    """Of all errors in the config, the one a person fixes first: a misspelt key before a missing one."""
-    import yaml
-
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config)) or [cause]
-    leaves = []
-    while errors:
-        error = errors.pop()
-        if error.context:
-            errors.extend(error.context)
-        elif error.validator not in ("if", "then", "allOf"):
-            leaves.append(error)
-    return max(leaves or [cause], key=lambda e: (e.validator == "additionalProperties", len(e.absolute_path)))
-
-
-def check_unique_keys(path) -> None:
-    """One ``ZigzagError`` if a config file gives a key twice in one mapping (e.g. two runs of one name)."""
-    from zigzag.runconfig import load_yaml
-
-    load_yaml(path, "config file")
-
-
-def checked_config(config: dict, schema_path: str | Path) -> dict:
-    """Validate ``config`` against the schema (filling its defaults in place) and across sections."""
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
-
-    try:
-        validate(config, str(schema_path), set_default=True)
-    except WorkflowError as err:
-        cause = err.__context__  # snakemake raises its WorkflowError while handling the ValidationError
-        if not isinstance(cause, jsonschema.ValidationError):
-            raise ZigzagError(str(err).splitlines()[0]) from None
-        raise ZigzagError(_one_line(_most_specific(config, schema_path, cause))) from None
-    _check_references(config)
-    return config
-
-
-def _check_references(config: dict) -> None:
-    datasets, runs, h = config["datasets"], config["runs"], config["analysis"]["h"]
-    for name, run in runs.items():
-        if run["dataset"] not in datasets:
-            raise ZigzagError(f"runs.{name}.dataset: {run['dataset']!r} is not defined; "
-                              f"defined datasets: {', '.join(datasets)}")
-        key = "epochs" if run["optimizer"] == "sgd" else "steps"
-        if key not in run:
-            raise ZigzagError(f"runs.{name}: {run['optimizer']} needs {key!r}")
-        if run["optimizer"] == "sgd" and "batch_size" not in run:
-            raise ZigzagError(f"runs.{name}: sgd needs 'batch_size'")
-        if "lr" not in run and run["schedule"]["kind"] == "constant":
-            raise ZigzagError(f"runs.{name}: needs 'lr' (or a schedule of kind warmup_cosine or gawu)")
-        if h > run["lags"] + 1:
-            raise ZigzagError(f"analysis.h: {h} needs lags >= {h - 1}, runs.{name}.lags is {run['lags']}; "
-                              f"raise lags or lower h")
-        _check_run_settings(name, run)
-    for group, names in claim_groups(config).items():
-        for name in names:
-            if name not in runs:
-                raise ZigzagError(f"claims.{group}: run {name!r} is not defined; defined runs: {', '.join(runs)}")
-    _add_sharpness_figures(config)
-    for section in ("figures", "tables"):
-        for fid, spec in config[section].items():
-            for where, run, step in _references(f"{section}.{fid}", spec):
-                if run not in runs:
-                    raise ZigzagError(f"{where}.run: {run!r} is not defined; defined runs: {', '.join(runs)}")
-                steps = runs[run].get("steps")
-                if isinstance(step, int) and steps is not None and step + h > steps:
-                    raise ZigzagError(f"{where}: window at step {step} needs steps {step}..{step + h - 1} but "
-                                      f"runs.{run}.steps is {steps}; allowed: 0..{steps - h}")
-
-
-def _add_sharpness_figures(config: dict) -> None:
-    """Every run that records sharpness gets a figure ``sharpness_<run>`` in all_figures."""
-    for name, run in config["runs"].items():
-        if run["sharpness"].get("every", "none") != "none":
-            config["figures"].setdefault(f"sharpness_{name}", {
-                "kind": "sharpness", "run": name,
-                "title": f"Sharpness and gradient geometry: {name} (lr {run.get('lr', 'scheduled')})"})
+from zigzag.figurekinds import kind_of, labelled_runs, references
 
 
 CLAIM_SETTINGS = ("thresholds", "seeds", "overall")  # the keys of ``claims`` that are not run groups
@@ -179,45 +27,30 @@ def claim_seed_instances(config: dict, run: str) -> list[str]:
     return [instance_name(config, run, seed) for seed in config["claims"]["seeds"]]
 
 
-def claims_spec(config: dict, trajectory_file, analysis_file) -> str:
+def claims_spec(config: dict) -> str:
     """What ``zigzag table claims --spec`` takes: thresholds, seeds, the overall rule and, per claim
     group, every run's jobs (one per claims seed) with their files."""
     claims = config["claims"]
-    groups = {group: [[[i, trajectory_file(i), analysis_file(i)] for i in claim_seed_instances(config, run)]
-                      for run in names] for group, names in claim_groups(config).items()}
+    groups = {group: [[[i, trajectory_file(config, i), analysis_file(config, i)]
+                       for i in claim_seed_instances(config, run)] for run in names]
+              for group, names in claim_groups(config).items()}
     return json.dumps({"thresholds": claims["thresholds"], "seeds": claims["seeds"], "overall": claims["overall"],
                        "groups": groups}, sort_keys=True)
 
 
 def claims_instances(config: dict) -> list[str]:
+    """Every job the claims read, each once."""
     return list(dict.fromkeys(i for names in claim_groups(config).values() for run in names
                               for i in claim_seed_instances(config, run)))
 
 
-def _check_run_settings(name: str, run: dict) -> None:
-    """What the trainer itself checks (e.g. a change point beyond the budget), before any job starts."""
-    from zigzag.runconfig import RunConfig
-
-    try:
-        RunConfig.from_dict(single_seed_settings(run, run.get("seeds", [run["seed"]])[0], "<dataset>"))
-    except ZigzagError as err:
-        raise ZigzagError(f"runs.{name}: {err}") from None
-
-
-def _references(where: str, spec: dict):
-    """(config path, run, window step, "auto" or None) for every run a figure or table reads."""
-    if spec["kind"] == "trajectory":
-        steps = spec.get("steps", "auto")
-        for step in ["auto"] if steps == "auto" else steps:
-            yield where, spec["run"], step
-    elif spec["kind"] == "sign_shift":
-        for i, panel in enumerate(spec["panels"]):
-            yield f"{where}.panels.{i}", panel["run"], panel.get("step", "auto")
-    elif spec["kind"] in ("warmup", "sharpness"):
-        yield where, spec["run"], None
+def entry_references(section: str, where: str, spec: dict):
+    """(config path, run, window step or "auto" or None) for every run a figure or table entry reads."""
+    if section == "figures":
+        yield from references(f"figures.{where}", spec)
     else:
-        for i, item in enumerate(spec.get("curves") or spec["rows"]):
-            yield f"{where}.{'curves' if 'curves' in spec else 'rows'}.{i}", item["run"], None
+        for i, item in enumerate(spec["rows"]):
+            yield f"tables.{where}.rows.{i}", item["run"], None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,14 +102,16 @@ def run_of(config: dict, instance: str) -> str:
     return all_instances(config)[instance][0]
 
 
-def spec_runs(spec: dict) -> list[str]:
-    return sorted({run for _, run, _ in _references("", spec)})
+def figure_instances(config: dict, spec: dict) -> list[str]:
+    """The jobs a figure reads: the first or every seed of each run it names (its kind says which)."""
+    first_only = kind_of(spec).seeds == "first"
+    runs = sorted({run for _, run, _ in references("", spec)})
+    return [name for run in runs for name in instances(config, run)[: 1 if first_only else None]]
 
 
-def spec_instances(config: dict, spec: dict) -> list[str]:
-    """The jobs a figure or table reads: every seed of curve/table runs; the first seed for matrices."""
-    first_only = spec["kind"] in ("trajectory", "sign_shift", "sharpness")
-    return [name for run in spec_runs(spec) for name in instances(config, run)[: 1 if first_only else None]]
+def table_instances(config: dict, spec: dict) -> list[str]:
+    """The jobs a table reads: every seed of each of its rows' runs."""
+    return [name for run in sorted({item["run"] for item in spec["rows"]}) for name in instances(config, run)]
 
 
 def run_windows(config: dict, instance: str) -> list[int | str]:
@@ -286,7 +121,7 @@ def run_windows(config: dict, instance: str) -> list[int | str]:
     if instance != instances(config, run)[0]:
         return []
     wanted = {step for fid, fig in config["figures"].items()
-              for _, r, step in _references(fid, fig) if r == run and step is not None}
+              for _, r, step in references(fid, fig) if r == run and step is not None}
     return ["auto"] * ("auto" in wanted) + sorted(wanted - {"auto"})
 
 
@@ -316,3 +151,61 @@ def uses_gpu(config: dict, instance: str) -> int:
 
     device = config["runs"][run_of(config, instance)]["device"]
     return int(device == "cuda" or (device == "auto" and shutil.which("nvidia-smi") is not None))
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and the figure and table rules' commands.
+
+
+def dataset_file(config: dict, instance: str) -> str:
+    return f"{config['results']}/data/{config['runs'][run_of(config, instance)]['dataset']}.h5"
+
+
+def trajectory_file(config: dict, instance: str) -> str:
+    return f"{config['results']}/runs/{instance}/trajectory.h5"
+
+
+def analysis_file(config: dict, instance: str) -> str:
+    return f"{config['results']}/analysis/{instance}.h5"
+
+
+FILES = {"trajectory": trajectory_file, "analysis": analysis_file}  # what a figure kind reads -> its file
+
+
+def figure_inputs(config: dict, spec: dict) -> dict[str, list[str]]:
+    """The files a figure reads (named inputs ``trajectory``, ``analysis``): those its kind reads, of each job."""
+    jobs = figure_instances(config, spec)
+    return {name: [FILES[name](config, i) for i in jobs] for name in kind_of(spec).reads}
+
+
+def figure_command(config: dict, fid: str, spec: dict) -> str:
+    """The ``zigzag figure`` arguments of one figure (a plain string: a change re-runs the rule)."""
+    kind = kind_of(spec)
+    results = config["results"]
+
+    def files(job: str) -> str:
+        return " ".join(FILES[name](config, job) for name in kind.reads)
+
+    if kind.seeds == "first" and kind.runs == "run":
+        first = instances(config, spec["run"])[0]
+        inputs = [f"--{name} {FILES[name](config, first)}" for name in kind.reads]
+    elif kind.runs == "panels":
+        inputs = [f"--panel {files(instances(config, p['run'])[0])} {shlex.quote(p['label'])} "
+                  f"{p.get('step', 'auto')}" for p in spec["panels"]]
+    else:
+        inputs = [f"--curve {shlex.quote(item['label'])} " + " ".join(files(i) for i in instances(config, item["run"]))
+                  for item in labelled_runs(spec)]
+    args = [kind.command, *inputs, f"--title {shlex.quote(spec['title'])}", f"--png {results}/figures/{fid}.png",
+            f"--pdf {results}/figures/{fid}.pdf"]
+    if kind.windows:
+        steps = spec.get("steps", "auto")
+        args.append(f"--steps {steps if steps == 'auto' else ','.join(map(str, steps))}")
+    return " ".join(args)
+
+
+def table_command(config: dict, tid: str, spec: dict) -> str:
+    """The ``zigzag table`` arguments of one table: a row per label with one trajectory per seed."""
+    rows = [f"--row {shlex.quote(item['label'])} "
+            + " ".join(trajectory_file(config, i) for i in instances(config, item["run"])) for item in spec["rows"]]
+    return " ".join([spec["kind"], *rows, f"--caption {shlex.quote(spec['caption'])}",
+                     f"--out {config['results']}/tables/{tid}"])

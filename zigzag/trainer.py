@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from zigzag import gpulease, store
-from zigzag.pipeline import code_hash
+from zigzag.codehash import code_hash
 from zigzag.errors import ZigzagError
 from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.models import build_model

@@ -1,13 +1,13 @@
 rule analyze:
     """Mean gradient correlation (eq. 3), window and sign-shift matrices, phases (zigzag-analysis)."""
     input:
-        lambda w: trajectory_file(w.run),
+        lambda w: pipeline.trajectory_file(config, w.job),
     output:
-        analysis_file("{run}"),
-    params:
-        args=lambda w: pipeline.analysis_args(config, w.run),
-        code=pipeline.code_hash("analyze"),
+        pipeline.analysis_file(config, "{job}"),
     log:
-        f"{R}/logs/analyze/{{run}}.log",
+        f"{R}/logs/analyze/{{job}}.log",
+    params:
+        args=lambda w: pipeline.analysis_args(config, w.job),
+        code=codehash.code_hash("analyze"),
     shell:
-        "{ZIGZAG} analyze {input} --out {output} {params.args} > {log} 2>&1"
+        "zigzag analyze {input} --out {output} {params.args} > {log} 2>&1"

@@ -1,21 +1,23 @@
 rule train:
-    """One run: GD or SGD with gradient lag statistics per step (zigzag-trajectory). A killed job resumes
-    from <output>.resume/ when rerun (snakemake --rerun-incomplete). On a machine with several GPUs a
-    job leases a free one through the lock files in <results>/gpu-locks/ (zigzag/gpulease.py)."""
+    """One job (a run on one seed): GD or SGD with gradient lag statistics per step (zigzag-trajectory).
+    A killed job resumes from <output>.resume/ when rerun (snakemake --rerun-incomplete). On a machine
+    with several GPUs a job leases a free one through the lock files in <results>/gpu-locks/
+    (zigzag/gpulease.py)."""
     input:
-        lambda w: dataset_file(w.run),
+        lambda w: pipeline.dataset_file(config, w.job),
     output:
-        trajectory_file("{run}"),
-    params:
-        settings=lambda w: pipeline.run_settings(config, w.run, dataset_file(w.run)),
-        code=pipeline.code_hash("train"),
+        pipeline.trajectory_file(config, "{job}"),
+    log:
+        f"{R}/logs/train/{{job}}.log",
+    benchmark:
+        f"{R}/benchmarks/train/{{job}}.tsv"
     threads: 1
     resources:
-        gpu=lambda w: pipeline.uses_gpu(config, w.run),
-    log:
-        f"{R}/logs/train/{{run}}.log",
-    benchmark:
-        f"{R}/benchmarks/train/{{run}}.tsv"
+        gpu=lambda w: pipeline.uses_gpu(config, w.job),
+    params:
+        settings=lambda w: pipeline.run_settings(config, w.job, pipeline.dataset_file(config, w.job)),
+        code=codehash.code_hash("train"),
+        gpu_locks=f"{R}/gpu-locks",
     shell:
-        "{ZIGZAG} train --settings '{params.settings}' --threads {threads} --quiet --gpu-locks {R}/gpu-locks"
+        "zigzag train --settings '{params.settings}' --threads {threads} --quiet --gpu-locks {params.gpu_locks}"
         " --out {output} > {log} 2>&1"

@@ -1,0 +1,54 @@
+"""The figure kinds' one declaration agrees with the schema's fields, the renderers and the command line."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zigzag import cli, figures
+from zigzag.figurekinds import KINDS, RUNS_FORMS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+def schema_blocks() -> dict[str, dict]:
+    """Kind -> the ``then`` block of the schema that declares its fields."""
+    blocks = {}
+    for rule in SCHEMA["properties"]["figures"]["additionalProperties"]["allOf"]:
+        condition = rule["if"]["properties"]["kind"]
+        for kind in condition.get("enum", [condition.get("const")]):
+            blocks[kind] = rule["then"]
+    return blocks
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_every_kind_declares_its_fields_in_the_schema(name):
+    kind, block = KINDS[name], schema_blocks().get(name)
+    assert block is not None, f"the schema declares no fields of kind {name}"
+    assert kind.runs in RUNS_FORMS and kind.seeds in ("first", "all") and set(kind.reads) <= {"trajectory", "analysis"}
+    assert kind.runs in block["required"] and set(block["properties"]) >= {"kind", "title", kind.runs}
+    assert ("steps" in block["properties"]) == kind.windows
+
+
+def test_the_schema_declares_no_kind_the_registry_lacks():
+    assert set(schema_blocks()) == set(KINDS)
+
+
+def test_every_renderer_is_named_by_one_kind():
+    builders = {name for name, fn in inspect.getmembers(figures, inspect.isfunction) if name.startswith("build_")}
+    assert sorted(kind.renderer for kind in KINDS.values()) == sorted(builders)
+
+
+def test_every_kind_is_a_figure_subcommand_with_the_flags_of_what_it_reads():
+    parser = cli.build_parser()
+    figure = next(a for a in parser._subparsers._group_actions[0].choices["figure"]._actions
+                  if a.dest == "kind")
+    assert sorted(figure.choices) == sorted(kind.command for kind in KINDS.values())
+    for kind in KINDS.values():
+        flags = {opt for action in figure.choices[kind.command]._actions for opt in action.option_strings}
+        expected = ({"--panel"} if kind.runs == "panels" else
+                    {f"--{name}" for name in kind.reads} if kind.seeds == "first" else {"--curve"})
+        expected |= {"--steps"} if kind.windows else set()
+        assert flags - {"-h", "--help", "--title", "--png", "--pdf"} == expected

@@ -1,0 +1,137 @@
+"""The workflow's configuration: validation against the schema, cross-references, and its one addition.
+
+``workflow/rules/common.smk`` calls ``check_unique_keys`` on every config file, ``checked_config`` on the
+config, then ``add_sharpness_figures``; every problem is one ``ZigzagError`` line that names the key and the allowed
+values, raised before any job starts. ``zigzag/pipeline.py`` plans the jobs of the checked config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+
+from zigzag.errors import ZigzagError
+from zigzag.figurekinds import KINDS
+from zigzag.pipeline import claim_groups, entry_references, single_seed_settings
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "config"
+
+
+def _one_line(error: jsonschema.ValidationError) -> str:
+    where = _path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return f"{where}: unknown key {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not allowed; allowed: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator in ("exclusiveMinimum", "minimum", "maximum", "exclusiveMaximum"):
+        op = {"exclusiveMinimum": ">", "minimum": ">=", "maximum": "<=", "exclusiveMaximum": "<"}[error.validator]
+        return f"{where}: {error.instance!r} is not allowed; must be {op} {error.validator_value}"
+    return f"{where}: {error.message}"
+
+
+def _most_specific(config: dict, schema_path, cause: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """Of all errors in the config, the one a person fixes first: a misspelt key before a missing one."""
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config)) or [cause]
+    leaves = []
+    while errors:
+        error = errors.pop()
+        if error.context:
+            errors.extend(error.context)
+        elif error.validator not in ("if", "then", "allOf"):
+            leaves.append(error)
+    return max(leaves or [cause], key=lambda e: (e.validator == "additionalProperties", len(e.absolute_path)))
+
+
+def check_unique_keys(path) -> None:
+    """One ``ZigzagError`` if a config file gives a key twice in one mapping (e.g. two runs of one name)."""
+    from zigzag.runconfig import load_yaml
+
+    load_yaml(path, "config file")
+
+
+def checked_config(config: dict, schema_path: str | Path) -> dict:
+    """Validate ``config`` against the schema (filling its defaults in place) and across sections."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(schema_path), set_default=True)
+    except WorkflowError as err:
+        cause = err.__context__  # snakemake raises its WorkflowError while handling the ValidationError
+        if not isinstance(cause, jsonschema.ValidationError):
+            raise ZigzagError(str(err).splitlines()[0]) from None
+        raise ZigzagError(_one_line(_most_specific(config, schema_path, cause))) from None
+    _check_kinds(config)
+    _check_references(config)
+    return config
+
+
+def _check_kinds(config: dict) -> None:
+    """Every figure's kind is one of ``figurekinds.KINDS`` (the schema declares each kind's fields)."""
+    for fid, spec in config["figures"].items():
+        if spec["kind"] not in KINDS:
+            raise ZigzagError(f"figures.{fid}.kind: {spec['kind']!r} is not allowed; allowed: {', '.join(KINDS)}")
+
+
+def _check_references(config: dict) -> None:
+    datasets, runs, h = config["datasets"], config["runs"], config["analysis"]["h"]
+    for name, run in runs.items():
+        if run["dataset"] not in datasets:
+            raise ZigzagError(f"runs.{name}.dataset: {run['dataset']!r} is not defined; "
+                              f"defined datasets: {', '.join(datasets)}")
+        key = "epochs" if run["optimizer"] == "sgd" else "steps"
+        if key not in run:
+            raise ZigzagError(f"runs.{name}: {run['optimizer']} needs {key!r}")
+        if run["optimizer"] == "sgd" and "batch_size" not in run:
+            raise ZigzagError(f"runs.{name}: sgd needs 'batch_size'")
+        if "lr" not in run and run["schedule"]["kind"] == "constant":
+            raise ZigzagError(f"runs.{name}: needs 'lr' (or a schedule of kind warmup_cosine or gawu)")
+        if h > run["lags"] + 1:
+            raise ZigzagError(f"analysis.h: {h} needs lags >= {h - 1}, runs.{name}.lags is {run['lags']}; "
+                              f"raise lags or lower h")
+        _check_run_settings(name, run)
+    for group, names in claim_groups(config).items():
+        for name in names:
+            if name not in runs:
+                raise ZigzagError(f"claims.{group}: run {name!r} is not defined; defined runs: {', '.join(runs)}")
+    for section in ("figures", "tables"):
+        for fid, spec in config[section].items():
+            for where, run, step in entry_references(section, fid, spec):
+                if run not in runs:
+                    raise ZigzagError(f"{where}.run: {run!r} is not defined; defined runs: {', '.join(runs)}")
+                steps = runs[run].get("steps")
+                if isinstance(step, int) and steps is not None and step + h > steps:
+                    raise ZigzagError(f"{where}: window at step {step} needs steps {step}..{step + h - 1} but "
+                                      f"runs.{run}.steps is {steps}; allowed: 0..{steps - h}")
+
+
+def _check_run_settings(name: str, run: dict) -> None:
+    """What the trainer itself checks (e.g. a change point beyond the budget), before any job starts."""
+    from zigzag.runconfig import RunConfig
+
+    try:
+        RunConfig.from_dict(single_seed_settings(run, run.get("seeds", [run["seed"]])[0], "<dataset>"))
+    except ZigzagError as err:
+        raise ZigzagError(f"runs.{name}: {err}") from None
+
+
+def add_sharpness_figures(config: dict) -> dict:
+    """Add a figure ``sharpness_<run>`` (kind sharpness) for every run that records sharpness, unless the
+    config defines that id itself: ``all_figures`` draws every run's sharpness without a figure entry per
+    run (README, "Sharpness"). The workflow calls this after ``checked_config``; returns ``config``."""
+    for name, run in config["runs"].items():
+        if run["sharpness"].get("every", "none") != "none":
+            config["figures"].setdefault(f"sharpness_{name}", {
+                "kind": "sharpness", "run": name,
+                "title": f"Sharpness and gradient geometry: {name} (lr {run.get('lr', 'scheduled')})"})
+    return config

@@ -1,0 +1,89 @@
+"""The figure kinds: one declaration per kind, which everything else iterates.
+
+A kind says how a ``figures:`` entry of the config names its runs, which jobs of each run it reads (the
+first seed, or every seed), which files of each job (trajectory and/or analysis) and which function of
+``zigzag/figures.py`` draws it. From these follow the config's reference checks and the windows the
+analysis keeps (``zigzag/configcheck.py``, ``zigzag/pipeline.py``), the inputs and the command of each
+``figure_<id>`` rule (``pipeline.figure_inputs``, ``pipeline.figure_command``), the ``zigzag figure``
+subcommands (``zigzag/cli.py``) and the dispatch to the renderer (``figures.render``). The schema
+(``workflow/schemas/config.schema.yaml``, ``figures``) declares each kind's fields.
+
+How an entry names its runs (``runs``), and what the renderer receives:
+
+- ``run``: one run, ``run: NAME``. With ``seeds="first"``: the files of its first job, in the order of
+  ``reads`` (``renderer(*files, title)``, CLI ``--trajectory T --analysis A``); with ``seeds="all"``: one
+  curve labelled by the run's name (``renderer(curve, title)``, CLI ``--curve LABEL FILES...``).
+- ``panels``: ``panels: [{run, label, step}]``, the first job of each, one window each
+  (``renderer([(analysis, label, step), ...], title)``, CLI ``--panel ANALYSIS LABEL STEP``).
+- ``curves``: ``curves: [{run, label}]``, every job of each run (``renderer([curve, ...], title)``, CLI
+  ``--curve LABEL FILES...`` per curve).
+
+A curve is ``(label, [files of one job, ...])``, one tuple of files (in the order of ``reads``) per seed.
+A kind with ``windows`` takes the entry's ``steps`` (window steps, or ``auto``) as ``steps=``; the
+analysis keeps those windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    name: str                   # the config's ``kind``
+    help: str                   # one line of ``zigzag figure --help``
+    runs: str                   # how the entry names its runs: run | panels | curves
+    seeds: str                  # which jobs of each run: first | all
+    reads: tuple[str, ...]      # the files of each job: trajectory, analysis
+    renderer: str               # the function of zigzag.figures that returns the Figure
+    windows: bool = False       # takes the entry's ``steps`` (the windows it draws)
+
+    @property
+    def command(self) -> str:
+        """The ``zigzag figure`` subcommand."""
+        return self.name.replace("_", "-")
+
+
+KINDS = {kind.name: kind for kind in (
+    FigureKind("trajectory", "loss, mean correlation and h x h matrices (paper Figs. 1-6)",
+               runs="run", seeds="first", reads=("trajectory", "analysis"), renderer="build_trajectory_figure",
+               windows=True),
+    FigureKind("sign_shift", "matrices with the %% of opposite signs (paper Fig. 8)",
+               runs="panels", seeds="first", reads=("analysis",), renderer="build_sign_shift_figure"),
+    FigureKind("warmup", "mean correlation with the warm-up lr on a twin axis (paper Fig. 7)",
+               runs="run", seeds="all", reads=("trajectory", "analysis"), renderer="build_warmup_figure"),
+    FigureKind("batch_sizes", "mean correlation for several batch sizes (paper Fig. 9)",
+               runs="curves", seeds="all", reads=("trajectory", "analysis"), renderer="build_batch_size_figure"),
+    FigureKind("schedules", "training loss and lr, GAWU vs WU (paper Fig. 10)",
+               runs="curves", seeds="all", reads=("trajectory", "analysis"), renderer="build_schedules_figure"),
+    FigureKind("sharpness", "sharpness with 2/lr, mean correlation and gradient-eigenvector cosine",
+               runs="run", seeds="first", reads=("trajectory", "analysis"), renderer="build_sharpness_figure"),
+    FigureKind("lag1", "correlation of adjacent gradients at every step, one line per curve",
+               runs="curves", seeds="all", reads=("trajectory",), renderer="build_lag1_figure"),
+)}
+RUNS_FORMS = ("run", "panels", "curves")
+
+
+def kind_of(spec: dict) -> FigureKind:
+    return KINDS[spec["kind"]]
+
+
+def references(where: str, spec: dict):
+    """(config path, run, window step or "auto" or None) for every run a figure entry names."""
+    kind = kind_of(spec)
+    if kind.runs == "run":
+        steps = spec.get("steps", "auto") if kind.windows else [None]
+        for step in ["auto"] if steps == "auto" else steps:
+            yield where, spec["run"], step
+    elif kind.runs == "panels":
+        for i, panel in enumerate(spec["panels"]):
+            yield f"{where}.panels.{i}", panel["run"], panel.get("step", "auto")
+    else:
+        for i, item in enumerate(spec["curves"]):
+            yield f"{where}.curves.{i}", item["run"], None
+
+
+def labelled_runs(spec: dict) -> list[dict]:
+    """The entry's runs with their labels: panels or curves, or its one run labelled by its name."""
+    kind = kind_of(spec)
+    return [{"run": spec["run"], "label": spec["run"]}] if kind.runs == "run" else spec[kind.runs]
