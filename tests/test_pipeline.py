@@ -28,7 +28,7 @@ def stages_changed_by_editing(package, module: str) -> set[str]:
 @pytest.mark.parametrize("module, stages", [
     ("trainer", {"train"}),
     ("lagstats", {"train"}),
-    ("precision", {"train", "analyze"}),  # runconfig imports it, and `zigzag analyze` uses runconfig
+    ("precision", {"train"}),
     ("rawdump", {"train"}),
     ("gpulease", {"train"}),
     ("data", {"prepare"}),
