@@ -49,7 +49,8 @@ class Spec:
             return f"one of {', '.join(map(str, self.choices))}"
         what = TYPE_NAMES[self.type]
         if self.low is not None and self.high is not None:
-            return f"{what} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{what} in {left}{self.low:g}, {self.high:g}{right}"
         if self.low is not None:
             return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
         if self.high is not None:
