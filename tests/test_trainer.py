@@ -274,6 +274,26 @@ def test_a_lanczos_solve_short_of_tol_is_recorded_and_warned(tiny_dataset, tmp_p
     assert "sharpness_converged" in zigzag_cli("inspect", out).stdout
 
 
+def test_nesterov_momentum_takes_the_look_ahead_step(tiny_dataset, tmp_path):
+    """torch's Nesterov SGD: buffer b_k = m b_(k-1) + g_k (b_0 = g_0), step lr (g_k + m b_k); so the first
+    update is -lr (1 + m) g_0. The setting is a flag, checked (it needs momentum) and recorded."""
+    config = RunConfig.from_dict(dict(dataset=tiny_dataset, model="cnn", width=0.25, lr=0.05, steps=2,
+                                      momentum=0.9, nesterov=True, batch_norm=False, micro_batch=96, device="cpu"))
+    trainer = Trainer(config, tmp_path / "t.h5", progress=False)
+    theta0 = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])  # a copy
+    trainer.step(0)
+    theta1 = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+    # float32 parameters: the difference theta1 - theta0 keeps about 1e-7 of theta's size
+    torch.testing.assert_close(theta1 - theta0, -0.05 * 1.9 * trainer.grads.flat, rtol=1e-4, atol=1e-7)
+    flags = ["--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.05", "--steps", "1",
+             "--device", "cpu", "--nesterov", "--quiet"]
+    result = zigzag_cli("train", *flags, "--out", tmp_path / "bad.h5", check=False)
+    assert result.returncode == 2 and result.stderr == ("zigzag: error: invalid nesterov=True: must be false "
+                                                        "without momentum (set momentum > 0)\n")
+    zigzag_cli("train", *flags, "--momentum", "0.5", "--out", tmp_path / "ok.h5")
+    assert store.read_trajectory(tmp_path / "ok.h5").config["nesterov"] is True
+
+
 def test_config_file_is_equivalent_to_flags(tiny_dataset, tmp_path):
     flags = ["--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.05", "--steps", "3",
              "--lags", "2", "--micro-batch", "50", "--device", "cpu"]

@@ -73,6 +73,7 @@ class RunConfig:
     batch_size: int = setting(0, "SGD batch size", low=1, unset=True)
     base_batch: int = setting(0, "SGD linear scaling: lr x batch_size / base_batch", low=1, unset=True)
     momentum: float = setting(0.0, "SGD momentum", low=0, high=1, high_open=True)
+    nesterov: bool = setting(False, "Nesterov momentum: step along g_k + momentum x buffer (needs momentum > 0)")
     weight_decay: float = setting(0.0, "weight decay", low=0)
     lags: int = setting(8, "lags L of the gradient statistics (window h <= L + 1); lags beyond the run's steps "
                            "are recorded as NaN", low=1)
@@ -154,6 +155,8 @@ class RunConfig:
                 bad("epochs", self.epochs, "an integer >= 1 for optimizer sgd")
             if self.batch_size < 1:
                 bad("batch_size", self.batch_size, "an integer >= 1 for optimizer sgd")
+        if self.nesterov and self.momentum == 0:
+            bad("nesterov", self.nesterov, "false without momentum (set momentum > 0)")
         parse_step_selection(self.raw_gradients, 1 << 62, "raw_gradients")
         self._validate_schedule()
         self._validate_sharpness()

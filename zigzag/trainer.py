@@ -205,7 +205,7 @@ class Trainer:
         self.n_params = self.grads.flat.numel()
         self.ring = self._lag_ring()
         self.optimizer = torch.optim.SGD(self.grads.params, lr=config.effective_lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+                                         nesterov=config.nesterov, weight_decay=config.weight_decay)
         self.scheduler, self.steps_per_unit = self._build_scheduler()
         self.progress_monitor = GradientCorrelationMonitor(PROGRESS_H)
         self._epoch_order: tuple[int, torch.Tensor] | None = None
