@@ -75,7 +75,8 @@ class Spec:
         """The help, with the default where one is filled in."""
         given = not self.unset and self.default not in (None, {}, [])
         default = str(self.default).lower() if isinstance(self.default, bool) else self.default
-        return (self.help + (f"; one of {', '.join(map(str, self.choices))}" if self.choices else "")
+        bounded = self.low is not None or self.high is not None
+        return (self.help + (f"; {self.rule()}" if self.choices or bounded else "")
                 + (f" (default {default})" if given else ""))
 
     def json_schema(self) -> dict:
