@@ -62,9 +62,9 @@ import yaml
 
 from zigzag import data as zdata
 from zigzag import store
+from zigzag import trainer as trainer_module
 from zigzag.precision import PRECISIONS
 from zigzag.runconfig import RunConfig
-from zigzag import trainer as trainer_module
 from zigzag.trainer import Trainer, accumulate_gradient
 
 TARGET_A = 1.05  # GD step / bare forward+backward
@@ -345,7 +345,7 @@ def time_paper_model(key: tuple, settings: dict, args, tmp: Path) -> dict:
     scale = EPOCH / n
     result = {"key": key, "epoch_s": statistics.median(steps) * scale, "forward_s": forward * scale,
               "hvp_s": hvp * scale, "params": tr.n_params, "peak_gib": peak}
-    del tr
+    tr = None  # frees the model and its ring before the next one
     if args.device == "cuda":
         torch.cuda.empty_cache()
     for f in tmp.glob("paper.h5*"):
@@ -413,8 +413,8 @@ def run_paper(args, tmp: Path) -> float:
 
 
 def run_precisions(args, tmp: Path, model: str = "resnet18", width: float = 1.0) -> list[dict]:
-    """Each mode of ``PRECISIONS`` on ``model`` (ResNet-18 width 1 in the benchmark): median seconds of ``Trainer.step`` and the cosine
-    of its gradient g_0 (same seed, same initial parameters) with the fp32 gradient.
+    """Each mode of ``PRECISIONS`` on ``model`` (ResNet-18 width 1 in the benchmark): median seconds of
+    ``Trainer.step`` and the cosine of its gradient g_0 (same seed, same initial parameters) with the fp32 gradient.
 
     The gradient is the step's own: ``accumulate_gradient`` of ``Trainer.step`` under the mode's flags and
     autocast, into the trainer's flat float32 buffer. On a CPU every mode computes in float32 (see
@@ -457,7 +457,7 @@ def run_precisions(args, tmp: Path, model: str = "resnet18", width: float = 1.0)
         if args.device == "cuda":
             torch.cuda.empty_cache()
     fp32 = rows[0]["step_s"]
-    print(f"\n   | precision | step | vs fp32 | gradient cosine with fp32 | backend flags |\n   |---|---|---|---|---|")
+    print("\n   | precision | step | vs fp32 | gradient cosine with fp32 | backend flags |\n   |---|---|---|---|---|")
     for r in rows:
         flags = ", ".join(f"{k}={v}" for k, v in r["flags"].items() if k != "device")
         print(f"   | {r['mode']} | {r['step_s']:.3f} s | {r['step_s'] / fp32:.2f}x | {r['cosine']:.6f} | {flags} |",

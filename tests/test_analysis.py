@@ -4,8 +4,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import zigzag_cli
+
 from zigzag import analysis, store
 from zigzag.lagstats import LagRing
 from zigzag.schedules import GAWU

@@ -1,7 +1,6 @@
 """The claims table on constructed runs whose verdicts are known."""
 
 import numpy as np
-
 import pytest
 
 from zigzag import analysis, store
@@ -37,8 +36,8 @@ def write_gd_run(folder, signs, *, lr=0.1, sharpness=None, loss=None, flip_fract
                                            extra_series=extra, attrs={"batches_per_epoch": 1, "total_steps": n})
     loss = np.linspace(2.0, 0.1, n) if loss is None else loss
     for k in range(n):
-        dot = np.array([grads[k] @ grads[k - l] if k >= l else np.nan for l in range(lags + 1)])
-        opp = np.array([np.mean(grads[k] * grads[k - l] < 0) if k >= l else np.nan for l in range(lags + 1)])
+        dot = np.array([grads[k] @ grads[k - lag] if k >= lag else np.nan for lag in range(lags + 1)])
+        opp = np.array([np.mean(grads[k] * grads[k - lag] < 0) if k >= lag else np.nan for lag in range(lags + 1)])
         row = {"loss": loss[k], "lr": lr, "epoch": k, "dot": dot, "opposite": opp,
                "test_accuracy": final_accuracy if k == n - 1 else np.nan}
         if sharpness is not None:
@@ -197,7 +196,6 @@ def test_claims_cli_writes_a_verdict_per_seed(tmp_path):
     import json
 
     import pandas as pd
-
     from conftest import zigzag_cli
 
     good = write_gd_run(tmp_path / "cnn", [1] * 20 + alternating(40))[0]

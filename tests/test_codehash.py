@@ -28,7 +28,7 @@ def stages_changed_by_editing(package, module: str) -> set[str]:
 @pytest.mark.parametrize("module, stages", [
     ("trainer", {"train"}),
     ("lagstats", {"train"}),
-    ("precision", {"train", "analyze"}),  # runconfig imports it, and `zigzag analyze` uses runconfig
+    ("precision", {"train"}),
     ("rawdump", {"train"}),
     ("gpulease", {"train"}),
     ("data", {"prepare"}),
@@ -44,6 +44,9 @@ def stages_changed_by_editing(package, module: str) -> set[str]:
     ("figurekinds", {"figures"}),  # the renderer each kind names
     ("pipeline", set()),  # the plan: Snakemake runs it, no job does; what it plans is in the rules' params
     ("configcheck", set()),
+    ("runconfig", {"train"}),  # the run settings' one declaration
+    ("analysisconfig", {"analyze"}),  # the analysis settings' one declaration
+    ("settings", {"train", "analyze"}),  # the declaration machinery both use
 ])
 def test_editing_a_module_reruns_the_stages_that_import_it(package, module, stages):
     assert stages_changed_by_editing(package, module) == stages

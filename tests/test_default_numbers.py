@@ -18,8 +18,8 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-
 from conftest import zigzag_cli
+
 from zigzag import configcheck, pipeline
 
 ROOT = Path(__file__).resolve().parent.parent

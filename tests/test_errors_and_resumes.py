@@ -14,15 +14,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import tomllib
+from conftest import write_synthetic_dataset, zigzag_cli
 from packaging.requirements import Requirement
 
-from conftest import write_synthetic_dataset, zigzag_cli
 from zigzag import configcheck, store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -386,7 +386,7 @@ def test_duplicate_run_name_in_a_config_file_is_one_line(tmp_path):
 
 def test_help_says_what_odd_values_mean():
     text = " ".join(zigzag_cli("train", "--help").stdout.split())
-    assert "on by default" in text  # BatchNorm in the cnn
+    assert "BatchNorm in the cnn model" in text and "(default true)" in text
     assert "larger than the training set means one pass over all of it" in text  # --micro-batch
     assert "lags beyond the run's steps are recorded as NaN" in text
     text = " ".join(zigzag_cli("analyze", "--help").stdout.split())

@@ -81,7 +81,8 @@ def test_diverged_sgd_run_is_marked_and_a_window_past_the_end_is_not_reached(tmp
         assert ax.get_xlabel() == "iteration"
         assert any(line.get_linestyle() == "--" and list(line.get_xdata()) == [6, 6] for line in ax.get_lines())
     reached, past = matrix_axes(fig)
-    assert reached.get_title() == "iteration 2" and texts(reached).count("n/a") == 2 * H - 1  # the window holds step 6 (NaN)
+    # the window holds step 6 (NaN)
+    assert reached.get_title() == "iteration 2" and texts(reached).count("n/a") == 2 * H - 1
     assert past.get_title() == "iteration 8" and texts(past) == ["not reached"] and not past.images
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import zigzag_cli
+
 from zigzag import store
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "formats.md"

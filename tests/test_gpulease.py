@@ -5,12 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import pytest
-
 from conftest import zigzag_cli
+
 from zigzag import gpulease
 
 # A job that takes a lease like `zigzag train` does, reports it and holds it for HOLD seconds.

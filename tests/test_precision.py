@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import zigzag_cli
+
 from zigzag import store
 from zigzag.precision import PRECISIONS, Precision
 from zigzag.runconfig import RunConfig

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import zigzag_cli
+
 from zigzag import store
 from zigzag.models import build_model
 from zigzag.runconfig import RunConfig
@@ -245,6 +245,8 @@ def test_sharpness_is_recorded_at_selected_steps_and_matches_a_direct_solve(tiny
     assert np.isfinite(sharp[[0, 2]]).all() and np.isnan(sharp[[1, 3]]).all()
     assert np.all((cosine[[0, 2]] >= 0) & (cosine[[0, 2]] <= 1))
     assert traj.steps["sharpness_hvps"][0] >= 1
+    converged = traj.steps["sharpness_converged"]
+    assert (converged[[0, 2]] == 1).all() and np.isnan(converged[[1, 3]]).all()
     # Step 0: theta_0 is the seeded initialisation; the subset is the seeded sorted sample of 48.
     torch.manual_seed(0)
     model = build_model("cnn", width=0.5, in_channels=1, image_size=16, batch_norm=False)
@@ -254,6 +256,42 @@ def test_sharpness_is_recorded_at_selected_steps_and_matches_a_direct_solve(tiny
     order = torch.randperm(96, generator=torch.Generator().manual_seed(0))[:48].sort().values
     direct = top_eigenpair(model, x[order], torch.from_numpy(data.train_labels)[order], 40, tol=1e-5, ncv=12)
     assert sharp[0] == pytest.approx(direct.eigenvalue, rel=1e-4)
+
+
+def test_a_lanczos_solve_short_of_tol_is_recorded_and_warned(tiny_dataset, tmp_path):
+    """One restart cannot reach tol 1e-10: the step records sharpness_converged 0 (its sharpness, the best
+    Rayleigh quotient, a lower bound) and the log says so; the trajectory is kept."""
+    (tmp_path / "run.yaml").write_text("sharpness: {max_iter: 1, tol: 1.0e-10, ncv: 3}\n")
+    out = tmp_path / "t.h5"
+    result = zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--no-batch-norm",
+                        "--lr", "0.05", "--steps", "2", "--micro-batch", "96", "--device", "cpu", "--sharpness", "0",
+                        "--config", tmp_path / "run.yaml", "--quiet", "--out", out)
+    warnings = [line for line in result.stderr.splitlines() if "Lanczos" in line]
+    assert len(warnings) == 1 and "step 0" in warnings[0] and "max_iter=1" in warnings[0], result.stderr
+    traj = store.read_trajectory(out)
+    assert traj.steps["sharpness_converged"][0] == 0 and np.isnan(traj.steps["sharpness_converged"][1])
+    assert np.isfinite(traj.steps["sharpness"][0])
+    assert "sharpness_converged" in zigzag_cli("inspect", out).stdout
+
+
+def test_nesterov_momentum_takes_the_look_ahead_step(tiny_dataset, tmp_path):
+    """torch's Nesterov SGD: buffer b_k = m b_(k-1) + g_k (b_0 = g_0), step lr (g_k + m b_k); so the first
+    update is -lr (1 + m) g_0. The setting is a flag, checked (it needs momentum) and recorded."""
+    config = RunConfig.from_dict(dict(dataset=tiny_dataset, model="cnn", width=0.25, lr=0.05, steps=2,
+                                      momentum=0.9, nesterov=True, batch_norm=False, micro_batch=96, device="cpu"))
+    trainer = Trainer(config, tmp_path / "t.h5", progress=False)
+    theta0 = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])  # a copy
+    trainer.step(0)
+    theta1 = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+    # float32 parameters: the difference theta1 - theta0 keeps about 1e-7 of theta's size
+    torch.testing.assert_close(theta1 - theta0, -0.05 * 1.9 * trainer.grads.flat, rtol=1e-4, atol=1e-7)
+    flags = ["--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.05", "--steps", "1",
+             "--device", "cpu", "--nesterov", "--quiet"]
+    result = zigzag_cli("train", *flags, "--out", tmp_path / "bad.h5", check=False)
+    assert result.returncode == 2 and result.stderr == ("zigzag: error: invalid nesterov=True: must be false "
+                                                        "without momentum (set momentum > 0)\n")
+    zigzag_cli("train", *flags, "--momentum", "0.5", "--out", tmp_path / "ok.h5")
+    assert store.read_trajectory(tmp_path / "ok.h5").config["nesterov"] is True
 
 
 def test_config_file_is_equivalent_to_flags(tiny_dataset, tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import zigzag_cli
+
 from zigzag import analysis, store
 from zigzag.models import build_model
 from zigzag.runconfig import RunConfig

@@ -170,3 +170,10 @@ def test_snakefiles_are_formatted():
     result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_python_sources_pass_ruff():
+    """The package, tests and benchmarks pass ruff with the project's rules (pyproject.toml, [tool.ruff])."""
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "zigzag", "tests", "benchmarks"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

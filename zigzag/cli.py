@@ -7,40 +7,16 @@ and exits with code 2; nothing already written is touched.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
 import sys
 import tempfile
 
+from zigzag.analysisconfig import AnalysisSettings
 from zigzag.errors import ZigzagError
-
-TRAIN_FLAGS = {  # flag -> (RunConfig key, type, help)
-    "--dataset": ("dataset", str, "prepared dataset file (zigzag prepare)"),
-    "--model": ("model", str, "cnn, vgg16, resnet18 or resnet34"),
-    "--width": ("width", float, "channel width multiplier (1 = the standard CIFAR model)"),
-    "--lr": ("lr", float, "learning rate (> 0)"),
-    "--steps": ("steps", int, "GD steps (epochs)"),
-    "--optimizer": ("optimizer", str, "gd (full batch) or sgd"),
-    "--epochs": ("epochs", int, "SGD epochs"),
-    "--batch-size": ("batch_size", int, "SGD batch size"),
-    "--base-batch": ("base_batch", int, "SGD linear scaling: lr x batch_size / base_batch"),
-    "--momentum": ("momentum", float, "SGD momentum"),
-    "--weight-decay": ("weight_decay", float, "weight decay"),
-    "--lags": ("lags", int, "lags L of the gradient statistics (window h <= L + 1); lags beyond the run's "
-               "steps are recorded as NaN"),
-    "--micro-batch": ("micro_batch", int, "micro-batch size of the gradient accumulation (a memory bound, not a "
-                      "batch size: larger than the training set means one pass over all of it)"),
-    "--seed": ("seed", int, "seed of the initialisation and the SGD batches (>= 0)"),
-    "--eval-every": ("eval_every", int, "test loss/accuracy every N steps"),
-    "--raw-gradients": ("raw_gradients", str, "none, every:N or a list of steps like 0,5,10"),
-    "--raw-dtype": ("raw_dtype", str, "float32 or float16"),
-    "--raw-compression": ("raw_compression", str, "none, gzip or lzf"),
-    "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (resume after a kill)"),
-    "--device": ("device", str, "auto, cpu or cuda"),
-    "--precision": ("precision", str, "fp32, tf32 or bf16: the arithmetic on a GPU (default tf32; on a CPU "
-                    "all three compute in float32)"),
-}
+from zigzag.settings import add_flags, specs
 
 
 def _train(args) -> int:
@@ -58,18 +34,15 @@ def _train(args) -> int:
         values = load_yaml(args.config, "--config") or {}
         if not isinstance(values, dict):
             raise ZigzagError(f"--config {args.config}: expected a mapping of run settings")
-    for flag, (key, _, _) in TRAIN_FLAGS.items():
-        value = getattr(args, key)
-        if value is not None:
-            values[key] = value
-    if args.sharpness is not None:
-        if not isinstance(values.get("sharpness", {}), dict):
-            raise ZigzagError(f"invalid sharpness={values['sharpness']!r}: must be a mapping of keys to values")
-        values["sharpness"] = {**values.get("sharpness", {}), "every": args.sharpness}
-    if args.batch_norm is not None:
-        values["batch_norm"] = args.batch_norm
-    if args.compile is not None:
-        values["compile"] = args.compile
+    for key, spec in specs(RunConfig).items():
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if spec.type == "dict":  # the flag sets one key of the mapping
+            if not isinstance(values.get(key, {}), dict):
+                raise ZigzagError(f"invalid {key}={values[key]!r}: must be a mapping of keys to values")
+            value = {**values.get(key, {}), spec.flag: value}
+        values[key] = value
     config = RunConfig.from_dict(values)
     _set_threads(args.threads)
 
@@ -102,33 +75,19 @@ def _inspect(args) -> int:
 def _analyze(args) -> int:
     from zigzag import store
     from zigzag.analysis import analyze
-    from zigzag.runconfig import parse_step_selection
+    from zigzag.analysisconfig import AnalysisSettings
 
+    settings = AnalysisSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisSettings)})
+    settings.validate()
     store.check_outputs([args.out], [args.trajectory])
     traj = store.read_trajectory(args.trajectory)
-    lags = int(traj.attrs["lags"])
-    if not 2 <= args.h <= lags + 1:
-        raise ZigzagError(f"invalid h={args.h}: must be in 2..lags+1 = {lags + 1} for {args.trajectory}")
-    if args.zigzag_below > args.smooth_above:
-        raise ZigzagError(f"invalid thresholds: zigzag_below={args.zigzag_below} > smooth_above={args.smooth_above}")
-    if not 0 <= args.eos_tolerance < 1:
-        raise ZigzagError(f"invalid eos_tolerance={args.eos_tolerance}: must be in [0, 1)")
-    total = int(traj.attrs["total_steps"])
-    tokens = args.windows.split(",")
-    auto = "auto" in tokens
-    windows = parse_step_selection(",".join(t for t in tokens if t != "auto") or "none", total, "windows") or set()
-    if isinstance(windows, int):
-        windows = set(range(0, total - args.h + 1, windows))
-    late = sorted(k for k in windows if k + args.h > total)
-    if late:
-        raise ZigzagError(f"invalid windows {late}: a window at step k covers k..k+h-1, so k must be in "
-                          f"0..{total - args.h} (h={args.h}, {total} steps)")
-    result = analyze(traj.steps, args.h, sorted(windows), args.smooth_above, args.zigzag_below, args.eos_tolerance,
-                     schedule=traj.config.get("schedule") or {},
+    windows, auto = settings.window_steps(int(traj.attrs["lags"]), int(traj.attrs["total_steps"]), args.trajectory)
+    result = analyze(traj.steps, settings.h, windows, settings.smooth_above, settings.zigzag_below,
+                     settings.eos_tolerance, schedule=traj.config.get("schedule") or {},
                      batches_per_epoch=int(traj.attrs.get("batches_per_epoch", 1)), auto=auto)
-    config = {"trajectory": str(args.trajectory), "h": args.h, "windows": sorted(windows), "auto_windows": auto,
-              "smooth_above": args.smooth_above, "zigzag_below": args.zigzag_below,
-              "eos_tolerance": args.eos_tolerance}
+    config = {"trajectory": str(args.trajectory), "h": settings.h, "windows": windows, "auto_windows": auto,
+              "smooth_above": settings.smooth_above, "zigzag_below": settings.zigzag_below,
+              "eos_tolerance": settings.eos_tolerance}
     store.write_analysis(args.out, result, config, traj.attrs)
     rule = result.change_point_rule
     switch = ("none" if result.change_point_step is None else
@@ -241,7 +200,9 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``train_flags=False`` leaves out the flags of ``zigzag train``, whose declaration
+    (``RunConfig``) imports torch, for the other subcommands."""
     parser = argparse.ArgumentParser(prog="zigzag", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -258,13 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with run settings (same keys as the flags, underscores)")
     p.add_argument("--settings", help="run settings as one JSON mapping (what the workflow passes)")
     p.add_argument("--out", required=True, help="trajectory file to write")
-    for flag, (key, typ, help_) in TRAIN_FLAGS.items():
-        p.add_argument(flag, dest=key, type=typ, help=help_)
-    p.add_argument("--batch-norm", dest="batch_norm", action=argparse.BooleanOptionalAction,
-                   help="BatchNorm in the cnn model (on by default; --no-batch-norm for exact one-batch gradients)")
-    p.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction,
-                   help="compile the model's forward+backward with torch.compile (default off)")
-    p.add_argument("--sharpness", help="top Hessian eigenvalue at every:K steps or a list of steps")
+    if train_flags:
+        from zigzag.runconfig import RunConfig
+
+        add_flags(p, RunConfig)
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--gpu-locks", default=os.path.join(tempfile.gettempdir(), "zigzag-gpu-locks"),
                    help="folder of the per-GPU lease files, shared by the jobs of one machine (default: %(default)s)")
@@ -274,14 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="mean correlation, windows, phases from a trajectory (zigzag-analysis)")
     p.add_argument("trajectory")
     p.add_argument("--out", required=True)
-    p.add_argument("--h", type=int, default=5, help="window size (<= lags + 1)")
-    p.add_argument("--windows", default="auto",
-                   help="steps k whose h x h matrices to keep: auto (a smooth, the deepest zigzag and the last "
-                        "window, found from mean_mu), 5,675,1490, auto,5,675, every:N or none; each k <= steps - h")
-    p.add_argument("--smooth-above", type=float, default=0.5, help="mean_mu above this: smooth")
-    p.add_argument("--zigzag-below", type=float, default=-0.5, help="mean_mu below this: zigzag")
-    p.add_argument("--eos-tolerance", type=float, default=0.1,
-                   help="sharpness counts as at 2/lr once >= (1 - this) * 2/lr; in [0, 1)")
+    add_flags(p, AnalysisSettings, defaults=True)
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("figure", help="render one figure (PNG and PDF)")
@@ -332,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(train_flags=argv[:1] == ["train"])
     args = parser.parse_args(argv)
     # Errors that h5py meets while freeing objects are "ignored" with tracebacks (through both hooks); keep
     # them until the command succeeds (then show them), drop them after an error (its one line says it).

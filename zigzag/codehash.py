@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).parent
 STAGE_ENTRIES = {
     "prepare": ("data",),
     "train": ("trainer",),
-    "analyze": ("analysis", "runconfig", "store"),  # what `zigzag analyze` imports
+    "analyze": ("analysis", "analysisconfig", "store"),  # what `zigzag analyze` imports
     "figures": ("figures",),
     "tables": ("tables", "claims"),
 }

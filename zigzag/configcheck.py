@@ -7,10 +7,12 @@ values, raised before any job starts. ``zigzag/pipeline.py`` plans the jobs of t
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import jsonschema
 
+from zigzag.analysisconfig import AnalysisSettings
 from zigzag.errors import ZigzagError
 from zigzag.figurekinds import KINDS
 from zigzag.pipeline import claim_groups, entry_references, single_seed_settings
@@ -36,12 +38,8 @@ def _one_line(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
-def _most_specific(config: dict, schema_path, cause: jsonschema.ValidationError) -> jsonschema.ValidationError:
+def _most_specific(errors: list[jsonschema.ValidationError]) -> jsonschema.ValidationError:
     """Of all errors in the config, the one a person fixes first: a misspelt key before a missing one."""
-    import yaml
-
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config)) or [cause]
     leaves = []
     while errors:
         error = errors.pop()
@@ -49,7 +47,7 @@ def _most_specific(config: dict, schema_path, cause: jsonschema.ValidationError)
             errors.extend(error.context)
         elif error.validator not in ("if", "then", "allOf"):
             leaves.append(error)
-    return max(leaves or [cause], key=lambda e: (e.validator == "additionalProperties", len(e.absolute_path)))
+    return max(leaves or errors, key=lambda e: (e.validator == "additionalProperties", len(e.absolute_path)))
 
 
 def check_unique_keys(path) -> None:
@@ -59,18 +57,34 @@ def check_unique_keys(path) -> None:
     load_yaml(path, "config file")
 
 
+def load_schema(schema_path: str | Path) -> dict:
+    """The config's JSON schema: the YAML file, with a ``runs`` entry's settings and the ``analysis``
+    section taken from their one declaration (``RunConfig``, ``AnalysisSettings``)."""
+    import yaml
+
+    from zigzag.runconfig import RunConfig
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    run, sections = RunConfig.json_schema(), schema["properties"]
+    entry = sections["runs"]["additionalProperties"]  # holds what is not a run setting (seeds)
+    entry.update(required=run["required"], properties={**run["properties"], **entry.get("properties", {})})
+    sections["analysis"].update(AnalysisSettings.json_schema(), default={})
+    return schema
+
+
 def checked_config(config: dict, schema_path: str | Path) -> dict:
     """Validate ``config`` against the schema (filling its defaults in place) and across sections."""
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
+    def fill_defaults(validator, properties, instance, schema):  # jsonschema's documented recipe
+        for name, subschema in properties.items():
+            if "default" in subschema and isinstance(instance, dict):
+                instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
 
-    try:
-        validate(config, str(schema_path), set_default=True)
-    except WorkflowError as err:
-        cause = err.__context__  # snakemake raises its WorkflowError while handling the ValidationError
-        if not isinstance(cause, jsonschema.ValidationError):
-            raise ZigzagError(str(err).splitlines()[0]) from None
-        raise ZigzagError(_one_line(_most_specific(config, schema_path, cause))) from None
+    schema = load_schema(schema_path)
+    validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": fill_defaults})
+    errors = list(validator(schema).iter_errors(config))
+    if errors:
+        raise ZigzagError(_one_line(_most_specific(errors))) from None
     _check_kinds(config)
     _check_references(config)
     return config
@@ -84,22 +98,19 @@ def _check_kinds(config: dict) -> None:
 
 
 def _check_references(config: dict) -> None:
+    try:
+        AnalysisSettings(**config["analysis"]).validate()
+    except ZigzagError as err:
+        raise ZigzagError(f"analysis: {err}") from None
     datasets, runs, h = config["datasets"], config["runs"], config["analysis"]["h"]
     for name, run in runs.items():
         if run["dataset"] not in datasets:
             raise ZigzagError(f"runs.{name}.dataset: {run['dataset']!r} is not defined; "
                               f"defined datasets: {', '.join(datasets)}")
-        key = "epochs" if run["optimizer"] == "sgd" else "steps"
-        if key not in run:
-            raise ZigzagError(f"runs.{name}: {run['optimizer']} needs {key!r}")
-        if run["optimizer"] == "sgd" and "batch_size" not in run:
-            raise ZigzagError(f"runs.{name}: sgd needs 'batch_size'")
-        if "lr" not in run and run["schedule"]["kind"] == "constant":
-            raise ZigzagError(f"runs.{name}: needs 'lr' (or a schedule of kind warmup_cosine or gawu)")
+        _check_run_settings(name, run)
         if h > run["lags"] + 1:
             raise ZigzagError(f"analysis.h: {h} needs lags >= {h - 1}, runs.{name}.lags is {run['lags']}; "
                               f"raise lags or lower h")
-        _check_run_settings(name, run)
     for group, names in claim_groups(config).items():
         for name in names:
             if name not in runs:

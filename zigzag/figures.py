@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import matplotlib.colors
+import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-import numpy as np
 
 from zigzag import store
 from zigzag.analysis import RANDOM, SMOOTH, ZIGZAG, adjacent_mu
@@ -495,7 +495,8 @@ def build_sharpness_figure(trajectory: str, analysis: str, title: str) -> Figure
     computed = np.isfinite(sharp)
     fig = Figure(figsize=(9.0, 8.0), layout="constrained")
     ax_s, ax_mu, ax_cos = fig.subplots(3, 1, sharex=True, height_ratios=[1.3, 1.0, 0.8])
-    ax_s.plot(steps[computed], sharp[computed], "o-", color="tab:purple", ms=3, lw=1.2, label="sharpness $\\lambda_{max}$")
+    ax_s.plot(steps[computed], sharp[computed], "o-", color="tab:purple", ms=3, lw=1.2,
+              label="sharpness $\\lambda_{max}$")
     ax_s.plot(steps, 2.0 / lr, "--", color="black", lw=1.0, label="2 / lr")
     ax_s.set(ylabel="top Hessian eigenvalue", title="sharpness and the stability threshold 2/lr")
     for value, (name, colour) in PHASE_COLOURS.items():

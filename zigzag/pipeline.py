@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import shlex
 
+from zigzag.analysisconfig import AnalysisSettings
 from zigzag.figurekinds import kind_of, labelled_runs, references
-
 
 CLAIM_SETTINGS = ("thresholds", "seeds", "overall")  # the keys of ``claims`` that are not run groups
 
@@ -139,10 +139,9 @@ def dataset_args(config: dict, name: str) -> str:
 
 
 def analysis_args(config: dict, instance: str) -> str:
-    a = config["analysis"]
+    """``zigzag analyze`` flags of a job: the config's analysis settings and the windows its figures draw."""
     windows = ",".join(map(str, run_windows(config, instance))) or "none"
-    return (f"--h {a['h']} --windows {windows} --smooth-above {a['smooth_above']} "
-            f"--zigzag-below {a['zigzag_below']} --eos-tolerance {a['eos_tolerance']}")
+    return AnalysisSettings(**config["analysis"], windows=windows).args()
 
 
 def uses_gpu(config: dict, instance: str) -> int:

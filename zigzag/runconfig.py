@@ -3,65 +3,120 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from zigzag.errors import ZigzagError
 from zigzag.models import MODELS
 from zigzag.precision import PRECISIONS
 from zigzag.schedules import GROWTHS
+from zigzag.settings import Spec, json_schema, parse_step_selection, setting, specs
+from zigzag.sharpness import MAX_ITER, NCV_COLD, NCV_WARM, TOL
 
 OPTIMIZERS = ("gd", "sgd")
 RAW_DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "gzip", "lzf")
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("constant", "warmup_cosine", "gawu")
+
+# The keys of a run's ``sharpness`` mapping; the flag --sharpness sets ``every``.
+SHARPNESS = {
+    "every": Spec("top Hessian eigenvalue (edge of stability) at none, every:K or a list of steps", "steps",
+                  "none", fill=False),
+    "subset": Spec("training samples the Hessian's loss is taken on (default all); with BatchNorm a multiple of "
+                   "micro_batch", "int", None, low=1, fill=False),
+    "tol": Spec("Lanczos relative tolerance of lambda_max", "float", TOL, low=0, low_open=True, high=1,
+                high_open=True, fill=False),
+    "max_iter": Spec("Lanczos restarts at most; a solve that stops there is recorded with sharpness_converged 0",
+                     "int", MAX_ITER, low=1, fill=False),
+    "ncv": Spec(f"Lanczos basis size (default {NCV_COLD} for the first solve, {NCV_WARM} for the next, "
+                "warm-started ones)", "int", None, low=3, fill=False),
+}
+# The keys of a run's ``schedule`` mapping, and which of them each kind takes.
+SCHEDULE = {
+    "kind": Spec("constant lr, warm-up then cosine decay at a fixed change point, or GAWU", "str", "constant",
+                 choices=SCHEDULES),
+    "eta0": Spec("initial warm-up lr (scaled by the linear scaling rule)", "float", None, low=0, low_open=True,
+                 fill=False),
+    "omega": Spec("warm-up rate: eta_u = exp(omega u) eta_(u-1) (growth paper) or exp(omega) eta_(u-1) "
+                  "(growth constant)", "float", None, low=0, low_open=True, fill=False),
+    "growth": Spec("warm-up rule: paper (Section 5.2: eta_u = eta0 exp(omega u (u+1) / 2)) or constant "
+                   "(eta0 exp(omega u))", "str", "paper", choices=GROWTHS, fill=False),
+    "change_point": Spec("warmup_cosine: unit t where the cosine decay starts", "int", None, low=0, fill=False),
+    "unit": Spec("what a schedule step is", "str", "epoch", choices=("epoch", "iteration"), fill=False),
+    "h": Spec("gawu: window of the online mean correlation", "int", 5, low=2, fill=False),
+    "max_warmup": Spec("gawu: start the decay here at the latest", "int", None, low=0, fill=False),
+}
+SCHEDULE_KEYS = {"constant": {"kind"},
+                 "warmup_cosine": {"kind", "eta0", "omega", "change_point", "unit", "growth"},
+                 "gawu": {"kind", "eta0", "omega", "unit", "h", "max_warmup", "growth"}}
 
 
 @dataclass
 class RunConfig:
-    """One run. ``steps`` counts updates: epochs for GD, iterations for SGD (``epochs`` x batches)."""
+    """One run. ``steps`` counts updates: epochs for GD, iterations for SGD (``epochs`` x batches).
 
-    dataset: str
-    model: str
-    lr: float = 0.0
-    steps: int = 0
-    width: float = 1.0
-    batch_norm: bool = True
-    optimizer: str = "gd"
-    epochs: int = 0
-    batch_size: int = 0
-    base_batch: int = 0
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    lags: int = 8
-    micro_batch: int = 1000
-    seed: int = 0
-    eval_every: int = 10
-    raw_gradients: str | list[int] = "none"
-    raw_dtype: str = "float32"
-    raw_compression: str = "none"
-    checkpoint_every: int = 50
-    device: str = "auto"
-    precision: str = "tf32"
-    compile: bool = False
-    schedule: dict = field(default_factory=dict)
-    sharpness: dict = field(default_factory=dict)
+    Each field declares its help, choices, bounds and default (zigzag/settings.py): the flags of
+    ``zigzag train``, the check below and the ``runs`` entries of the workflow's config come from them.
+    """
+
+    dataset: str = setting(None, "prepared dataset file (zigzag prepare); in the workflow's config a key of "
+                                 "datasets", unset=True)
+    model: str = setting(None, "the network", choices=tuple(MODELS), unset=True)
+    lr: float = setting(0.0, "constant learning rate (required unless a warm-up schedule sets it)", low=0,
+                        low_open=True, unset=True)
+    steps: int = setting(0, "GD steps (epochs)", low=1, unset=True)
+    width: float = setting(1.0, "channel width multiplier (1 = the standard CIFAR model)", low=0, low_open=True)
+    batch_norm: bool = setting(True, "BatchNorm in the cnn model (--no-batch-norm for exact one-batch "
+                                     "gradients)")
+    optimizer: str = setting("gd", "gd (full batch) or sgd", choices=OPTIMIZERS)
+    epochs: int = setting(0, "SGD epochs", low=1, unset=True)
+    batch_size: int = setting(0, "SGD batch size", low=1, unset=True)
+    base_batch: int = setting(0, "SGD linear scaling: lr x batch_size / base_batch", low=1, unset=True)
+    momentum: float = setting(0.0, "SGD momentum", low=0, high=1, high_open=True)
+    nesterov: bool = setting(False, "Nesterov momentum: step along g_k + momentum x buffer (needs momentum > 0)")
+    weight_decay: float = setting(0.0, "weight decay", low=0)
+    lags: int = setting(8, "lags L of the gradient statistics (window h <= L + 1); lags beyond the run's steps "
+                           "are recorded as NaN", low=1)
+    micro_batch: int = setting(1000, "micro-batch size of the gradient accumulation (a memory bound, not a batch "
+                                     "size: larger than the training set means one pass over all of it)", low=1)
+    seed: int = setting(0, "seed of the initialisation and the SGD batches", low=0)
+    eval_every: int = setting(10, "test loss/accuracy every N steps", low=1)
+    raw_gradients: str | list[int] = setting("none", "steps whose whole gradient g_k is stored: none, every:N "
+                                                     "or a list of steps like 0,5,10")
+    raw_dtype: str = setting("float32", "dtype of the stored gradients", choices=RAW_DTYPES)
+    raw_compression: str = setting("none", "HDF5 compression of the stored gradients", choices=COMPRESSIONS)
+    checkpoint_every: int = setting(50, "checkpoint every N steps (resume after a kill)", low=1)
+    device: str = setting("auto", "training device", choices=DEVICES)
+    precision: str = setting("tf32", "GPU arithmetic: fp32 (TF32 off), tf32 (TF32 + channels_last) or bf16 "
+                                     "(bf16 autocast + channels_last, float32 gradient and state); all three are "
+                                     "float32 on a CPU", choices=tuple(PRECISIONS))
+    compile: bool = setting(False, "torch.compile the model for the training step's forward+backward")
+    schedule: dict = setting({}, "learning-rate schedule", keys=SCHEDULE, flag=False)
+    sharpness: dict = setting({}, "top Hessian eigenvalue (edge of stability) at selected steps", keys=SHARPNESS,
+                              flag="every")
+
+    @classmethod
+    def json_schema(cls) -> dict:
+        """A ``runs`` entry of the workflow's config (checked with jsonschema, defaults filled in)."""
+        return json_schema(cls, required=("dataset", "model"))
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        declared = specs(cls)
+        unknown = sorted(set(values) - set(declared))
         if unknown:
-            raise ZigzagError(f"unknown run setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        for f in dataclasses.fields(cls):
-            if f.name in values and f.type in TYPE_NAMES and not _has_type(values[f.name], f.type):
-                raise ZigzagError(f"invalid {f.name}={values[f.name]!r}: must be {TYPE_NAMES[f.type]}")
-        needed = ("dataset", "model") if values.get("schedule", {}).get("kind", "constant") != "constant" \
-            else ("dataset", "model", "lr")
+            raise ZigzagError(f"unknown run setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(declared))}")
+        for name, spec in declared.items():
+            if name in values and spec.type != "steps" and values[name] is not None:
+                spec.check(name, values[name])
+        schedule = values.get("schedule") or {}
+        needed = ["dataset", "model"] + (["lr"] if schedule.get("kind", "constant") == "constant" else [])
+        needed += ["epochs", "batch_size"] if values.get("optimizer") == "sgd" else ["steps"]
         missing = [name for name in needed if values.get(name) is None]
         if missing:
-            raise ZigzagError(f"missing run setting(s) {', '.join(missing)}")
-        schedule = values.get("schedule") or {}
+            optimizer = values.get("optimizer", "gd")
+            raise ZigzagError(f"missing run setting(s) {', '.join(missing)} (optimizer {optimizer}"
+                              f"{', constant lr' if 'lr' in missing else ''})")
         if schedule.get("kind", "constant") != "constant" and "growth" not in schedule:
             values = {**values, "schedule": {**schedule, "growth": "paper"}}  # recorded: the default spelt out
         config = cls(**values)
@@ -84,18 +139,15 @@ class RunConfig:
         return self.lr * self.lr_scale
 
     def validate(self) -> None:
+        """Every field against its declaration, then what depends on several of them."""
         def bad(key, value, allowed):
             raise ZigzagError(f"invalid {key}={value!r}: must be {allowed}")
 
-        if self.model not in MODELS:
-            bad("model", self.model, f"one of {', '.join(MODELS)}")
-        if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+        for name, spec in specs(type(self)).items():
+            spec.check(name, getattr(self, name))
         constant = self.schedule.get("kind", "constant") == "constant"
-        if constant and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if constant and not self.lr > 0:
             bad("lr", self.lr, "a number > 0")
-        if self.width <= 0:
-            bad("width", self.width, "> 0")
         if self.optimizer == "gd" and self.steps < 1:
             bad("steps", self.steps, "an integer >= 1 (full-batch GD: one step per epoch)")
         if self.optimizer == "sgd":
@@ -103,46 +155,20 @@ class RunConfig:
                 bad("epochs", self.epochs, "an integer >= 1 for optimizer sgd")
             if self.batch_size < 1:
                 bad("batch_size", self.batch_size, "an integer >= 1 for optimizer sgd")
-        if self.lags < 1:
-            bad("lags", self.lags, "an integer >= 1")
-        if self.micro_batch < 1:
-            bad("micro_batch", self.micro_batch, "an integer >= 1")
-        if self.seed < 0:
-            bad("seed", self.seed, "an integer >= 0")
-        if self.eval_every < 1:
-            bad("eval_every", self.eval_every, "an integer >= 1")
-        if self.checkpoint_every < 1:
-            bad("checkpoint_every", self.checkpoint_every, "an integer >= 1")
-        if not 0 <= self.momentum < 1:
-            bad("momentum", self.momentum, "in [0, 1)")
-        if self.weight_decay < 0:
-            bad("weight_decay", self.weight_decay, ">= 0")
-        if self.raw_dtype not in RAW_DTYPES:
-            bad("raw_dtype", self.raw_dtype, f"one of {', '.join(RAW_DTYPES)}")
-        if self.raw_compression not in COMPRESSIONS:
-            bad("raw_compression", self.raw_compression, f"one of {', '.join(COMPRESSIONS)}")
-        if self.device not in DEVICES:
-            bad("device", self.device, f"one of {', '.join(DEVICES)}")
-        if self.precision not in PRECISIONS:
-            bad("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
-        if not isinstance(self.compile, bool):
-            bad("compile", self.compile, "true or false")
+        if self.nesterov and self.momentum == 0:
+            bad("nesterov", self.nesterov, "false without momentum (set momentum > 0)")
         parse_step_selection(self.raw_gradients, 1 << 62, "raw_gradients")
         self._validate_schedule()
         self._validate_sharpness()
 
     def _validate_sharpness(self) -> None:
         s = self.sharpness
-        allowed = {"every", "subset", "tol", "max_iter", "ncv"}
-        unknown = sorted(set(s) - allowed)
+        unknown = sorted(set(s) - set(SHARPNESS))
         if unknown:
-            raise ZigzagError(f"unknown sharpness key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
+            raise ZigzagError(f"unknown sharpness key(s) {', '.join(unknown)}; valid: {', '.join(sorted(SHARPNESS))}")
+        for key, value in s.items():
+            SHARPNESS[key].check(f"sharpness.{key}", value)
         parse_step_selection(s.get("every", "none"), 1 << 62, "sharpness.every")
-        for key, low in (("subset", 1), ("max_iter", 1), ("ncv", 3)):
-            if key in s and not (isinstance(s[key], int) and s[key] >= low):
-                raise ZigzagError(f"invalid sharpness.{key}={s[key]!r}: must be an integer >= {low}")
-        if "tol" in s and not (isinstance(s["tol"], (int, float)) and 0 < s["tol"] < 1):
-            raise ZigzagError(f"invalid sharpness.tol={s['tol']!r}: must be in (0, 1)")
         # With BatchNorm the loss depends on how samples are batched: the Hessian's loss must use the
         # ghost batches of training (micro_batch), so the subset must split into them exactly.
         if "subset" in s and self.has_batch_norm and s["subset"] % self.micro_batch:
@@ -152,6 +178,14 @@ class RunConfig:
                               f"micro_batch={self.micro_batch} (the ghost batches GD trains on), e.g. {nearest}; "
                               f"leave it out to use the whole training set")
 
+    def sharpness_setting(self, key: str):
+        """``sharpness.<key>`` as given, else its declared default."""
+        return self.sharpness.get(key, SHARPNESS[key].default)
+
+    def schedule_setting(self, key: str):
+        """``schedule.<key>`` as given, else its declared default."""
+        return self.schedule.get(key, SCHEDULE[key].default)
+
     @property
     def has_batch_norm(self) -> bool:
         """vgg16 and the ResNets always have BatchNorm; the cnn has it when ``batch_norm`` is set."""
@@ -160,33 +194,33 @@ class RunConfig:
     def _validate_schedule(self) -> None:
         s = self.schedule
         kind = s.get("kind", "constant")
-        allowed = {"constant": {"kind"},
-                   "warmup_cosine": {"kind", "eta0", "omega", "change_point", "unit", "growth"},
-                   "gawu": {"kind", "eta0", "omega", "unit", "h", "max_warmup", "growth"}}
-        if kind not in allowed:
-            raise ZigzagError(f"invalid schedule.kind={kind!r}: must be one of {', '.join(allowed)}")
-        unknown = sorted(set(s) - allowed[kind])
+        SCHEDULE["kind"].check("schedule.kind", kind)
+        unknown = sorted(set(s) - SCHEDULE_KEYS[kind])
         if unknown:
             raise ZigzagError(f"unknown schedule key(s) {', '.join(unknown)} for {kind}; "
-                              f"valid: {', '.join(sorted(allowed[kind]))}")
-        for key in sorted(allowed[kind] & {"eta0", "omega"}):
-            value = s.get(key)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ZigzagError(f"invalid schedule.{key}={value!r}: must be a number > 0")
-        if kind == "warmup_cosine" and not (isinstance(s.get("change_point"), int) and s["change_point"] >= 0):
-            raise ZigzagError(f"invalid schedule.change_point={s.get('change_point')!r}: must be an integer >= 0")
-        if kind != "constant" and s.get("growth", "paper") not in GROWTHS:
-            raise ZigzagError(f"invalid schedule.growth={s['growth']!r}: must be one of {', '.join(GROWTHS)} "
-                              "(paper: eta_u = exp(omega u) eta_(u-1); constant: exp(omega) per unit)")
-        if s.get("unit", "epoch") not in ("epoch", "iteration"):
-            raise ZigzagError(f"invalid schedule.unit={s['unit']!r}: must be epoch or iteration")
-        if kind == "warmup_cosine" and self.optimizer == "gd" and s["change_point"] >= self.steps:
-            raise ZigzagError(f"invalid schedule.change_point={s['change_point']}: beyond the budget of "
-                              f"{self.steps} steps; must be in 0..{self.steps - 1}")
-        if kind == "warmup_cosine" and self.optimizer == "sgd" and s.get("unit", "epoch") == "epoch" \
-                and s["change_point"] >= self.epochs:
-            raise ZigzagError(f"invalid schedule.change_point={s['change_point']}: beyond the budget of "
-                              f"{self.epochs} epochs; must be in 0..{self.epochs - 1}")
+                              f"valid: {', '.join(sorted(SCHEDULE_KEYS[kind]))}")
+        required = SCHEDULE_KEYS[kind] & {"eta0", "omega", "change_point"}
+        for key in sorted(set(s) | required):
+            SCHEDULE[key].check(f"schedule.{key}", s.get(key))
+        self.check_change_point()
+
+    def schedule_units(self, batches_per_epoch: int | None = None) -> int | None:
+        """Units of the schedule in the whole run: GD steps, SGD epochs (unit epoch) or iterations (unit
+        iteration: epochs x ``batches_per_epoch``, None while the dataset's size is unknown)."""
+        if self.optimizer == "gd":
+            return self.steps
+        if self.schedule_setting("unit") == "epoch":
+            return self.epochs
+        return None if batches_per_epoch is None else self.epochs * batches_per_epoch
+
+    def check_change_point(self, batches_per_epoch: int | None = None) -> None:
+        """A warmup_cosine change point t must lie in the run: 0 <= t < its schedule units."""
+        units = self.schedule_units(batches_per_epoch)
+        t = self.schedule.get("change_point")
+        if self.schedule.get("kind") == "warmup_cosine" and units is not None and t >= units:
+            raise ZigzagError(f"invalid schedule.change_point={t}: beyond the budget of {units} "
+                              f"{self.schedule_setting('unit') if self.optimizer == 'sgd' else 'step'}s; "
+                              f"must be in 0..{units - 1}")
 
 
 def load_yaml(path, what: str):
@@ -212,49 +246,3 @@ def load_yaml(path, what: str):
         raise ZigzagError(f"cannot read {what} {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise ZigzagError(f"{what} {path} is not valid YAML: {' '.join(str(err).split())}") from None
-
-
-TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-              "dict": "a mapping of keys to values"}
-
-
-def _has_type(value, annotation: str) -> bool:
-    """Whether ``value`` (from JSON or YAML) has a field's type: bool is no number, an int is a float."""
-    if annotation == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, {"str": str, "bool": bool, "dict": dict}[annotation])
-
-
-def parse_step_selection(spec, total_steps: int, key: str) -> set[int] | int | None:
-    """``none`` -> None; ``every:N`` -> N (every N-th step from 0); ``"0,5,9"`` or a list -> a set of steps.
-
-    Steps in a list must lie in ``0..total_steps-1``.
-    """
-    if spec is None or spec == "none" or spec == []:
-        return None
-    if isinstance(spec, str) and spec.startswith("every:"):
-        try:
-            every = int(spec[len("every:"):])
-        except ValueError:
-            every = 0
-        if every < 1:
-            raise ZigzagError(f"invalid {key}={spec!r}: 'every:N' needs an integer N >= 1")
-        return every
-    try:
-        steps = {int(s) for s in (spec.split(",") if isinstance(spec, str) else spec)}
-    except (TypeError, ValueError):
-        raise ZigzagError(f"invalid {key}={spec!r}: use none, every:N or a list of steps like 0,5,10") from None
-    outside = sorted(s for s in steps if not 0 <= s < total_steps)
-    if outside:
-        raise ZigzagError(f"invalid {key}: step(s) {outside} outside the run's steps 0..{total_steps - 1}")
-    return steps
-
-
-def selected(selection: set[int] | int | None, step: int) -> bool:
-    if selection is None:
-        return False
-    if isinstance(selection, int):
-        return step % selection == 0
-    return step in selection

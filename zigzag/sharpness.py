@@ -19,8 +19,10 @@ magnitude (what which="LM" could return) is not the sharpness.
 
 Cost: one H v is one forward-over-reverse pass over the training set (``hessian_vector_product``;
 on a 2-core CPU about 2.5 gradient passes without BatchNorm, 3.5-4.5 with it); ``top_eigenpair`` uses
-about ``ncv`` + 1 of them when one Lanczos cycle converges (21 with eigsh's default ``ncv`` of 20), more
-with restarts.
+about ``ncv`` + 1 of them when one Lanczos cycle converges, more with restarts. The defaults below are
+the run settings' (``sharpness.tol``, ``max_iter``, ``ncv`` in zigzag/runconfig.py): a cold start
+converges in one cycle of ``NCV_COLD`` vectors where ``NCV_WARM`` would restart several times, and a
+warm start from the last step's eigenvector needs only a few.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ import torch
 import torch.nn.functional as F
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
+
+TOL = 1e-3  # relative accuracy of lambda_max
+MAX_ITER = 100  # implicit restarts at most
+NCV_COLD, NCV_WARM = 20, 8  # Lanczos basis size without and with a start vector v0
 
 
 class Eigenpair(NamedTuple):
@@ -101,7 +107,7 @@ def hessian_vector_product(model: nn.Module, images: torch.Tensor, labels: torch
 
 def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
                      device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
-                     v0: torch.Tensor | None = None, tol: float = 1e-4, max_iter: int = 100,
+                     v0: torch.Tensor | None = None, tol: float = TOL, max_iter: int = MAX_ITER,
                      seed: int = 0, ncv: int | None = None) -> Eigenpair:
     """Largest algebraic eigenpair of the symmetric operator ``hvp`` on R^dim, by Lanczos (eigsh).
 
@@ -112,7 +118,8 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
     |H u - lambda u| <= tol * |lambda|, so lambda is within about tol * |lambda| of an eigenvalue
     (for a symmetric operator the error is even of order residual^2 / spectral gap).
     ``max_iter`` is eigsh's ``maxiter``: implicit restarts, each costing up to ``ncv`` products
-    (eigsh's default ``ncv`` is min(dim, 20)); a call always costs at least about ``ncv`` products.
+    (``ncv`` None: ``NCV_COLD`` without ``v0``, ``NCV_WARM`` with it, at most dim); a call always costs
+    at least about ``ncv`` products.
     ``v0`` (e.g. the eigenvector of the previous step) warm-starts the iteration, which saves
     restarts; without it the start is a standard normal vector drawn with ``seed``, so results are
     reproducible. On non-convergence the result is marked ``converged=False`` (see ``Eigenpair``).
@@ -123,6 +130,8 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
         start = v0.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
         if start.shape != (dim,):
             raise ValueError(f"v0 has {start.size} entries, expected {dim}")
+    if ncv is None:
+        ncv = min(dim, NCV_COLD if v0 is None else NCV_WARM)
     n_hvp = 0
     best = (-np.inf, None)  # (Rayleigh quotient, vector) of the best product seen: the fallback
 
@@ -148,7 +157,7 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
 
 
 def top_eigenpair(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int, *,
-                  v0: torch.Tensor | None = None, tol: float = 1e-4, max_iter: int = 100,
+                  v0: torch.Tensor | None = None, tol: float = TOL, max_iter: int = MAX_ITER,
                   seed: int = 0, ncv: int | None = None) -> Eigenpair:
     """Sharpness of the training loss at the model's current parameters: ``top_eigenpair_of`` applied
     to ``hessian_vector_product`` (same arguments and semantics as both; the model is left as found).

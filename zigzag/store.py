@@ -45,6 +45,8 @@ SHARPNESS_SERIES = {
     "sharpness": "top eigenvalue of the training-loss Hessian at theta_k on the sharpness subset "
     "(1/lr units of stability: GD is unstable on a quadratic above 2/lr); NaN where not computed",
     "sharpness_hvps": "Hessian-vector products the Lanczos solve used at step k; NaN where not computed",
+    "sharpness_converged": "1 where the Lanczos solve met its tolerance, 0 where it stopped at max_iter restarts "
+    "(sharpness is then the best Rayleigh quotient found, a lower bound on lambda_max); NaN where not computed",
     "grad_eigvec_cosine": "|cos(g_k, v_k)| between the gradient and the top Hessian eigenvector; NaN where "
     "not computed",
 }
@@ -158,13 +160,15 @@ def open_file(path: str | os.PathLike, expected: str | None = None, mode: str = 
     try:
         f = h5py.File(path, mode)
     except OSError:
-        raise ZigzagError(f"{path}: not a readable HDF5 file (truncated or foreign); delete it and re-create it") from None
+        raise ZigzagError(f"{path}: not a readable HDF5 file (truncated or foreign); "
+                          "delete it and re-create it") from None
     fmt = f.attrs.get("format")
     if isinstance(fmt, bytes):
         fmt = fmt.decode()
     if fmt not in FORMATS:
         f.close()
-        raise ZigzagError(f"{path}: not a zigzag file (no zigzag 'format' attribute); expected one of {', '.join(FORMATS)}")
+        raise ZigzagError(f"{path}: not a zigzag file (no zigzag 'format' attribute); "
+                          f"expected one of {', '.join(FORMATS)}")
     if expected is not None and fmt != expected:
         f.close()
         raise ZigzagError(f"{path}: is a {fmt} file, expected a {expected} file")
@@ -392,7 +396,8 @@ def _check_partial(f: h5py.File, keep_steps: int) -> None:
         if ds.shape[0] < keep_steps:
             raise ZigzagError(f"{f.filename}: /steps/{name} has {ds.shape[0]} rows, the checkpoint {keep_steps}")
         if name in LAG_SERIES and ds.shape[1:] != (lags + 1,):
-            raise ZigzagError(f"{f.filename}: /steps/{name} has shape {ds.shape}, expected lags + 1 = {lags + 1} columns")
+            raise ZigzagError(f"{f.filename}: /steps/{name} has shape {ds.shape}, "
+                              f"expected lags + 1 = {lags + 1} columns")
         ds[:keep_steps]  # every chunk the resume keeps must read back
     if "raw" in f:
         raw_steps = f["raw/steps"][()]

@@ -38,8 +38,9 @@ from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.models import build_model
 from zigzag.precision import Precision
 from zigzag.rawdump import RawGradientWriter
-from zigzag.runconfig import RunConfig, parse_step_selection, selected
+from zigzag.runconfig import RunConfig
 from zigzag.schedules import GAWU, GradientCorrelationMonitor, WarmupCosine
+from zigzag.settings import parse_step_selection, selected
 from zigzag.sharpness import gradient_eigenvector_cosine, top_eigenpair
 
 PROGRESS_H = 5  # window of the mean gradient correlation shown while training (paper eq. 3)
@@ -184,9 +185,9 @@ class Trainer:
             self.batches_per_epoch = 1
             self.total_steps = config.steps
         self.raw_selection = parse_step_selection(config.raw_gradients, self.total_steps, "raw_gradients")
-        self.sharpness_selection = parse_step_selection(config.sharpness.get("every", "none"), self.total_steps,
+        self.sharpness_selection = parse_step_selection(config.sharpness_setting("every"), self.total_steps,
                                                         "sharpness.every")
-        subset = config.sharpness.get("subset") or n
+        subset = config.sharpness_setting("subset") or n
         if subset > n:
             raise ZigzagError(f"invalid sharpness.subset={subset}: larger than the training set ({n})")
         # A fixed seeded subset, in the order of the training set, so its micro-batches stay the same.
@@ -204,7 +205,7 @@ class Trainer:
         self.n_params = self.grads.flat.numel()
         self.ring = self._lag_ring()
         self.optimizer = torch.optim.SGD(self.grads.params, lr=config.effective_lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+                                         nesterov=config.nesterov, weight_decay=config.weight_decay)
         self.scheduler, self.steps_per_unit = self._build_scheduler()
         self.progress_monitor = GradientCorrelationMonitor(PROGRESS_H)
         self._epoch_order: tuple[int, torch.Tensor] | None = None
@@ -231,20 +232,18 @@ class Trainer:
     def _build_scheduler(self) -> tuple[WarmupCosine | GAWU | None, int]:
         """The run's LR schedule and how many steps make one of its units (epoch or iteration)."""
         sched = self.config.schedule
-        kind = sched.get("kind", "constant")
-        per_unit = self.batches_per_epoch if sched.get("unit", "epoch") == "epoch" else 1
+        kind = self.config.schedule_setting("kind")
+        per_unit = self.batches_per_epoch if self.config.schedule_setting("unit") == "epoch" else 1
         total = self.total_steps // per_unit
         if kind == "constant":
             return None, 1
         eta0 = sched["eta0"] * self.config.lr_scale
         if kind == "warmup_cosine":
-            if not 0 <= sched["change_point"] < total:
-                raise ZigzagError(f"invalid schedule.change_point={sched['change_point']}: must be in 0..{total - 1}, "
-                                  f"the run has {total} {sched.get('unit', 'epoch')}s")
+            self.config.check_change_point(self.batches_per_epoch)
             return WarmupCosine(self.optimizer, eta0, sched["omega"], sched["change_point"], total,
-                                growth=sched.get("growth", "paper")), per_unit
-        return GAWU(self.optimizer, eta0, sched["omega"], total, h=sched.get("h", 5),
-                    max_warmup=sched.get("max_warmup"), growth=sched.get("growth", "paper")), per_unit
+                                growth=self.config.schedule_setting("growth")), per_unit
+        return GAWU(self.optimizer, eta0, sched["omega"], total, h=self.config.schedule_setting("h"),
+                    max_warmup=sched.get("max_warmup"), growth=self.config.schedule_setting("growth")), per_unit
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -350,6 +349,11 @@ class Trainer:
                                                                   cfg.micro_batch)
         if selected(self.sharpness_selection, k):
             row.update(self.sharpness(self.grads.flat))
+            if not row["sharpness_converged"]:
+                print(f"warning: {self.out}: the Lanczos solve at step {k} stopped after max_iter="
+                      f"{cfg.sharpness_setting('max_iter')} restarts short of tol={cfg.sharpness_setting('tol')}; "
+                      f"its sharpness {row['sharpness']:.6g} is a lower bound (sharpness_converged 0)",
+                      file=sys.stderr)
         if selected(self.raw_selection, k):
             self.raw_dump.put(k, self.grads.flat)
         self.optimizer.step()
@@ -433,15 +437,13 @@ class Trainer:
 
     def sharpness(self, grad: torch.Tensor) -> dict:
         """Top Hessian eigenvalue at theta_k on the sharpness subset, warm-started from the last eigenvector."""
-        s = self.config.sharpness
-        # A cold start converges in one Lanczos cycle of 20 vectors where 8 would restart several
-        # times; a warm start needs only a few.
-        ncv = s.get("ncv", 20 if self.eigenvector is None else 8)
+        setting = self.config.sharpness_setting
         pair = top_eigenpair(self.model, *self.sharpness_data, self.config.micro_batch, v0=self.eigenvector,
-                             tol=s.get("tol", 1e-3), max_iter=s.get("max_iter", 100), ncv=ncv,
+                             tol=setting("tol"), max_iter=setting("max_iter"), ncv=setting("ncv"),
                              seed=self.config.seed)
         self.eigenvector = pair.eigenvector
         return {"sharpness": pair.eigenvalue, "sharpness_hvps": pair.n_hvp,
+                "sharpness_converged": float(pair.converged),
                 "grad_eigvec_cosine": gradient_eigenvector_cosine(grad, pair.eigenvector)}
 
     def _sharpness_attrs(self) -> dict:

@@ -1,0 +1,110 @@
+"""Settings declared once (zigzag/settings.py): the train/analyze flags, the checks and the config schema's
+``runs`` and ``analysis`` sections all come from ``RunConfig`` and ``AnalysisSettings``."""
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zigzag import configcheck, pipeline, sharpness
+from zigzag.analysisconfig import AnalysisSettings
+from zigzag.cli import build_parser
+from zigzag.errors import ZigzagError
+from zigzag.runconfig import SCHEDULE, SHARPNESS, RunConfig
+from zigzag.settings import specs
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def flags(command: str) -> dict:
+    """dest -> argparse action of a subcommand."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {a.dest: a for a in sub._actions}
+
+
+def config(**runs) -> dict:
+    return {"datasets": {"d": {"source": "mnist5k"}}, "figures": {},
+            "runs": runs or {"r": {"dataset": "d", "model": "cnn", "lr": 0.1, "steps": 10}}}
+
+
+def test_every_run_setting_is_a_train_flag_and_a_config_key_with_its_default():
+    schema = configcheck.load_schema(SCHEMA)["properties"]["runs"]["additionalProperties"]
+    assert set(schema["properties"]) == {f.name for f in dataclasses.fields(RunConfig)} | {"seeds"}
+    assert schema["required"] == ["dataset", "model"]
+    train = flags("train")
+    for name, spec in specs(RunConfig).items():
+        if name == "schedule":  # a mapping set in a config file only
+            continue
+        assert name in train and train[name].default is None, name  # not given: the config's value stays
+        assert (schema["properties"][name].get("default") == spec.default) or spec.unset or not spec.fill
+    assert set(schema["properties"]["sharpness"]["properties"]) == set(SHARPNESS)
+    assert set(schema["properties"]["schedule"]["properties"]) == set(SCHEDULE)
+    assert train["batch_norm"].option_strings == ["--batch-norm", "--no-batch-norm"]
+    assert "--compile" in train["compile"].option_strings and "--sharpness" in train["sharpness"].option_strings
+    assert "--precision" in train["precision"].option_strings and "--micro-batch" in train["micro_batch"].option_strings
+
+
+def test_the_lanczos_defaults_are_declared_once():
+    """The run's defaults are the solver's (tol 1e-3; ncv 20 for a cold start, 8 warm), and the schema says so."""
+    run = RunConfig.from_dict({"dataset": "d", "model": "cnn", "lr": 0.1, "steps": 3, "sharpness": {"every": "0"}})
+    solver = inspect.signature(sharpness.top_eigenpair_of).parameters
+    assert run.sharpness_setting("tol") == solver["tol"].default == sharpness.TOL == 1e-3
+    assert run.sharpness_setting("max_iter") == solver["max_iter"].default == sharpness.MAX_ITER
+    assert run.sharpness_setting("ncv") is None and solver["ncv"].default is None
+    ncv = configcheck.load_schema(SCHEMA)["properties"]["runs"]["additionalProperties"]["properties"]["sharpness"]
+    assert "default 20 for the first solve, 8 for the next" in ncv["properties"]["ncv"]["description"]
+    assert "(default 0.001)" in ncv["properties"]["tol"]["description"]
+
+
+def test_change_point_beyond_the_run_is_checked_once_for_every_unit():
+    base = {"dataset": "d", "model": "cnn", "optimizer": "sgd", "epochs": 3, "batch_size": 10,
+            "schedule": {"kind": "warmup_cosine", "eta0": 0.01, "omega": 0.1, "change_point": 3}}
+    with pytest.raises(ZigzagError, match=r"change_point=3: beyond the budget of 3 epochs; must be in 0..2"):
+        RunConfig.from_dict(base)
+    per_iteration = RunConfig.from_dict({**base, "schedule": {**base["schedule"], "unit": "iteration"}})
+    per_iteration.check_change_point(batches_per_epoch=2)  # 6 iterations: t = 3 lies inside
+    with pytest.raises(ZigzagError, match=r"beyond the budget of 3 iterations; must be in 0..2"):
+        per_iteration.check_change_point(batches_per_epoch=1)
+    with pytest.raises(ZigzagError, match=r"beyond the budget of 3 steps"):
+        RunConfig.from_dict({**base, "optimizer": "gd", "steps": 3})
+
+
+@pytest.mark.parametrize("run, message", [
+    ({"optimizer": "sgd", "epochs": 2, "lr": 0.1}, "runs.r: missing run setting(s) batch_size (optimizer sgd)"),
+    ({"lr": 0.1}, "runs.r: missing run setting(s) steps (optimizer gd)"),
+    ({"steps": 5}, "runs.r: missing run setting(s) lr (optimizer gd, constant lr)"),
+    ({"steps": 5, "lr": 0.1, "sharpness": {"ncv": 2}}, "runs.r.sharpness.ncv: 2 is not allowed; must be >= 3"),
+    ({"steps": 5, "lr": 0.1, "momentum": 1}, "runs.r.momentum: 1 is not allowed; must be < 1"),
+    ({"steps": 5, "lr": 0.1, "schedule": {"kind": "gawu", "omega": 0.1}},
+     "runs.r: invalid schedule.eta0=None: must be a number > 0"),
+])
+def test_a_bad_run_entry_is_one_line_naming_it(run, message):
+    with pytest.raises(ZigzagError) as err:
+        configcheck.checked_config(config(r={"dataset": "d", "model": "cnn", **run}), SCHEMA)
+    assert str(err.value) == message
+
+
+def test_analysis_flags_checks_and_config_section_agree():
+    declared = specs(AnalysisSettings)
+    schema = configcheck.load_schema(SCHEMA)["properties"]["analysis"]
+    assert set(schema["properties"]) == set(declared) - {"windows"}  # windows: from the figures of each job
+    analyze = flags("analyze")
+    assert {name: analyze[name].default for name in declared} == {n: s.default for n, s in declared.items()}
+    checked = configcheck.checked_config({**config(), "analysis": {"h": 4, "zigzag_below": -0.7}}, SCHEMA)
+    args = build_parser().parse_args(["analyze", "t.h5", "--out", "a.h5",
+                                      *pipeline.analysis_args(checked, "r").split()])
+    assert AnalysisSettings(**{name: getattr(args, name) for name in declared}) == \
+        AnalysisSettings(**checked["analysis"], windows="none")
+    with pytest.raises(ZigzagError, match="^analysis: invalid thresholds: zigzag_below=0.6 > smooth_above=0.5$"):
+        configcheck.checked_config({**config(), "analysis": {"zigzag_below": 0.6}}, SCHEMA)
+    with pytest.raises(ZigzagError, match=r"^analysis.eos_tolerance: 1 is not allowed; must be < 1$"):
+        configcheck.checked_config({**config(), "analysis": {"eos_tolerance": 1}}, SCHEMA)
+
+
+def test_shipped_configs_validate():
+    for path in ("config.yaml", "presets/paper.yaml"):
+        configcheck.checked_config(yaml.safe_load((ROOT / path).read_text()), SCHEMA)
