@@ -2,6 +2,7 @@
 figure of the shipped configs; the config's one addition (sharpness figures) is explicit."""
 
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,118 @@ def test_an_unknown_kind_is_one_line_naming_the_registry_kinds():
         configcheck.checked_config(config, SCHEMA)
     assert str(raised.value) == f"figures.fig1_cnn.kind: 'trajectori' is not allowed; allowed: {', '.join(KINDS)}"
     assert list(KINDS)[:6] == ["trajectory", "sign_shift", "warmup", "batch_sizes", "schedules", "sharpness"]
+
+
+# A config is data, never code: hostile strings reach every command literally, names that could leave
+# `results` or split a command are refused, and every planned output lies inside `results`.
+NAME = "^[A-Za-z0-9][A-Za-z0-9_.=-]*$"
+RESULTS = "it's res$(touch PWNED2)"
+DATA_ROOT = "$(touch PWNED)"
+TEXT = "it's {x} `touch PWNED4` $(touch PWNED4)"
+
+
+def tiny(**changes) -> dict:
+    config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    config["tables"] = {"t1": {"kind": "schedules", "caption": "c", "rows": [{"run": "cnn_a", "label": "a"}]}}
+    config.update(changes)
+    return config
+
+
+def hostile() -> dict:
+    """The tiny config with every free-text string a shell payload (results, data_root, title, labels, caption)."""
+    config = tiny(results=RESULTS)
+    config["datasets"]["tiny"]["data_root"] = DATA_ROOT
+    config["figures"]["fig_a"]["title"] = TEXT
+    config["figures"]["fig_sign"]["panels"][0]["label"] = TEXT
+    config["figures"]["curves"] = {"kind": "lag1", "title": TEXT, "curves": [{"run": "cnn_b", "label": TEXT}]}
+    config["tables"]["t1"].update(caption=TEXT, rows=[{"run": "cnn_a", "label": TEXT}])
+    return configcheck.checked_config(config, SCHEMA)
+
+
+def after(argv: list[str], flag: str) -> list[str]:
+    i = argv.index(flag)
+    return argv[i + 1:i + 4]
+
+
+def test_hostile_strings_reach_every_planned_command_literally(tmp_path):
+    config = hostile()
+    traj = f"{RESULTS}/runs/cnn_a/trajectory.h5"
+    commands = {
+        "prepare": pipeline.dataset_args(config, "tiny"),
+        "analyze": pipeline.analysis_args(config, "cnn_a"),
+        **{fid: pipeline.figure_command(config, fid, spec) for fid, spec in config["figures"].items()},
+        "t1": pipeline.table_command(config, "t1", config["tables"]["t1"]),
+    }
+    argv = {name: shlex.split(command) for name, command in commands.items()}
+    assert after(argv["prepare"], "--data-root")[0] == DATA_ROOT
+    assert after(argv["fig_a"], "--trajectory")[0] == traj and after(argv["fig_a"], "--title")[0] == TEXT
+    assert after(argv["fig_a"], "--png")[0] == f"{RESULTS}/figures/fig_a.png"
+    assert after(argv["fig_sign"], "--panel") == [f"{RESULTS}/analysis/cnn_a.h5", TEXT, "1"]
+    assert after(argv["curves"], "--curve")[:2] == [TEXT, f"{RESULTS}/runs/cnn_b/trajectory.h5"]
+    assert after(argv["t1"], "--row")[:2] == [TEXT, traj] and after(argv["t1"], "--caption")[0] == TEXT
+    assert after(argv["t1"], "--out")[0] == f"{RESULTS}/tables/t1"
+    assert argv["analyze"][:2] == ["--h", "4"]
+    # A real shell reads each command as these arguments and runs nothing.
+    for name, command in commands.items():
+        shell = subprocess.run(["bash", "-c", f"printf '%s\\0' {command}"], cwd=tmp_path, capture_output=True,
+                               text=True, check=True)
+        assert shell.stdout.split("\0")[:-1] == argv[name], name
+    assert not list(tmp_path.iterdir()) and not list(Path.cwd().glob("PWNED*"))
+
+
+@pytest.mark.parametrize("section", ["runs", "datasets", "figures", "tables"])
+@pytest.mark.parametrize("name", ["x;touch PWNED3;y", "../../../outside/x", "..", ".", "-x", "a b", "a/b", ""])
+def test_a_name_outside_the_pattern_is_one_line_naming_it_and_the_pattern(section, name):
+    config = tiny()
+    first = next(iter(config[section]))
+    config[section][name] = config[section][first]
+    with pytest.raises(ZigzagError) as raised:
+        configcheck.checked_config(config, SCHEMA)
+    assert str(raised.value) == f"{section}: name {name!r} is not allowed; names must match {NAME}"
+
+
+def test_every_name_is_checked_by_the_one_pattern():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert schema["$defs"]["name"]["pattern"] == NAME
+    named = {key for key, section in schema["properties"].items() if "propertyNames" in section}
+    assert named == {"runs", "datasets", "figures", "tables"}
+    assert all(schema["properties"][key]["propertyNames"] == {"$ref": "#/$defs/name"} for key in named)
+    config = tiny()
+    config["runs"]["cnn_a=0.1_x-y"] = config["runs"]["cnn_a"]
+    configcheck.checked_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize("results, message", [
+    ("", "results: '' is not allowed; must have at least 1 character(s)"),
+    ("/", "results: '/' is not allowed; must be a folder other than /"),
+    ("//", "results: '//' is not allowed; must be a folder other than //"),
+    ("/tmp/../..", "results: '/tmp/../..' is not allowed; must be a folder other than /"),
+    ("res{job}", "results: 'res{job}' is not allowed; must not contain { or } (Snakemake wildcards)"),
+    (3, "results: 3 is not of type 'string'"),
+])
+def test_results_must_be_a_folder_other_than_the_root(results, message):
+    with pytest.raises(ZigzagError) as raised:
+        configcheck.checked_config(tiny(results=results), SCHEMA)
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("results", ["results", ".", "../elsewhere/res", "/tmp/zigzag results", RESULTS])
+def test_every_planned_output_lies_inside_results(results):
+    config = configcheck.add_sharpness_figures(configcheck.checked_config(tiny(results=results), SCHEMA))
+    root = Path(results).absolute()
+    outputs = pipeline.planned_outputs(config)
+    assert len(outputs) == 1 + 2 * 1 + 5 * 2 + 3 * 3 + 4 * 2  # gpu-locks, data, jobs, figures, tables
+    for path in outputs:
+        assert Path(path).absolute().resolve().is_relative_to(root.resolve()) and Path(path) != Path(results), path
+
+
+@pytest.mark.parametrize("section, key", [("figures", "fig_a"), ("tables", "t1"), ("datasets", "tiny"),
+                                          ("runs", "cnn_a")])
+def test_the_check_refuses_an_output_outside_results_even_past_the_schema(section, key):
+    """The containment check stands on its own: a name the pattern would have caught still cannot leave."""
+    config = configcheck.add_sharpness_figures(configcheck.checked_config(tiny(), SCHEMA))
+    config[section]["../../../outside/x"] = config[section].pop(key)
+    with pytest.raises(ZigzagError) as raised:
+        configcheck._check_outputs_inside_results(config)
+    assert str(raised.value).startswith("results: 'results/") and "../../../outside/x" in str(raised.value)
+    assert str(raised.value).endswith("would lie outside 'results'; rename the entry that names it")

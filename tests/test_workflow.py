@@ -1,5 +1,7 @@
 """The Snakemake workflow end to end on a tiny config, and which stages a change re-runs."""
 
+import copy
+import json
 import os
 import re
 import shutil
@@ -118,6 +120,8 @@ def test_edited_trainer_reruns_training_and_everything_after(workdir):
     (lambda c: c["analysis"].update(h=5), "analysis.h: 5 needs lags >= 4"),
     (lambda c: c["runs"]["cnn_a"].update(sharpness={"every": "every:5", "subset": 50}),
      "runs.cnn_a: invalid sharpness.subset=50: with BatchNorm it must be a multiple of micro_batch=100"),
+    (lambda c: c["figures"].update({"x;touch PWNED3;y": c["figures"]["fig_a"]}),
+     "figures: name 'x;touch PWNED3;y' is not allowed; names must match ^[A-Za-z0-9][A-Za-z0-9_.=-]*$"),
 ])
 def test_bad_config_fails_before_any_job_with_one_line(workdir, change, message):
     edit_config(workdir, change)
@@ -126,6 +130,71 @@ def test_bad_config_fails_before_any_job_with_one_line(workdir, change, message)
     errors = [line for line in result.stderr.splitlines() if line.startswith("zigzag: config error:")]
     assert len(errors) == 1 and message in errors[0]
     assert "Building DAG" not in result.stderr + result.stdout
+    assert not list(workdir.rglob("PWNED*"))
+
+
+def test_config_strings_reach_every_rule_command_literally(tmp_path):
+    """A config is data: payloads in results, data_root, a title, labels and a caption run nothing while
+    Snakemake plans (a dry run), and a real shell reads every rule's printed command as the literal strings
+    (run with a stand-in ``zigzag`` that records its arguments); every file a rule names is planned."""
+    from zigzag import pipeline
+
+    results, data_root, text = "it's res$(touch PWNED2)", "$(touch PWNED)", "it's {x} `touch PWNED4` $(touch PWNED4)"
+    config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    trained = ["cnn_a", "cnn_b"]
+    config.update(results=results, claims={"cnn": ["cnn_a"]},
+                  tables={"t1": {"kind": "schedules", "caption": text, "rows": [{"run": "cnn_a", "label": text}]}})
+    config["datasets"]["tiny"]["data_root"] = data_root
+    config["figures"]["fig_a"]["title"] = config["figures"]["fig_sign"]["panels"][0]["label"] = text
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    dry = subprocess.run([*SNAKEMAKE, "-n", "-p", "--cores", "1", "all", "--snakefile", str(ROOT / "Snakefile")],
+                         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert dry.returncode == 0, dry.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".snakemake", "config.yaml"]  # planning ran nothing
+
+    commands, named, rule = {}, set(), None
+    for line in dry.stdout.splitlines():
+        if match := re.match(r"(?:local)?rule (\w+):$", line):
+            rule = match.group(1)
+        elif match := re.match(r"    (output|log|benchmark): (.+)$", line):
+            named.update(match.group(2).split(", "))
+        elif line.startswith("Shell command: ") and rule != "all":
+            commands.setdefault(rule, []).append(line.removeprefix("Shell command: "))
+    assert named <= set(pipeline.planned_outputs(configcheck_for(config)))
+    argv = {}
+    for path in named:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    for rule, jobs in commands.items():
+        for command in jobs:
+            record = f"zigzag() {{ printf '%s\\0' \"$@\" > argv; }}; {command}"
+            subprocess.run(["bash", "-c", record], cwd=tmp_path, check=True)
+            argv.setdefault(rule, []).append((tmp_path / "argv").read_text().split("\0")[:-1])
+
+    def after(rule, flag):
+        return sorted(args[args.index(flag) + 1] for args in argv[rule])[0]
+
+    assert sorted(argv) == ["analyze", "figure_fig_a", "figure_fig_b", "figure_fig_sign", "prepare_dataset",
+                            "table_claims", "table_t1", "train"]
+    assert after("prepare_dataset", "--data-root") == data_root
+    assert after("prepare_dataset", "--out") == f"{results}/data/tiny.h5"
+    assert json.loads(after("train", "--settings"))["dataset"] == f"{results}/data/tiny.h5"
+    assert after("train", "--gpu-locks") == f"{results}/gpu-locks"
+    assert sorted(args[1] for args in argv["analyze"]) == [f"{results}/runs/{job}/trajectory.h5" for job in trained]
+    assert after("analyze", "--out") == f"{results}/analysis/cnn_a.h5" and after("figure_fig_a", "--title") == text
+    assert after("figure_fig_sign", "--panel") == f"{results}/analysis/cnn_a.h5"
+    assert after("table_t1", "--row") == text and after("table_t1", "--caption") == text
+    spec = json.loads(after("table_claims", "--spec"))
+    assert [args[0] for jobs in argv.values() for args in jobs].count("train") == len(trained)
+    assert spec["groups"]["cnn"][0][0][1:] == [f"{results}/runs/cnn_a/trajectory.h5", f"{results}/analysis/cnn_a.h5"]
+    assert not list(tmp_path.rglob("PWNED*")) and not list(ROOT.glob("PWNED*"))
+
+
+def configcheck_for(config: dict) -> dict:
+    """``config`` as the workflow plans it: checked, with its sharpness figures."""
+    from zigzag import configcheck
+
+    checked = configcheck.checked_config(copy.deepcopy(config), ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    return configcheck.add_sharpness_figures(checked)
 
 
 @pytest.mark.parametrize("configfile", ["config.yaml", "presets/paper.yaml"])

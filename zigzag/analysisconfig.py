@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass
 
 from zigzag.errors import ZigzagError
@@ -54,4 +55,5 @@ class AnalysisSettings:
 
     def args(self) -> str:
         """The ``zigzag analyze`` flags that give these settings."""
-        return " ".join(f"--{f.name.replace('_', '-')} {getattr(self, f.name)}" for f in dataclasses.fields(self))
+        return shlex.join(token for f in dataclasses.fields(self)
+                          for token in (f"--{f.name.replace('_', '-')}", str(getattr(self, f.name))))

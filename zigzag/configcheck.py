@@ -2,12 +2,14 @@
 
 ``workflow/rules/common.smk`` calls ``check_unique_keys`` on every config file, ``checked_config`` on the
 config, then ``add_sharpness_figures``; every problem is one ``ZigzagError`` line that names the key and the allowed
-values, raised before any job starts. ``zigzag/pipeline.py`` plans the jobs of the checked config.
+values, raised before any job starts. ``zigzag/pipeline.py`` plans the jobs of the checked config. A config is data:
+names and ids match one pattern (the schema's ``$defs/name``) and every planned output lies inside ``results``.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import jsonschema
@@ -15,7 +17,7 @@ import jsonschema
 from zigzag.analysisconfig import AnalysisSettings
 from zigzag.errors import ZigzagError
 from zigzag.figurekinds import KINDS
-from zigzag.pipeline import claim_groups, entry_references, single_seed_settings
+from zigzag.pipeline import claim_groups, entry_references, planned_outputs, single_seed_settings
 
 
 def _path(error: jsonschema.ValidationError) -> str:
@@ -32,6 +34,12 @@ def _one_line(error: jsonschema.ValidationError) -> str:
         return f"{where}: {error.instance!r} is not allowed; allowed: {', '.join(map(str, error.validator_value))}"
     if error.validator == "required":
         return f"{where}: {error.message}"
+    if error.validator == "pattern" and "propertyNames" in error.schema_path:
+        return f"{where}: name {error.instance!r} is not allowed; names must match {error.validator_value}"
+    if error.validator == "pattern":
+        return f"{where}: {error.instance!r} is not allowed; must match {error.validator_value}"
+    if error.validator == "minLength":
+        return f"{where}: {error.instance!r} is not allowed; must have at least {error.validator_value} character(s)"
     if error.validator in ("exclusiveMinimum", "minimum", "maximum", "exclusiveMaximum"):
         op = {"exclusiveMinimum": ">", "minimum": ">=", "maximum": "<=", "exclusiveMaximum": "<"}[error.validator]
         return f"{where}: {error.instance!r} is not allowed; must be {op} {error.validator_value}"
@@ -87,7 +95,23 @@ def checked_config(config: dict, schema_path: str | Path) -> dict:
         raise ZigzagError(_one_line(_most_specific(errors))) from None
     _check_kinds(config)
     _check_references(config)
+    _check_outputs_inside_results(config)
     return config
+
+
+def _check_outputs_inside_results(config: dict) -> None:
+    """``results`` is a folder other than a filesystem root, Snakemake reads no wildcard in it, and every file
+    the workflow writes (with the sharpness figures it adds) lies inside it, compared as normalised paths."""
+    results = config["results"]
+    root = Path(os.path.abspath(results))
+    if root.parent == root:
+        raise ZigzagError(f"results: {results!r} is not allowed; must be a folder other than {root}")
+    if "{" in results or "}" in results:
+        raise ZigzagError(f"results: {results!r} is not allowed; must not contain {{ or }} (Snakemake wildcards)")
+    for path in planned_outputs(add_sharpness_figures(copy.deepcopy(config))):
+        target = Path(os.path.abspath(path))
+        if target == root or not target.is_relative_to(root):
+            raise ZigzagError(f"results: {path!r} would lie outside {results!r}; rename the entry that names it")
 
 
 def _check_kinds(config: dict) -> None:

@@ -2,7 +2,10 @@
 
 ``zigzag/configcheck.py`` checks the config first. The functions below turn it into plain-typed rule
 inputs and params (dicts as sorted JSON, commands as strings), so that a changed setting re-runs exactly
-the stages that depend on it; the rules in ``workflow/rules/`` only call them. A job is one run on one
+the stages that depend on it; the rules in ``workflow/rules/`` only call them. A config is data, never code:
+every command is built with ``shlex.join`` and the rules quote every path and value they add (``{output:q}``),
+so a shell takes each string of the config literally; ``planned_outputs`` lists every file the rules write
+(``configcheck`` keeps them inside ``results``). A job is one run on one
 seed (``instances``); figures are planned from their kind's declaration (``zigzag/figurekinds.py``).
 """
 
@@ -128,14 +131,14 @@ def run_windows(config: dict, instance: str) -> list[int | str]:
 def dataset_args(config: dict, name: str) -> str:
     """``zigzag prepare`` arguments for dataset ``name`` (a plain string: compared by Snakemake)."""
     spec = config["datasets"][name]
-    args = [f"--dataset {spec['source']}", f"--seed {spec['seed']}"]
+    args = ["--dataset", spec["source"], "--seed", str(spec["seed"])]
     if spec["data_root"]:
-        args.append(f"--data-root {json.dumps(spec['data_root'])}")
+        args += ["--data-root", spec["data_root"]]
     if spec["download"]:
         args.append("--download")
     if spec["train_size"]:
-        args.append(f"--train-size {spec['train_size']}")
-    return " ".join(args)
+        args += ["--train-size", str(spec["train_size"])]
+    return shlex.join(args)
 
 
 def analysis_args(config: dict, instance: str) -> str:
@@ -156,8 +159,13 @@ def uses_gpu(config: dict, instance: str) -> int:
 # Files and the figure and table rules' commands.
 
 
+def data_file(config: dict, dataset: str) -> str:
+    return f"{config['results']}/data/{dataset}.h5"
+
+
 def dataset_file(config: dict, instance: str) -> str:
-    return f"{config['results']}/data/{config['runs'][run_of(config, instance)]['dataset']}.h5"
+    """The dataset cache a job trains on."""
+    return data_file(config, config["runs"][run_of(config, instance)]["dataset"])
 
 
 def trajectory_file(config: dict, instance: str) -> str:
@@ -177,34 +185,77 @@ def figure_inputs(config: dict, spec: dict) -> dict[str, list[str]]:
     return {name: [FILES[name](config, i) for i in jobs] for name in kind_of(spec).reads}
 
 
+def figure_file(config: dict, fid: str, ext: str) -> str:
+    return f"{config['results']}/figures/{fid}.{ext}"
+
+
+def table_file(config: dict, tid: str, ext: str) -> str:
+    """A table's file; ``ext`` "" gives the stem ``zigzag table --out`` takes."""
+    return f"{config['results']}/tables/{tid}" + (f".{ext}" if ext else "")
+
+
+def log_file(config: dict, stage: str, name: str) -> str:
+    """The log of one job of a stage (prepare_dataset, train, analyze, figures, tables)."""
+    return f"{config['results']}/logs/{stage}/{name}.log"
+
+
+def benchmark_file(config: dict, job: str) -> str:
+    return f"{config['results']}/benchmarks/train/{job}.tsv"
+
+
+def gpu_locks_folder(config: dict) -> str:
+    return f"{config['results']}/gpu-locks"
+
+
+TABLE_EXTS = ("csv", "md", "tex")
+
+
+def planned_outputs(config: dict) -> list[str]:
+    """Every file and folder the rules write, for the config as the workflow runs it (with its sharpness
+    figures): what ``configcheck`` keeps inside ``results``."""
+    paths = [gpu_locks_folder(config)]
+    for name in config["datasets"]:
+        paths += [data_file(config, name), log_file(config, "prepare_dataset", name)]
+    for job in all_instances(config):
+        paths += [trajectory_file(config, job), log_file(config, "train", job), benchmark_file(config, job),
+                  analysis_file(config, job), log_file(config, "analyze", job)]
+    for fid in config["figures"]:
+        paths += [figure_file(config, fid, "png"), figure_file(config, fid, "pdf"), log_file(config, "figures", fid)]
+    for tid in [*config["tables"], "claims"]:
+        paths += [table_file(config, tid, ext) for ext in TABLE_EXTS] + [log_file(config, "tables", tid)]
+    return paths
+
+
 def figure_command(config: dict, fid: str, spec: dict) -> str:
     """The ``zigzag figure`` arguments of one figure (a plain string: a change re-runs the rule)."""
     kind = kind_of(spec)
-    results = config["results"]
 
-    def files(job: str) -> str:
-        return " ".join(FILES[name](config, job) for name in kind.reads)
+    def files(job: str) -> list[str]:
+        return [FILES[name](config, job) for name in kind.reads]
 
+    args = [kind.command]
     if kind.seeds == "first" and kind.runs == "run":
         first = instances(config, spec["run"])[0]
-        inputs = [f"--{name} {FILES[name](config, first)}" for name in kind.reads]
+        for name in kind.reads:
+            args += [f"--{name}", FILES[name](config, first)]
     elif kind.runs == "panels":
-        inputs = [f"--panel {files(instances(config, p['run'])[0])} {shlex.quote(p['label'])} "
-                  f"{p.get('step', 'auto')}" for p in spec["panels"]]
+        for panel in spec["panels"]:
+            args += ["--panel", *files(instances(config, panel["run"])[0]), panel["label"],
+                     str(panel.get("step", "auto"))]
     else:
-        inputs = [f"--curve {shlex.quote(item['label'])} " + " ".join(files(i) for i in instances(config, item["run"]))
-                  for item in labelled_runs(spec)]
-    args = [kind.command, *inputs, f"--title {shlex.quote(spec['title'])}", f"--png {results}/figures/{fid}.png",
-            f"--pdf {results}/figures/{fid}.pdf"]
+        for item in labelled_runs(spec):
+            args += ["--curve", item["label"], *(f for i in instances(config, item["run"]) for f in files(i))]
+    args += ["--title", spec["title"]]
+    args += [token for ext in ("png", "pdf") for token in (f"--{ext}", figure_file(config, fid, ext))]
     if kind.windows:
         steps = spec.get("steps", "auto")
-        args.append(f"--steps {steps if steps == 'auto' else ','.join(map(str, steps))}")
-    return " ".join(args)
+        args += ["--steps", steps if steps == "auto" else ",".join(map(str, steps))]
+    return shlex.join(args)
 
 
 def table_command(config: dict, tid: str, spec: dict) -> str:
     """The ``zigzag table`` arguments of one table: a row per label with one trajectory per seed."""
-    rows = [f"--row {shlex.quote(item['label'])} "
-            + " ".join(trajectory_file(config, i) for i in instances(config, item["run"])) for item in spec["rows"]]
-    return " ".join([spec["kind"], *rows, f"--caption {shlex.quote(spec['caption'])}",
-                     f"--out {config['results']}/tables/{tid}"])
+    args = [spec["kind"]]
+    for item in spec["rows"]:
+        args += ["--row", item["label"], *(trajectory_file(config, i) for i in instances(config, item["run"]))]
+    return shlex.join([*args, "--caption", spec["caption"], "--out", table_file(config, tid, "")])

@@ -5,9 +5,9 @@ rule analyze:
     output:
         pipeline.analysis_file(config, "{job}"),
     log:
-        f"{R}/logs/analyze/{{job}}.log",
+        pipeline.log_file(config, "analyze", "{job}"),
     params:
         args=lambda w: pipeline.analysis_args(config, w.job),
         code=codehash.code_hash("analyze"),
     shell:
-        "zigzag analyze {input} --out {output} {params.args} > {log} 2>&1"
+        "zigzag analyze {input:q} --out {output:q} {params.args} > {log:q} 2>&1"

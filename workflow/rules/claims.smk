@@ -5,20 +5,20 @@ rule table_claims:
         trajectories=[pipeline.trajectory_file(config, i) for i in pipeline.claims_instances(config)],
         analyses=[pipeline.analysis_file(config, i) for i in pipeline.claims_instances(config)],
     output:
-        csv=report(f"{R}/tables/claims.csv", caption="../report/claims.rst", category="Tables"),
-        md=f"{R}/tables/claims.md",
-        tex=f"{R}/tables/claims.tex",
+        csv=report(pipeline.table_file(config, "claims", "csv"), caption="../report/claims.rst", category="Tables"),
+        md=pipeline.table_file(config, "claims", "md"),
+        tex=pipeline.table_file(config, "claims", "tex"),
     log:
-        f"{R}/logs/tables/claims.log",
+        pipeline.log_file(config, "tables", "claims"),
     params:
-        spec=pipeline.claims_spec(config),
+        spec=lambda w: pipeline.claims_spec(config),
         code=codehash.code_hash("tables"),
         out=lambda w, output: output.csv.removesuffix(".csv"),
     shell:
-        "zigzag table claims --spec '{params.spec}' --out {params.out} > {log} 2>&1"
+        "zigzag table claims --spec {params.spec:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule all_claims:
     """The claims table on every seed of claims.seeds: trains the seeds the figures do not need."""
     input:
-        [f"{R}/tables/claims.{ext}" for ext in ("csv", "md", "tex")],
+        [pipeline.table_file(config, "claims", ext) for ext in pipeline.TABLE_EXTS],

@@ -16,7 +16,6 @@ except ZigzagError as err:
 # The config's one addition: a figure sharpness_<run> for every run that records sharpness.
 configcheck.add_sharpness_figures(config)
 
-R = config["results"]
 JOBS = pipeline.all_instances(config)  # job name -> (run, seed): one training job each
 
 # `zigzag` in a rule's shell command: the package's command line, run by the interpreter that runs

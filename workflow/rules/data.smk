@@ -1,11 +1,11 @@
 rule prepare_dataset:
     """Read a dataset source once into a compact uint8 HDF5 cache (zigzag-dataset)."""
     output:
-        f"{R}/data/{{dataset}}.h5",
+        pipeline.data_file(config, "{dataset}"),
     log:
-        f"{R}/logs/prepare_dataset/{{dataset}}.log",
+        pipeline.log_file(config, "prepare_dataset", "{dataset}"),
     params:
         args=lambda w: pipeline.dataset_args(config, w.dataset),
         code=codehash.code_hash("prepare"),
     shell:
-        "zigzag prepare {params.args} --out {output} > {log} 2>&1"
+        "zigzag prepare {params.args} --out {output:q} > {log:q} 2>&1"

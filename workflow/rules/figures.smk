@@ -1,5 +1,6 @@
 # One rule per figure of the config (figure_<id>), planned from its kind (zigzag/figurekinds.py): it
-# reads only analysis and trajectory files.
+# reads only analysis and trajectory files. Params are functions, so Snakemake takes a title's braces
+# literally instead of as wildcards.
 import json
 
 for fid, spec in config["figures"].items():
@@ -11,22 +12,22 @@ for fid, spec in config["figures"].items():
             **pipeline.figure_inputs(config, spec),
         output:
             png=report(
-                f"{R}/figures/{fid}.png",
+                pipeline.figure_file(config, fid, "png"),
                 caption="../report/figure.rst",
                 category="Figures",
                 labels={"figure": fid, "kind": spec["kind"]},
             ),
-            pdf=f"{R}/figures/{fid}.pdf",
+            pdf=pipeline.figure_file(config, fid, "pdf"),
         log:
-            f"{R}/logs/figures/{fid}.log",
+            pipeline.log_file(config, "figures", fid),
         params:
-            spec=json.dumps(spec, sort_keys=True),
+            spec=lambda w, spec=spec: json.dumps(spec, sort_keys=True),
             code=codehash.code_hash("figures"),
-            command=pipeline.figure_command(config, fid, spec),
+            command=lambda w, fid=fid, spec=spec: pipeline.figure_command(config, fid, spec),
         shell:
-            "zigzag figure {params.command} > {log} 2>&1"
+            "zigzag figure {params.command} > {log:q} 2>&1"
 
 
 rule all_figures:
     input:
-        [f"{R}/figures/{fid}.{ext}" for fid in config["figures"] for ext in ("png", "pdf")],
+        [pipeline.figure_file(config, fid, ext) for fid in config["figures"] for ext in ("png", "pdf")],

@@ -1,4 +1,5 @@
-# One rule per table of the config (table_<id>): it reads only trajectory files.
+# One rule per table of the config (table_<id>): it reads only trajectory files. Params are functions,
+# so Snakemake takes a caption's braces literally instead of as wildcards.
 import json
 
 for tid, spec in config["tables"].items():
@@ -9,19 +10,19 @@ for tid, spec in config["tables"].items():
         input:
             [pipeline.trajectory_file(config, i) for i in pipeline.table_instances(config, spec)],
         output:
-            csv=report(f"{R}/tables/{tid}.csv", caption="../report/table.rst", category="Tables"),
-            md=f"{R}/tables/{tid}.md",
-            tex=f"{R}/tables/{tid}.tex",
+            csv=report(pipeline.table_file(config, tid, "csv"), caption="../report/table.rst", category="Tables"),
+            md=pipeline.table_file(config, tid, "md"),
+            tex=pipeline.table_file(config, tid, "tex"),
         log:
-            f"{R}/logs/tables/{tid}.log",
+            pipeline.log_file(config, "tables", tid),
         params:
-            spec=json.dumps(spec, sort_keys=True),
+            spec=lambda w, spec=spec: json.dumps(spec, sort_keys=True),
             code=codehash.code_hash("tables"),
-            command=pipeline.table_command(config, tid, spec),
+            command=lambda w, tid=tid, spec=spec: pipeline.table_command(config, tid, spec),
         shell:
-            "zigzag table {params.command} > {log} 2>&1"
+            "zigzag table {params.command} > {log:q} 2>&1"
 
 
 rule all_tables:
     input:
-        [f"{R}/tables/{tid}.{ext}" for tid in config["tables"] for ext in ("csv", "md", "tex")],
+        [pipeline.table_file(config, tid, ext) for tid in config["tables"] for ext in pipeline.TABLE_EXTS],

@@ -8,16 +8,16 @@ rule train:
     output:
         pipeline.trajectory_file(config, "{job}"),
     log:
-        f"{R}/logs/train/{{job}}.log",
+        pipeline.log_file(config, "train", "{job}"),
     benchmark:
-        f"{R}/benchmarks/train/{{job}}.tsv"
+        pipeline.benchmark_file(config, "{job}")
     threads: 1
     resources:
         gpu=lambda w: pipeline.uses_gpu(config, w.job),
     params:
         settings=lambda w: pipeline.run_settings(config, w.job, pipeline.dataset_file(config, w.job)),
         code=codehash.code_hash("train"),
-        gpu_locks=f"{R}/gpu-locks",
+        gpu_locks=pipeline.gpu_locks_folder(config),
     shell:
-        "zigzag train --settings '{params.settings}' --threads {threads} --quiet --gpu-locks {params.gpu_locks}"
-        " --out {output} > {log} 2>&1"
+        "zigzag train --settings {params.settings:q} --threads {threads} --quiet"
+        " --gpu-locks {params.gpu_locks:q} --out {output:q} > {log:q} 2>&1"
