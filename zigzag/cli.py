@@ -241,7 +241,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
         from zigzag.runconfig import RunConfig
 
         add_flags(p, RunConfig)
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, help=f"CPU threads for torch; an integer in [1, {MAX_THREADS}]")
     p.add_argument("--gpu-locks", default=os.path.join(tempfile.gettempdir(), "zigzag-gpu-locks"),
                    help="folder of the per-GPU lease files, shared by the jobs of one machine (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress output")

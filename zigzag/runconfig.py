@@ -91,7 +91,7 @@ class RunConfig:
     seed: int = setting(0, "seed of the initialisation and the SGD batches", low=0, high=MAX_SEED)
     eval_every: int = setting(10, "test loss/accuracy every N steps", low=1)
     raw_gradients: str | list[int] = setting("none", "steps whose whole gradient g_k is stored: none, every:N "
-                                                     "or a list of steps like 0,5,10")
+                                                     "or a list of steps like 0,5,10, each below the run's steps")
     raw_dtype: str = setting("float32", "dtype of the stored gradients", choices=RAW_DTYPES)
     raw_compression: str = setting("none", "HDF5 compression of the stored gradients", choices=COMPRESSIONS)
     checkpoint_every: int = setting(50, "checkpoint every N steps (resume after a kill)", low=1)
