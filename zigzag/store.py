@@ -151,7 +151,7 @@ def _acquire(path) -> str:
             raise ZigzagError(f"{path} is being written by another zigzag process (PID {pid or '?'}, lock {lock}); "
                               f"wait for it to finish or stop it, then rerun")
         try:  # a writer that finished after we opened its lock file deleted it: lock the file now at that path
-            current = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            current = os.path.samestat(os.fstat(fd), os.stat(lock))
         except FileNotFoundError:
             current = False
         if current:
