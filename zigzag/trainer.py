@@ -14,14 +14,15 @@ optimizer, lag ring, schedule, clock) is written every ``checkpoint_every`` step
 ``<out>.resume/`` beside the output, together with the trajectory being written; rerunning with the
 same settings, the same dataset file contents (sha256) and the same training code (``code_hash``)
 resumes there, anything else starts afresh and says why; a damaged partial trajectory also starts
-afresh. The finished trajectory is renamed to ``<out>`` at the end.
+afresh. The finished trajectory is renamed to ``<out>`` at the end. A run holds the lock of ``<out>``
+(``store.output_lock``) while it trains, so a second run of the same output stops at once, and it deletes
+its resume folder only while that holds nothing but the files it writes there (``RESUME_FILES``).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -44,6 +45,39 @@ from zigzag.settings import MAX_STEPS, parse_step_selection, selected
 from zigzag.sharpness import NCV_COLD, gradient_eigenvector_cosine, top_eigenpair
 
 PROGRESS_H = 5  # window of the mean gradient correlation shown while training (paper eq. 3)
+RESUME_FILES = ("trajectory.h5", "checkpoint.pt", "checkpoint.tmp")  # all a run writes into <out>.resume/
+
+
+def resume_folder(out: str | os.PathLike) -> Path:
+    """The folder beside output ``out`` that holds its partial trajectory and checkpoint: ``<out>.resume``."""
+    out = Path(out)
+    return out.with_name(out.name + ".resume")
+
+
+def check_run_paths(out: str | os.PathLike, inputs: list) -> None:
+    """Refuse a run one of whose input files is its output, its lock, one of its resume files (through
+    symlinks or hard links), or lies inside its resume folder; before anything is written."""
+    folder = resume_folder(out)
+    store.check_outputs([Path(out), *(folder / name for name in RESUME_FILES)], inputs, folders=[folder])
+
+
+def remove_resume_folder(folder: Path) -> None:
+    """Delete a resume folder that holds nothing but the files a run writes there (``RESUME_FILES``); if it
+    holds anything else (or is a file or a link), raise ``ZigzagError`` saying what, deleting nothing."""
+    if not os.path.lexists(folder):
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise ZigzagError(f"{folder} is a {'link' if folder.is_symlink() else 'file'}, not the resume folder a run "
+                          f"makes; move it away (or choose another --out) and rerun")
+    foreign = sorted(p.name for p in folder.iterdir()
+                     if p.name not in RESUME_FILES or p.is_symlink() or not p.is_file())
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ZigzagError(f"{folder} holds files zigzag did not write there ({listed}); nothing deleted: move them "
+                          f"out of it and rerun")
+    for name in RESUME_FILES:
+        (folder / name).unlink(missing_ok=True)
+    folder.rmdir()
 
 
 @dataclass
@@ -162,11 +196,11 @@ class Trainer:
                  lease: gpulease.Lease | None = None):
         self.config, self.out, self.progress = config, Path(out), progress
         self.gpu_attrs = gpulease.attrs(lease)
-        self.resume_dir = self.out.with_name(self.out.name + ".resume")
+        self.resume_dir = resume_folder(self.out)
         self.partial = self.resume_dir / "trajectory.h5"
         self.checkpoint = self.resume_dir / "checkpoint.pt"
+        check_run_paths(self.out, [config.dataset])
         store.check_writable(self.out)
-        store.check_outputs([self.out], [config.dataset])
         self.device = resolve_device(config.device, None if lease is None else lease.index)
         self.precision = Precision(config.precision, self.device)
         self.data = load_data(config.dataset, self.device)
@@ -411,7 +445,7 @@ class Trainer:
             print(f"{self.out}: resuming at step {state['n_steps']} from {self.checkpoint}", file=sys.stderr)
             start, elapsed, self.prev_sq = state["n_steps"], state["elapsed"], state["prev_sq"]
         else:
-            shutil.rmtree(self.resume_dir, ignore_errors=True)
+            remove_resume_folder(self.resume_dir)
             self.resume_dir.mkdir(parents=True)
             self.writer = store.TrajectoryWriter.create(
                 self.partial, {**cfg.to_dict(), "dataset_config": self.data.dataset_config},
@@ -429,8 +463,9 @@ class Trainer:
         return start, elapsed
 
     def run(self) -> str:
-        """Train to the end (or divergence) under the run's precision flags; returns the final status."""
-        with self.precision.applied():
+        """Train to the end (or divergence) under the run's precision flags, holding the output's lock;
+        returns the final status."""
+        with store.output_lock(self.out), self.precision.applied():
             return self._loop()
 
     def _loop(self) -> str:
@@ -456,7 +491,10 @@ class Trainer:
                            **({} if diverged_at is None else {"diverged_at": diverged_at}))
         progress.close()
         os.replace(self.partial, self.out)
-        shutil.rmtree(self.resume_dir, ignore_errors=True)
+        try:
+            remove_resume_folder(self.resume_dir)
+        except ZigzagError as err:  # the output is complete: say what was left, keep the exit status
+            print(f"warning: {err}", file=sys.stderr)
         return status
 
     def sharpness(self, grad: torch.Tensor) -> dict:
