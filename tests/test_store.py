@@ -11,11 +11,14 @@ from zigzag import store
 
 
 def rows(n, lags=2):
+    """Rows of random values, the lag statistics those of random gradients (a reader refuses impossible ones)."""
     rng = np.random.default_rng(0)
+    grads = rng.standard_normal((n, 10))
     out = []
     for k in range(n):
+        dot = np.array([grads[k] @ grads[k - lag] if lag <= k else np.nan for lag in range(lags + 1)])
         row = {"loss": rng.random(), "accuracy": rng.random(), "lr": 0.1, "epoch": k, "grad_norm": rng.random(),
-               "time": 0.5 * k, "dot": rng.random(lags + 1), "opposite": rng.random(lags + 1)}
+               "time": 0.5 * k, "dot": dot, "opposite": rng.random(lags + 1)}
         if k % 3 == 0:
             row["test_loss"] = rng.random()
         out.append(row)
