@@ -513,7 +513,8 @@ TRAJECTORY_FIX = "re-create it (rerun its `zigzag train`)"
 def check_trajectory(traj: Trajectory, path) -> None:
     """Refuse what no run writes: a missing series or attribute, series of different lengths, ``lags`` that
     disagrees with the lag matrices, a negative squared norm, a correlation outside [-1, 1] (beyond
-    ``COSINE_TOLERANCE``) or an opposite-sign share outside [0, 1] (a count outside [0, n_params])."""
+    ``COSINE_TOLERANCE``) or an opposite-sign share outside [0, 1] (a count outside [0, n_params]); docs/formats.md,
+    "Checksums and checked values"."""
     def bad(what: str):
         raise ZigzagError(f"{path}: {what}: a damaged or foreign zigzag-trajectory; {TRAJECTORY_FIX}")
 
@@ -525,14 +526,14 @@ def check_trajectory(traj: Trajectory, path) -> None:
         value = traj.attrs.get(key, 1)
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "n_train" else 1):
             bad(f"attribute {key} is {value!r}, not a positive integer")
-    lags, n_steps = traj.attrs["lags"], len(traj.steps["loss"])
+    lags, n_steps = traj.attrs["lags"], len(traj.steps["dot"])
     for name, values in traj.steps.items():
         columns = (lags + 1,) if name in LAG_SERIES else ()
         if values.shape[1:] != columns:
             bad(f"/steps/{name} has shape {values.shape}, expected " +
                 (f"[K, lags + 1 = {lags + 1}] (attribute lags is {lags})" if columns else "[K]"))
         if len(values) != n_steps:
-            bad(f"/steps/{name} has {len(values)} rows but /steps/loss {n_steps}: series of different lengths")
+            bad(f"/steps/{name} has {len(values)} rows but /steps/dot {n_steps}: series of different lengths")
     dot, opposite = traj.steps["dot"], traj.steps["opposite"]
     norms_sq = dot[:, 0]
     if (norms_sq < 0).any():
