@@ -130,7 +130,7 @@ DAMAGE = {
     "config not JSON": (_set_attr("config", "{not json"), "the 'config' attribute is not JSON"),
     "no /steps/dot": (lambda f: f.__delitem__("steps/dot"), "missing /steps/dot"),
     "no lags": (lambda f: f.attrs.__delitem__("lags"), "missing attribute lags"),
-    "lags a string": (_set_attr("lags", "3"), "attribute lags is '3', not a positive integer"),
+    "lags a string": (_set_attr("lags", "3"), "attribute lags is '3', not an integer >= 1"),
     "2 dot columns": (_two_dot_columns, "/steps/dot has shape (8, 2), expected [K, lags + 1 = 4]"),
     "loss shorter than dot": (lambda f: f["steps/loss"].resize(6, axis=0), "/steps/loss has 6 rows but /steps/dot 8"),
     "negative squared norm": (_set("steps/dot", (3, 0), -2.0), "/steps/dot[3, 0] = -2 is a negative squared norm"),

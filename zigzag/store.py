@@ -516,16 +516,18 @@ def check_trajectory(traj: Trajectory, path) -> None:
     ``COSINE_TOLERANCE``) or an opposite-sign share outside [0, 1] (a count outside [0, n_params]); docs/formats.md,
     "Checksums and checked values"."""
     def bad(what: str):
-        raise ZigzagError(f"{path}: {what}: a damaged or foreign zigzag-trajectory; {TRAJECTORY_FIX}")
+        fix = TRAJECTORY_FIX if traj.attrs.get("status") != "running" else \
+            f"its status is running: if its `zigzag train` still writes it, wait for the end, else {TRAJECTORY_FIX}"
+        raise ZigzagError(f"{path}: {what}: a damaged or foreign zigzag-trajectory; {fix}")
 
     missing = [f"/steps/{name}" for name in ("loss", *LAG_SERIES) if name not in traj.steps]
     missing += [f"attribute {key}" for key in ("status", "lags") if key not in traj.attrs]
     if missing:
         bad(f"missing {', '.join(missing)}")
     for key in ("lags", "n_params", "n_train", "total_steps", "batches_per_epoch"):
-        value = traj.attrs.get(key, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "n_train" else 1):
-            bad(f"attribute {key} is {value!r}, not a positive integer")
+        value, low = traj.attrs.get(key, 1), 0 if key == "n_train" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            bad(f"attribute {key} is {value!r}, not an integer >= {low}")
     lags, n_steps = traj.attrs["lags"], len(traj.steps["dot"])
     for name, values in traj.steps.items():
         columns = (lags + 1,) if name in LAG_SERIES else ()
