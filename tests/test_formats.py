@@ -130,6 +130,18 @@ def test_every_name_in_the_files_is_documented_and_every_documented_name_is_writ
     assert seen_attrs == set(doc_attrs), f"documented but never written: {set(doc_attrs) - seen_attrs}"
 
 
+def test_every_dataset_of_every_kind_carries_the_checksum(files):
+    """Fletcher-32 (a changed byte fails the read) wherever HDF5 allows a filter: all but variable-length
+    strings (docs/formats.md, "Every file")."""
+    for paths in files.values():
+        for path in paths:
+            with h5py.File(path, "r") as f:
+                unchecked = []
+                f.visititems(lambda name, obj: unchecked.append(name) if isinstance(obj, h5py.Dataset) and not
+                             obj.fletcher32 and h5py.check_string_dtype(obj.dtype) is None else None)
+            assert not unchecked, f"{path}: no checksum on {unchecked}"
+
+
 def test_the_documented_version_is_the_one_written(files):
     text = DOC.read_text()
     assert f"- **{store.FORMAT_VERSION}** (current)" in text

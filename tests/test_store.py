@@ -11,11 +11,14 @@ from zigzag import store
 
 
 def rows(n, lags=2):
+    """Rows of random values, the lag statistics those of random gradients (a reader refuses impossible ones)."""
     rng = np.random.default_rng(0)
+    grads = rng.standard_normal((n, 10))
     out = []
     for k in range(n):
+        dot = np.array([grads[k] @ grads[k - lag] if lag <= k else np.nan for lag in range(lags + 1)])
         row = {"loss": rng.random(), "accuracy": rng.random(), "lr": 0.1, "epoch": k, "grad_norm": rng.random(),
-               "time": 0.5 * k, "dot": rng.random(lags + 1), "opposite": rng.random(lags + 1)}
+               "time": 0.5 * k, "dot": dot, "opposite": rng.random(lags + 1)}
         if k % 3 == 0:
             row["test_loss"] = rng.random()
         out.append(row)
@@ -151,3 +154,23 @@ def test_trajectory_none_values_are_none(tmp_path):
     writer.finish("diverged", diverged_at=0, change_point_step=0, change_point_epoch=0)
     traj = store.read_trajectory(path)
     assert traj.diverged_at == 0 and store.schedule_change_point(traj) == 0
+
+
+def test_every_trajectory_dataset_keeps_its_checksum_through_a_resume(tmp_path):
+    """Fletcher-32 on /steps/* and /raw/*; ``reopen`` truncates (resizes) them, and they keep it."""
+    path = tmp_path / "t.h5"
+    writer = store.TrajectoryWriter.create(path, {}, n_params=10, n_train=4, lags=2, raw_dtype="float16",
+                                           raw_compression="gzip")
+    for k, row in enumerate(rows(6)):
+        writer.append(row)
+        writer.append_raw(k, np.full(10, k, dtype=np.float16))
+    writer.close()
+    reopened = store.TrajectoryWriter.reopen(path, 4)
+    reopened.append(rows(6)[5])
+    reopened.append_raw(4, np.ones(10, dtype=np.float16))
+    reopened.finish("completed")
+    with h5py.File(path, "r") as f:
+        datasets = [f[f"steps/{name}"] for name in f["steps"]] + [f["raw/gradients"], f["raw/steps"]]
+        assert len(datasets) == len(store.STEP_SERIES) + len(store.LAG_SERIES) + 2
+        assert all(ds.fletcher32 for ds in datasets), [ds.name for ds in datasets if not ds.fletcher32]
+        assert f["raw/steps"][()].tolist() == [0, 1, 2, 3, 4] and len(f["steps/loss"]) == 5

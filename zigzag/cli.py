@@ -94,6 +94,9 @@ def _analyze(args) -> int:
     settings.validate()
     store.check_outputs([args.out], [args.trajectory])
     traj = store.read_trajectory(args.trajectory)
+    if "total_steps" not in traj.attrs:
+        raise ZigzagError(f"{args.trajectory}: no attribute total_steps: not a trajectory of `zigzag train`; "
+                          f"{store.TRAJECTORY_FIX}")
     windows, auto = settings.window_steps(int(traj.attrs["lags"]), int(traj.attrs["total_steps"]), args.trajectory)
     result = analyze(traj.steps, settings.h, windows, settings.smooth_above, settings.zigzag_below,
                      settings.eos_tolerance, schedule=traj.config.get("schedule") or {},

@@ -18,8 +18,17 @@ def _fmt(values: np.ndarray) -> str:
 
 
 def summary(path) -> str:
-    """Format, settings, status, every dataset with shape and description, head and tail of main series."""
+    """Format, settings, status, every dataset with shape and description, head and tail of main series.
+
+    A trajectory or analysis is first read whole by its reader, so a damaged one (a failed checksum, values
+    no run writes) is refused with the reader's one line rather than summarised."""
     try:
+        with store.open_file(path) as f:
+            fmt = store.attr_value(f.attrs["format"])
+        if fmt == store.TRAJECTORY:
+            store.read_trajectory(path)
+        elif fmt == store.ANALYSIS:
+            store.read_analysis(path)
         return _summary(path)
     except (OSError, KeyError, ValueError) as err:
         raise ZigzagError(f"{path}: damaged or truncated zigzag file ({err}); re-create it") from None
@@ -34,7 +43,7 @@ def _summary(path) -> str:
                 continue
             lines.append(f"  {key}: {store.attr_value(f.attrs[key])}")
         lines.append(f"  versions: {f.attrs['versions']}")
-        config = json.loads(f.attrs["config"])
+        config = store.file_config(f)
         lines.append("  config:")
         lines += [f"    {k}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(config.items())]
         lines.append("  datasets:")
@@ -49,7 +58,7 @@ def _summary(path) -> str:
         f.visititems(visit)
         for name, ds in series:
             n = ds.shape[0]
-            head = _fmt(ds[: min(3, n)])
-            tail = _fmt(ds[max(0, n - 3):]) if n > 3 else ""
+            head = _fmt(store.read_data(ds, slice(0, min(3, n))))
+            tail = _fmt(store.read_data(ds, slice(max(0, n - 3), n))) if n > 3 else ""
             lines.append(f"  /{name}: first {head}" + (f" ... last {tail}" if tail else ""))
     return "\n".join(lines)

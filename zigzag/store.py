@@ -3,6 +3,10 @@
 Three formats share the same root attributes: ``format``, ``format_version``, ``config`` (JSON of the
 settings that made the file) and ``versions`` (JSON of the package versions). Every dataset carries a
 one-line ``description`` with its units. Names are the contract: extend, never rename.
+
+Every dataset that can take a filter carries HDF5's Fletcher-32 checksum, so a changed byte fails the read;
+the readers turn that, and values no run can produce (a correlation outside [-1, 1], series of different
+lengths), into one ``ZigzagError`` naming the file and the dataset.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ TRAJECTORY = "zigzag-trajectory"
 ANALYSIS = "zigzag-analysis"
 FORMATS = (DATASET, TRAJECTORY, ANALYSIS)
 FLUSH_SECONDS = 2.0  # a trajectory writer writes its buffered rows at least this often
+CHECKSUM = True  # Fletcher-32 on every dataset written (benchmarks/bench_checksum.py turns it off to time it)
+# |cos| may exceed 1 by this much: the lag statistics hold each dot product within 1e-6 of its float64 value
+# (BENCHMARKS.md, "Exact dot products"), so a cosine is within 2e-6 of it; more is a damaged file.
+COSINE_TOLERANCE = 1e-5
 
 # Per-step series of a trajectory: name -> description (one line, units).
 STEP_SERIES = {
@@ -83,6 +91,10 @@ def _write_root(f: h5py.File, fmt: str, config: dict, **attrs) -> None:
 
 
 def _put(group: h5py.Group, name: str, data, description: str, **kwargs) -> h5py.Dataset:
+    """Create a dataset with its description, chunked with the Fletcher-32 checksum (not for variable-length
+    strings, which HDF5 cannot filter)."""
+    if CHECKSUM and h5py.check_string_dtype(np.asarray(data).dtype) is None:
+        kwargs["fletcher32"] = True
     ds = group.create_dataset(name, data=data, **kwargs)
     ds.attrs["description"] = description
     return ds
@@ -318,7 +330,28 @@ def open_file(path: str | os.PathLike, expected: str | None = None, mode: str = 
 
 
 def file_config(f: h5py.File) -> dict:
-    return json.loads(f.attrs["config"])
+    """The ``config`` attribute as a mapping; one clear error if it is not JSON of a mapping."""
+    try:
+        config = json.loads(f.attrs["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        reason = "missing" if isinstance(err, KeyError) else "not JSON"
+        raise ZigzagError(f"{f.filename}: the 'config' attribute is {reason}: a damaged or foreign file; "
+                          "re-create it with zigzag") from None
+    if not isinstance(config, dict):
+        raise ZigzagError(f"{f.filename}: the 'config' attribute is not a JSON mapping: a damaged or foreign file; "
+                          "re-create it with zigzag")
+    return config
+
+
+def read_data(ds: h5py.Dataset, selection=()) -> np.ndarray:
+    """``ds[selection]``; a failed read (a checksum that does not match, a damaged chunk) as one
+    ``ZigzagError`` naming the file and the dataset."""
+    try:
+        return ds[selection]
+    except OSError as err:
+        reason = " ".join(str(err).split()).replace("synchronously ", "")
+        raise ZigzagError(f"{ds.file.filename}: {ds.name} cannot be read ({reason}; a changed byte fails its "
+                          f"checksum): the file is damaged; re-create it with zigzag") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,8 +386,11 @@ def write_dataset(path: str | os.PathLike, data: DatasetArrays) -> None:
             ("test", data.test_images, data.test_labels),
         ):
             g = f.create_group(split)
-            _put(g, "images", np.ascontiguousarray(images, dtype=np.uint8),
-                 f"{split} images, uint8 pixel values 0-255, N x C x H x W")
+            images = np.ascontiguousarray(images, dtype=np.uint8)
+            chunks = None  # h5py's choice, unless whole images fit: about 1 MiB of them per chunk
+            if images.ndim == 4 and images.size:
+                chunks = (max(1, min(len(images), (1 << 20) // images[0].size)), *images.shape[1:])
+            _put(g, "images", images, f"{split} images, uint8 pixel values 0-255, N x C x H x W", chunks=chunks)
             _put(g, "labels", np.asarray(labels, dtype=np.int64), f"{split} class labels 0..num_classes-1")
 
 
@@ -368,10 +404,10 @@ def read_dataset(path: str | os.PathLike) -> DatasetArrays:
         if missing:
             raise ZigzagError(f"{path}: damaged zigzag-dataset, missing {', '.join(missing)}; {fix}")
         data = DatasetArrays(
-            train_images=f["train/images"][()],
-            train_labels=f["train/labels"][()],
-            test_images=f["test/images"][()],
-            test_labels=f["test/labels"][()],
+            train_images=read_data(f["train/images"]),
+            train_labels=read_data(f["train/labels"]),
+            test_images=read_data(f["test/images"]),
+            test_labels=read_data(f["test/labels"]),
             mean=np.asarray(f.attrs["mean"]),
             std=np.asarray(f.attrs["std"]),
             num_classes=int(f.attrs["num_classes"]),
@@ -594,12 +630,66 @@ def schedule_change_point(traj: Trajectory) -> int | None:
 
 
 def read_trajectory(path) -> Trajectory:
+    """Read a trajectory's ``/steps`` and attributes; one clear error for a damaged or foreign file."""
     with open_file(path, TRAJECTORY) as f:
-        return Trajectory(
-            steps={name: ds[()] for name, ds in f["steps"].items()},
-            attrs={key: attr_value(v) for key, v in f.attrs.items()},
-            config=file_config(f),
-        )
+        config = file_config(f)
+        attrs = {key: attr_value(v) for key, v in f.attrs.items()}
+        steps = f.get("steps")
+        if not isinstance(steps, h5py.Group):
+            raise ZigzagError(f"{path}: damaged zigzag-trajectory, no /steps group; {TRAJECTORY_FIX}")
+        traj = Trajectory(
+            steps={name: read_data(ds) for name, ds in steps.items() if isinstance(ds, h5py.Dataset)},
+            attrs=attrs, config=config)
+    check_trajectory(traj, path)
+    return traj
+
+
+TRAJECTORY_FIX = "re-create it (rerun its `zigzag train`)"
+
+
+def check_trajectory(traj: Trajectory, path) -> None:
+    """Refuse what no run writes: a missing series or attribute, series of different lengths, ``lags`` that
+    disagrees with the lag matrices, a negative squared norm, a correlation outside [-1, 1] (beyond
+    ``COSINE_TOLERANCE``) or an opposite-sign share outside [0, 1] (a count outside [0, n_params]); docs/formats.md,
+    "Checksums and checked values"."""
+    def bad(what: str):
+        fix = TRAJECTORY_FIX if traj.attrs.get("status") != "running" else \
+            f"its status is running: if its `zigzag train` still writes it, wait for the end, else {TRAJECTORY_FIX}"
+        raise ZigzagError(f"{path}: {what}: a damaged or foreign zigzag-trajectory; {fix}")
+
+    missing = [f"/steps/{name}" for name in ("loss", *LAG_SERIES) if name not in traj.steps]
+    missing += [f"attribute {key}" for key in ("status", "lags") if key not in traj.attrs]
+    if missing:
+        bad(f"missing {', '.join(missing)}")
+    for key in ("lags", "n_params", "n_train", "total_steps", "batches_per_epoch"):
+        value, low = traj.attrs.get(key, 1), 0 if key == "n_train" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            bad(f"attribute {key} is {value!r}, not an integer >= {low}")
+    lags, n_steps = traj.attrs["lags"], len(traj.steps["dot"])
+    for name, values in traj.steps.items():
+        columns = (lags + 1,) if name in LAG_SERIES else ()
+        if values.shape[1:] != columns:
+            bad(f"/steps/{name} has shape {values.shape}, expected " +
+                (f"[K, lags + 1 = {lags + 1}] (attribute lags is {lags})" if columns else "[K]"))
+        if len(values) != n_steps:
+            bad(f"/steps/{name} has {len(values)} rows but /steps/dot {n_steps}: series of different lengths")
+    dot, opposite = traj.steps["dot"], traj.steps["opposite"]
+    norms_sq = dot[:, 0]
+    if (norms_sq < 0).any():
+        k = int(np.flatnonzero(norms_sq < 0)[0])
+        bad(f"/steps/dot[{k}, 0] = {norms_sq[k]:.4g} is a negative squared norm")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for lag in range(1, min(lags, n_steps - 1) + 1):
+            cosine = dot[lag:, lag] / np.sqrt(norms_sq[lag:] * norms_sq[:-lag])
+            wrong = np.flatnonzero(np.abs(cosine) > 1 + COSINE_TOLERANCE)
+            if len(wrong):
+                k = int(wrong[0]) + lag
+                bad(f"/steps/dot[{k}, {lag}] gives the correlation {cosine[k - lag]:.4g} of steps {k - lag} and {k}, "
+                    f"outside [-1, 1]")
+    share = opposite[~np.isnan(opposite)]
+    if ((share < 0) | (share > 1)).any():
+        bad(f"/steps/opposite holds {share[(share < 0) | (share > 1)][0]:.4g}, outside [0, 1] (a count of "
+            f"opposite signs outside [0, n_params])")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -696,13 +786,13 @@ def read_analysis(path) -> AnalysisFile:
             raise ZigzagError(f"{path}: damaged or older zigzag-analysis, missing {', '.join(missing)}; "
                               f"re-run `zigzag analyze` on its trajectory")
         a = {key: attr_value(v) for key, v in f.attrs.items()}
-        steps = f["windows/steps"][()]
-        roles = f["windows/roles"][()] if "roles" in f["windows"] else [b""] * len(steps)
+        steps = read_data(f["windows/steps"])
+        roles = read_data(f["windows/roles"]) if "roles" in f["windows"] else [b""] * len(steps)
         return AnalysisFile(
             h=int(a["h"]), smooth_above=float(a["smooth_above"]), zigzag_below=float(a["zigzag_below"]),
-            adjacent_mu=f["adjacent_mu"][()], mean_mu=f["mean_mu"][()], phase=f["phase"][()],
+            adjacent_mu=read_data(f["adjacent_mu"]), mean_mu=read_data(f["mean_mu"]), phase=read_data(f["phase"]),
             window_steps=steps, window_roles=[r.decode() if isinstance(r, bytes) else str(r) for r in roles],
-            window_corr=f["windows/corr"][()], window_opposite=f["windows/opposite"][()],
+            window_corr=read_data(f["windows/corr"]), window_opposite=read_data(f["windows/opposite"]),
             zigzag_loss_share=float(a["zigzag_loss_share"]),
             transitions=[(int(k), before, after) for k, before, after in json.loads(a["transitions"])],
             change_point_step=_none_if_negative(a["change_point_step"]),
