@@ -7,6 +7,7 @@ and exits with code 2; nothing already written is touched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,7 +16,7 @@ import sys
 import tempfile
 
 from zigzag.analysisconfig import AnalysisSettings
-from zigzag.errors import ZigzagError
+from zigzag.errors import Interrupted, ZigzagError
 from zigzag.settings import add_flags, specs
 
 
@@ -299,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except ZigzagError as err:
         print(f"zigzag: error: {err}", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as err:  # temporary files are gone; finished outputs and checkpoints kept
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+        print(f"zigzag: {err or 'interrupted'}", file=sys.stderr, flush=True)
+        os._exit(130)  # like a kill: no HDF5 shutdown of a file a background writer may still be using
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         print("zigzag: error: the output pipe was closed before all was written (e.g. by `| head`)", file=sys.stderr)
@@ -316,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
 def _write_failure(err: Exception) -> str:
     """One line for an OSError (or HDF5's multi-line write error): the file and the system's reason."""
     text = " ".join(str(err).split())
-    reason = os.strerror(err.errno) if getattr(err, "errno", None) else \
-        next(iter(re.findall(r"error message = '([^']*)'", text)), text[:200])
+    if getattr(err, "errno", None):
+        reason = os.strerror(err.errno)
+        if str(err.strerror).startswith(reason):  # zigzag's own reasons add e.g. the space needed and free
+            reason = err.strerror
+    else:
+        reason = next(iter(re.findall(r"error message = '([^']*)'", text)), text[:200])
     filename = getattr(err, "filename", None) or next(iter(re.findall(r"filename = '([^']*)'", text)), None)
     return f"{filename}: {reason}" if filename else reason

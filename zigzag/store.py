@@ -8,11 +8,13 @@ one-line ``description`` with its units. Names are the contract: extend, never r
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -130,6 +132,29 @@ def check_writable(path: str | os.PathLike) -> None:
         raise ZigzagError(f"cannot create output folder {folder}: {err.strerror}; choose another --out") from None
     if not os.access(folder, os.W_OK):
         raise ZigzagError(f"output folder {folder} is not writable; choose another --out")
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Bytes an unprivileged writer may still use on the file system of ``folder``."""
+    return shutil.disk_usage(folder).free
+
+
+def check_free_space(path: Path, need: int, what: str) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``path`` before writing ``need`` bytes of ``what`` where fewer are free."""
+    free = free_bytes(path.parent)
+    if free < need:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {what} needs about {need:,} bytes, "
+                                    f"{free:,} are free", str(path))
+
+
+def write_failed(path: Path, err: Exception) -> OSError:
+    """The ``OSError`` naming ``path`` for a failed write of it: ``err`` itself if it names an errno, else the
+    library's message (e.g. torch.save's "unexpected pos") and the free space left."""
+    if isinstance(err, OSError) and err.errno:
+        return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path))
+    text = " ".join(str(err).split())
+    return OSError(errno.EIO, f"{os.strerror(errno.EIO)}: write failed ({text[-120:]}) with "
+                              f"{free_bytes(path.parent):,} bytes free", str(path))
 
 
 def check_outputs(outputs: list, inputs: list) -> None:
