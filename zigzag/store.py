@@ -12,6 +12,7 @@ import errno
 import glob
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -31,6 +32,7 @@ TRAJECTORY = "zigzag-trajectory"
 ANALYSIS = "zigzag-analysis"
 FORMATS = (DATASET, TRAJECTORY, ANALYSIS)
 FLUSH_SECONDS = 2.0  # a trajectory writer writes its buffered rows at least this often
+SPACE_MARGIN = 1 << 16  # bytes a write may take beyond its estimate (file metadata, headers)
 
 # Per-step series of a trajectory: name -> description (one line, units).
 STEP_SERIES = {
@@ -377,9 +379,17 @@ class TrajectoryWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered rows as one block per series and flush the file."""
+        """Write the buffered rows as one block per series and flush the file.
+
+        Free space for the chunks the rows start is checked first, and each series is flushed on its own
+        before the file: a write that fails then raises ``OSError`` (when H5Fflush's loop over the datasets
+        meets a failed chunk write, HDF5 1.14 can crash the process).
+        """
         if self._rows:
             k, m = self.n_steps - len(self._rows), len(self._rows)
+            need = sum((-(-(k + m) // ds.chunks[0]) - -(-k // ds.chunks[0])) * math.prod(ds.chunks) * ds.dtype.itemsize
+                       for ds in self.steps.values())
+            check_free_space(Path(self.f.filename), need + SPACE_MARGIN, f"writing steps {k} to {k + m - 1}")
             for name, ds in self.steps.items():
                 block = np.empty((m, *ds.shape[1:]))
                 for i, row in enumerate(self._rows):
@@ -387,11 +397,14 @@ class TrajectoryWriter:
                 ds.resize(k + m, axis=0)
                 ds[k:] = block
             self._rows = []
+        for ds in self.steps.values():
+            ds.flush()
         self.f.flush()
         self._flushed_at = time.monotonic()
 
     def append_raw(self, step: int, gradient: np.ndarray) -> None:
         grads, steps = self.f["raw/gradients"], self.f["raw/steps"]
+        check_free_space(Path(self.f.filename), gradient.nbytes + SPACE_MARGIN, f"the raw gradient of step {step}")
         r = grads.shape[0]
         grads.resize(r + 1, axis=0)
         steps.resize(r + 1, axis=0)

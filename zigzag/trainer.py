@@ -51,7 +51,6 @@ PROGRESS_H = 5  # window of the mean gradient correlation shown while training (
 # What a checkpoint is bound to besides the settings, each with how a change is named.
 BINDING = {"dataset_sha256": "the contents of the dataset file", "code": "the training code (zigzag package sources)",
            "device": "the device", "precision": "the precision", "threads": "the CPU thread count"}
-SPACE_MARGIN = 1 << 16  # bytes a checkpoint or a block of rows may take beyond the estimate (headers, metadata)
 
 
 @dataclass
@@ -305,14 +304,18 @@ class Trainer:
         }
         tmp = self.checkpoint.with_suffix(".tmp")
         last = self.checkpoint.stat().st_size if self.checkpoint.exists() else 0
-        store.check_free_space(tmp, max(last, _tensor_bytes(state)) + SPACE_MARGIN, f"the checkpoint at step {n_steps}")
+        store.check_free_space(tmp, max(last, _tensor_bytes(state)) + store.SPACE_MARGIN,
+                               f"the checkpoint at step {n_steps}")
+        sink = None
         try:
-            torch.save(state, tmp)
+            with open(tmp, "wb") as f:
+                sink = _RecordingFile(f)
+                torch.save(state, sink)
             os.replace(tmp, self.checkpoint)
         except BaseException as err:  # disk full, Ctrl-C: no half-written checkpoint is left
             tmp.unlink(missing_ok=True)
-            if isinstance(err, (OSError, RuntimeError)):  # torch.save's RuntimeError ("unexpected pos") has no errno
-                raise store.write_failed(tmp, err) from None
+            if isinstance(err, (OSError, RuntimeError)):  # torch.save reports a failed write as "unexpected pos"
+                raise store.write_failed(tmp, sink.error if sink and sink.error else err) from None
             raise
         self.checkpoint_step = n_steps
 
@@ -580,3 +583,21 @@ def _tensor_bytes(state) -> int:
     if isinstance(state, (list, tuple)):
         return sum(_tensor_bytes(value) for value in state)
     return 0
+
+
+class _RecordingFile:
+    """A file for ``torch.save`` that keeps the ``OSError`` of a failed write, which torch reports only as a
+    ``RuntimeError`` ("unexpected pos ...") without the system's reason."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
