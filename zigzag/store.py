@@ -404,7 +404,8 @@ class TrajectoryWriter:
 
     def append_raw(self, step: int, gradient: np.ndarray) -> None:
         grads, steps = self.f["raw/gradients"], self.f["raw/steps"]
-        check_free_space(Path(self.f.filename), gradient.nbytes + SPACE_MARGIN, f"the raw gradient of step {step}")
+        check_free_space(Path(self.f.filename), gradient.nbytes + SPACE_MARGIN,
+                         f"writing the raw gradient of step {step}")
         r = grads.shape[0]
         grads.resize(r + 1, axis=0)
         steps.resize(r + 1, axis=0)

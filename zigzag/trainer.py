@@ -305,7 +305,7 @@ class Trainer:
         tmp = self.checkpoint.with_suffix(".tmp")
         last = self.checkpoint.stat().st_size if self.checkpoint.exists() else 0
         store.check_free_space(tmp, max(last, _tensor_bytes(state)) + store.SPACE_MARGIN,
-                               f"the checkpoint at step {n_steps}")
+                               f"writing the checkpoint at step {n_steps}")
         sink = None
         try:
             with open(tmp, "wb") as f:
