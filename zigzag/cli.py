@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted) as err:  # temporary files are gone; finished outputs and checkpoints kept
         with contextlib.suppress(OSError):
             sys.stdout.flush()
-        print(f"zigzag: {err or 'interrupted'}", file=sys.stderr, flush=True)
+        print(f"zigzag: {str(err) or 'interrupted'}", file=sys.stderr, flush=True)
         os._exit(130)  # like a kill: no HDF5 shutdown of a file a background writer may still be using
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

@@ -326,7 +326,7 @@ class Trainer:
             return torch.load(self.checkpoint, map_location=self.device, weights_only=True)
         except Exception as err:  # a damaged file fails in pickle, zipfile or torch with assorted types
             if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
-                why = "holds objects other than tensors, numbers, strings and plain containers; not loading it"
+                why = "holds objects other than tensors, numbers, strings and plain containers (they could run code)"
             else:
                 why = f"is unreadable ({type(err).__name__})"
             print(f"{self.out}: checkpoint {self.checkpoint} {why}; starting from step 0", file=sys.stderr)
