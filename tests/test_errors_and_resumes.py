@@ -104,7 +104,7 @@ def digest(path):
     ("dataset contents", {}, "the contents of the dataset file"),
     ("training code", {}, "the training code"),
     ("thread count", {"--threads": "2"}, "the CPU thread count (1, now 2)"),
-    ("precision", {"--precision": "tf32"}, "the precision (fp32, now tf32)"),
+    ("precision", {"--precision": "bf16"}, "the precision (tf32, now bf16)"),
 ])
 def test_resume_only_with_the_same_dataset_contents_and_code(tmp_path, change, flags, named):
     """The rerun takes ``flags`` (the thread count changes the CPU's reductions, so the numbers)."""
