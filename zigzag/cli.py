@@ -1,7 +1,8 @@
 """The ``zigzag`` command line: every workflow rule calls one of these subcommands.
 
 A ``ZigzagError`` (bad input, missing or foreign file) is printed as one line ``zigzag: error: ...``
-and exits with code 2; nothing already written is touched.
+and exits with code 2; nothing already written is touched. Ctrl-C prints one line ``zigzag: interrupted
+...`` and exits with code 130.
 """
 
 from __future__ import annotations
