@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import pytest
 import tomllib
+import torch
 from conftest import write_synthetic_dataset, zigzag_cli
 from packaging.requirements import Requirement
 
@@ -35,12 +36,14 @@ from zigzag import store, trainer
 
 where = sys.argv[1]
 owner, name = {"checkpoint": (trainer.Trainer, "_save_checkpoint"), "finish": (store.TrajectoryWriter, "finish"),
-               "replace": (os, "replace")}[where]
+               "replace": (os, "replace"), "cleanup": (trainer.Trainer, "_remove_resume_dir")}[where]
 original = getattr(owner, name)
 
 def killed(*args, **kwargs):
     if where == "checkpoint":
         original(*args, **kwargs)  # the checkpoint is complete, then the process dies
+    elif where == "cleanup" and not args[0].out.exists():
+        return original(*args, **kwargs)  # a fresh start's cleanup, not the one after the final rename
     os.kill(os.getpid(), signal.SIGKILL)
 
 setattr(owner, name, killed)
@@ -51,12 +54,26 @@ main(sys.argv[2:])
 
 def run_killed_at(where, *args, pythonpath=ROOT):
     """Run ``zigzag *args`` and SIGKILL it at ``where``: after its first checkpoint, before the trajectory's
-    final close, or before an output's rename."""
+    final close, before an output's rename, or after the trajectory's final rename (before the cleanup)."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
     result = subprocess.run([sys.executable, "-c", KILLED_AT, where, *map(str, args)], capture_output=True,
                             text=True, env=env)
     assert result.returncode == -signal.SIGKILL, result.stderr
     return result
+
+
+PATCHED = """
+import sys
+exec(sys.argv[1])
+from zigzag.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def run_patched(setup, *args, **kwargs):
+    """Run ``zigzag *args`` in a subprocess after the Python code ``setup`` (which patches the package)."""
+    return subprocess.run([sys.executable, "-c", PATCHED, setup, *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, **kwargs)
 
 
 def train_args(dataset, **flags):
@@ -84,13 +101,20 @@ def digest(path):
 # -- 1. a resume binds to the dataset's contents and the training code ---------------------------------
 
 
-@pytest.mark.parametrize("change", ["nothing", "dataset contents", "training code"])
-def test_resume_only_with_the_same_dataset_contents_and_code(tmp_path, change):
+@pytest.mark.parametrize("change, flags, named", [
+    ("nothing", {}, None),
+    ("dataset contents", {}, "the contents of the dataset file"),
+    ("training code", {}, "the training code"),
+    ("thread count", {"--threads": "2"}, "the CPU thread count (1, now 2)"),
+    ("precision", {"--precision": "bf16"}, "the precision (tf32, now bf16)"),
+])
+def test_resume_only_with_the_same_dataset_contents_and_code(tmp_path, change, flags, named):
+    """The rerun takes ``flags`` (the thread count changes the CPU's reductions, so the numbers)."""
     data = write_synthetic_dataset(tmp_path / "data.h5", n_train=96)
     out = tmp_path / "t.h5"
-    args = train_args(data)
-    run_killed_at("checkpoint", *args, "--out", out)
+    run_killed_at("checkpoint", *train_args(data), "--out", out)
     assert (tmp_path / "t.h5.resume" / "checkpoint.pt").exists() and not out.exists()
+    args = train_args(data, **flags)
     pythonpath = ROOT
     if change == "dataset contents":  # same path, same settings, another dataset
         write_synthetic_dataset(data, n_train=64, seed=1)
@@ -107,8 +131,7 @@ def test_resume_only_with_the_same_dataset_contents_and_code(tmp_path, change):
         assert rerun.stderr == f"{out}: resuming at step 5 from {tmp_path / 't.h5.resume' / 'checkpoint.pt'}\n"
     else:
         assert "resuming at step" not in rerun.stderr and rerun.stderr.count("\n") == 1
-        assert f"{change}" in rerun.stderr.replace("contents of the dataset file", "dataset contents")
-        assert "starting from step 0" in rerun.stderr
+        assert f"{named}" in rerun.stderr and "starting from step 0" in rerun.stderr
     zigzag_cli(*args, "--out", tmp_path / "straight.h5")
     assert_same_trajectory(out, tmp_path / "straight.h5")
     traj = store.read_trajectory(out)
@@ -443,6 +466,158 @@ def test_disk_full_is_one_line_keeps_the_old_output_and_the_rerun_finishes(files
     assert rerun.stderr.count("\n") == 1 and ("resuming at step" in rerun.stderr or "damaged" in rerun.stderr)
     zigzag_cli(*args[:-1], tmp_path / "straight.h5")
     assert_same_trajectory(tmp_path / "t.h5", tmp_path / "straight.h5")
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_leaves_no_partial_checkpoint(files, tmp_path):
+    """torch.save reports a failed write as "unexpected pos" (no errno): the line names the system's reason."""
+    args = [*train_args(files["data"], **{"--raw-gradients": "none"}), "--out", tmp_path / "t.h5"]
+    run_killed_at("checkpoint", *args[:-1], tmp_path / "probe.h5")
+    probe = tmp_path / "probe.h5.resume"
+    checkpoint, trajectory = (probe / "checkpoint.pt").stat().st_size, (probe / "trajectory.h5").stat().st_size
+    assert trajectory < checkpoint  # a limit between the two stops the checkpoint only
+    full = subprocess.run([sys.executable, "-m", "zigzag", *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=_no_bigger_files_than((trajectory + checkpoint) // 2))
+    resume = tmp_path / "t.h5.resume"
+    assert full.returncode == 2, full.stderr
+    assert full.stderr == (f"zigzag: error: {resume / 'checkpoint.tmp'}: File too large; free disk space (or fix the "
+                           f"file system) and rerun: finished outputs are kept\n")
+    assert not (resume / "checkpoint.tmp").exists() and (resume / "trajectory.h5").exists()
+
+
+@pytest.fixture
+def small_file_system(tmp_path):
+    """Mount a tmpfs of the given size (KiB) at tmp_path / "small" (root only); unmounted after the test."""
+    mounted = []
+
+    def mount(kib):
+        folder = tmp_path / "small"
+        folder.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()[-200:]}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a tmpfs")
+@pytest.mark.parametrize("checked", [True, False], ids=["free space checked", "write fails"])
+@pytest.mark.parametrize("kib", [24, 64, 100, 400])
+def test_disk_full_on_a_small_file_system_is_one_line_never_a_crash(files, small_file_system, kib, checked):
+    """With 20-100 KB free HDF5 crashed (exit 139) in H5Fflush after a failed chunk write, with more torch.save
+    gave a traceback. Unchecked: the free-space checks are patched out, so the writes themselves fail."""
+    out = small_file_system(kib) / "t.h5"
+    setup = "" if checked else "from zigzag import store; store.check_free_space = lambda *args: None"
+    full = run_patched(setup, *train_args(files["data"], **{"--raw-gradients": "none", "--steps": "30",
+                                                            "--checkpoint-every": "3"}), "--out", out)
+    assert full.returncode == 2, full.stderr
+    assert full.stderr.startswith("zigzag: error:") and full.stderr.count("\n") == 1, full.stderr
+    assert "free disk space" in full.stderr and not (out.parent / "t.h5.resume" / "checkpoint.tmp").exists()
+
+
+@pytest.fixture(scope="module")
+def straight(files):
+    """The trajectory of an uninterrupted ``train_args(files["data"])`` run."""
+    out = files["data"].parent / "straight.h5"
+    zigzag_cli(*train_args(files["data"]), "--out", out)
+    return out
+
+
+class _RunsCode:
+    """Pickles as a call of os.system: what a replaced checkpoint could hold."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_run_starts_afresh(files, straight, tmp_path):
+    out = tmp_path / "t.h5"
+    args = [*train_args(files["data"]), "--out", out]
+    run_killed_at("checkpoint", *args)  # a valid partial trajectory beside the checkpoint
+    checkpoint = tmp_path / "t.h5.resume" / "checkpoint.pt"
+    torch.save({"n_steps": 5, "model": _RunsCode(tmp_path / "probe")}, tmp_path / "probe.pt")
+    torch.load(tmp_path / "probe.pt", weights_only=False)
+    assert (tmp_path / "probe").exists()  # the payload works when loaded as a pickle
+    torch.save({"n_steps": 5, "model": _RunsCode(tmp_path / "PWNED")}, checkpoint)
+    rerun = zigzag_cli(*args)
+    assert not (tmp_path / "PWNED").exists()
+    assert rerun.stderr == (f"{out}: checkpoint {checkpoint} holds objects other than tensors, numbers, strings and "
+                            f"plain containers (they could run code); starting from step 0\n")
+    assert not checkpoint.parent.exists()
+    assert_same_trajectory(out, straight)
+
+
+def test_a_kill_after_the_final_rename_is_seen_as_finished(files, tmp_path):
+    out = tmp_path / "t.h5"
+    args = [*train_args(files["data"]), "--out", out]
+    run_killed_at("cleanup", *args)
+    resume = tmp_path / "t.h5.resume"
+    assert store.read_trajectory(out).attrs["status"] == "completed" and (resume / "checkpoint.pt").exists()
+    before = digest(out)
+    rerun = zigzag_cli(*args)
+    assert rerun.stderr == (f"{out}: already finished (completed); removed the checkpoint folder {resume} left by a "
+                            f"kill before its cleanup\n")
+    assert rerun.stdout == f"{out}: completed\n"
+    assert digest(out) == before and not resume.exists()  # not trained again
+
+
+INTERRUPTED_AT_STEP_7 = """
+import os, signal
+from zigzag import trainer
+step = trainer.Trainer.step
+
+def interrupted(self, k):
+    if k == 7:
+        os.kill(os.getpid(), signal.SIGINT)
+    return step(self, k)
+
+trainer.Trainer.step = interrupted
+"""
+INTERRUPTED_ANALYSIS = """
+import os, signal
+from zigzag import analysis
+analysis.analyze = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGINT)
+"""
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(files, straight, tmp_path):
+    out = tmp_path / "t.h5"
+    args = [*train_args(files["data"]), "--out", out]
+    result = run_patched(INTERRUPTED_AT_STEP_7, *args)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "zigzag: interrupted at step 7 of 12; rerun to resume from the checkpoint at step 5\n"
+    resume = tmp_path / "t.h5.resume"
+    assert (resume / "checkpoint.pt").exists() and not (resume / "checkpoint.tmp").exists() and not out.exists()
+    rerun = zigzag_cli(*args)
+    assert rerun.stderr == f"{out}: resuming at step 5 from {resume / 'checkpoint.pt'}\n"
+    assert_same_trajectory(out, straight)
+    result = run_patched(INTERRUPTED_ANALYSIS, "analyze", files["traj"], "--out", tmp_path / "an.h5", "--h", "3")
+    assert result.returncode == 130 and result.stderr == "zigzag: interrupted\n", result.stderr
+    assert not (tmp_path / "an.h5").exists() and not list(tmp_path.glob(".an.h5.tmp*"))
+
+
+@pytest.mark.parametrize("kind", ["file", "link to a folder"])
+def test_a_resume_path_that_is_not_a_zigzag_folder_is_one_line(files, tmp_path, kind):
+    out, resume = tmp_path / "t.h5", tmp_path / "t.h5.resume"
+    if kind == "file":
+        resume.write_text("the user's notes")
+    else:
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "notes.txt").write_text("the user's notes")
+        resume.symlink_to(tmp_path / "mine")
+    result = zigzag_cli(*train_args(files["data"]), "--out", out, check=False)
+    assert result.returncode == 2 and result.stderr == (
+        f"zigzag: error: {resume} exists and is not a folder zigzag wrote (the checkpoint folder of {out}); move or "
+        f"delete it\n")
+    assert (resume if kind == "file" else resume / "notes.txt").read_text() == "the user's notes"
+    assert not out.exists()
 
 
 def test_closed_output_pipe_is_one_line_and_exit_2(files):

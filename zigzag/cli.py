@@ -1,12 +1,14 @@
 """The ``zigzag`` command line: every workflow rule calls one of these subcommands.
 
 A ``ZigzagError`` (bad input, missing or foreign file) is printed as one line ``zigzag: error: ...``
-and exits with code 2; nothing already written is touched.
+and exits with code 2; nothing already written is touched. Ctrl-C prints one line ``zigzag: interrupted
+...`` and exits with code 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,7 +17,7 @@ import sys
 import tempfile
 
 from zigzag.analysisconfig import AnalysisSettings
-from zigzag.errors import ZigzagError
+from zigzag.errors import Interrupted, ZigzagError
 from zigzag.settings import MAX_SEED, add_flags, specs
 
 MAX_THREADS = 1024  # more than any machine's cores; torch takes a C int
@@ -325,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except ZigzagError as err:
         print(f"zigzag: error: {err}", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as err:  # temporary files are gone; finished outputs and checkpoints kept
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+        print(f"zigzag: {str(err) or 'interrupted'}", file=sys.stderr, flush=True)
+        os._exit(130)  # like a kill: no HDF5 shutdown of a file a background writer may still be using
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         print("zigzag: error: the output pipe was closed before all was written (e.g. by `| head`)", file=sys.stderr)
@@ -342,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
 def _write_failure(err: Exception) -> str:
     """One line for an OSError (or HDF5's multi-line write error): the file and the system's reason."""
     text = " ".join(str(err).split())
-    reason = os.strerror(err.errno) if getattr(err, "errno", None) else \
-        next(iter(re.findall(r"error message = '([^']*)'", text)), text[:200])
+    if getattr(err, "errno", None):
+        reason = os.strerror(err.errno)
+        if str(err.strerror).startswith(reason):  # zigzag's own reasons add e.g. the space needed and free
+            reason = err.strerror
+    else:
+        reason = next(iter(re.findall(r"error message = '([^']*)'", text)), text[:200])
     filename = getattr(err, "filename", None) or next(iter(re.findall(r"filename = '([^']*)'", text)), None)
     return f"{filename}: {reason}" if filename else reason

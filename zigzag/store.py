@@ -12,12 +12,15 @@ lengths), into one ``ZigzagError`` naming the file and the dataset.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import hashlib
 import json
+import math
 import os
 import platform
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ CHECKSUM = True  # Fletcher-32 on every dataset written (benchmarks/bench_checks
 # |cos| may exceed 1 by this much: the lag statistics hold each dot product within 1e-6 of its float64 value
 # (BENCHMARKS.md, "Exact dot products"), so a cosine is within 2e-6 of it; more is a damaged file.
 COSINE_TOLERANCE = 1e-5
+SPACE_MARGIN = 1 << 16  # bytes a write may take beyond its estimate (file metadata, headers)
 
 # Per-step series of a trajectory: name -> description (one line, units).
 STEP_SERIES = {
@@ -262,6 +266,29 @@ def check_writable(path: str | os.PathLike) -> None:
         raise ZigzagError(f"cannot create output folder {folder}: {err.strerror}; choose another --out") from None
     if not os.access(folder, os.W_OK):
         raise ZigzagError(f"output folder {folder} is not writable; choose another --out")
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Bytes an unprivileged writer may still use on the file system of ``folder``."""
+    return shutil.disk_usage(folder).free
+
+
+def check_free_space(path: Path, need: int, what: str) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``path`` before writing ``need`` bytes of ``what`` where fewer are free."""
+    free = free_bytes(path.parent)
+    if free < need:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {what} needs about {need:,} bytes, "
+                                    f"{free:,} are free", str(path))
+
+
+def write_failed(path: Path, err: Exception) -> OSError:
+    """The ``OSError`` naming ``path`` for a failed write of it: ``err`` itself if it names an errno, else the
+    library's message (e.g. torch.save's "unexpected pos") and the free space left."""
+    if isinstance(err, OSError) and err.errno:
+        return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path))
+    text = " ".join(str(err).split())
+    return OSError(errno.EIO, f"{os.strerror(errno.EIO)}: write failed ({text[-120:]}) with "
+                              f"{free_bytes(path.parent):,} bytes free", str(path))
 
 
 def check_outputs(outputs: list, inputs: list, folders: list = ()) -> None:
@@ -525,9 +552,17 @@ class TrajectoryWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered rows as one block per series and flush the file."""
+        """Write the buffered rows as one block per series and flush the file.
+
+        Free space for the chunks the rows start is checked first, and each series is flushed on its own
+        before the file: a write that fails then raises ``OSError`` (when H5Fflush's loop over the datasets
+        meets a failed chunk write, HDF5 1.14 can crash the process).
+        """
         if self._rows:
             k, m = self.n_steps - len(self._rows), len(self._rows)
+            need = sum((-(-(k + m) // ds.chunks[0]) - -(-k // ds.chunks[0])) * math.prod(ds.chunks) * ds.dtype.itemsize
+                       for ds in self.steps.values())
+            check_free_space(Path(self.f.filename), need + SPACE_MARGIN, f"writing steps {k} to {k + m - 1}")
             for name, ds in self.steps.items():
                 block = np.empty((m, *ds.shape[1:]))
                 for i, row in enumerate(self._rows):
@@ -535,11 +570,15 @@ class TrajectoryWriter:
                 ds.resize(k + m, axis=0)
                 ds[k:] = block
             self._rows = []
+        for ds in self.steps.values():
+            ds.flush()
         self.f.flush()
         self._flushed_at = time.monotonic()
 
     def append_raw(self, step: int, gradient: np.ndarray) -> None:
         grads, steps = self.f["raw/gradients"], self.f["raw/steps"]
+        check_free_space(Path(self.f.filename), gradient.nbytes + SPACE_MARGIN,
+                         f"writing the raw gradient of step {step}")
         r = grads.shape[0]
         grads.resize(r + 1, axis=0)
         steps.resize(r + 1, axis=0)

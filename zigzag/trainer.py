@@ -12,17 +12,22 @@ seeded by (seed, epoch), dropping the last incomplete batch; a step is one itera
 Loss and accuracy of step k come from the same forward passes that computed g_k. A checkpoint (model,
 optimizer, lag ring, schedule, clock) is written every ``checkpoint_every`` steps into
 ``<out>.resume/`` beside the output, together with the trajectory being written; rerunning with the
-same settings, the same dataset file contents (sha256) and the same training code (``code_hash``)
-resumes there, anything else starts afresh and says why; a damaged partial trajectory also starts
-afresh. The finished trajectory is renamed to ``<out>`` at the end. A run holds the lock of ``<out>``
-(``store.output_lock``) while it trains, so a second run of the same output stops at once, and it deletes
-its resume folder only while that holds nothing but the files it writes there (``RESUME_FILES``).
+same settings, the same dataset file contents (sha256), the same training code (``code_hash``) and the
+same arithmetic (device, precision and, on a CPU, the thread count) resumes there, anything else starts
+afresh and says why; a damaged partial trajectory, or a checkpoint that holds more than tensors, numbers,
+strings and plain containers (``torch.load(weights_only=True)``: nothing in it can run code), also starts
+afresh. The finished trajectory is renamed to ``<out>`` at the end; a rerun that finds it beside the
+checkpoint of the run that wrote it (killed before the cleanup) only removes the leftover folder. A run
+holds the lock of ``<out>`` (``store.output_lock``) while it trains, so a second run of the same output
+stops at once, and it deletes its resume folder only while that holds nothing but the files it writes
+there (``RESUME_FILES``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 
 from zigzag import gpulease, store
 from zigzag.codehash import code_hash
-from zigzag.errors import ZigzagError
+from zigzag.errors import Interrupted, ZigzagError
 from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.models import build_model, count_parameters
 from zigzag.precision import Precision
@@ -78,6 +83,11 @@ def remove_resume_folder(folder: Path) -> None:
     for name in RESUME_FILES:
         (folder / name).unlink(missing_ok=True)
     folder.rmdir()
+
+
+# What a checkpoint is bound to besides the settings, each with how a change is named.
+BINDING = {"dataset_sha256": "the contents of the dataset file", "code": "the training code (zigzag package sources)",
+           "device": "the device", "precision": "the precision", "threads": "the CPU thread count"}
 
 
 @dataclass
@@ -201,14 +211,22 @@ class Trainer:
         self.checkpoint = self.resume_dir / "checkpoint.pt"
         check_run_paths(self.out, [config.dataset])
         store.check_writable(self.out)
+        if self.resume_dir.is_symlink() or (self.resume_dir.exists() and not self.resume_dir.is_dir()):
+            raise ZigzagError(f"{self.resume_dir} exists and is not a folder zigzag wrote (the checkpoint folder of "
+                              f"{self.out}); move or delete it")
         self.device = resolve_device(config.device, None if lease is None else lease.index)
         self.precision = Precision(config.precision, self.device)
         self.data = load_data(config.dataset, self.device)
         if self.precision.channels_last:  # the parameters keep their layout, which FlatGradients shares
             self.data.train_x = self.data.train_x.contiguous(memory_format=torch.channels_last)
             self.data.test_x = self.data.test_x.contiguous(memory_format=torch.channels_last)
-        # What a checkpoint is bound to besides the settings: the dataset's contents and the training code.
-        self.binding = {"dataset_sha256": store.file_sha256(config.dataset), "code": code_hash("train")}
+        # What a checkpoint is bound to besides the settings (BINDING). The thread count changes the CPU's
+        # reductions, so it binds CPU runs only.
+        self.binding = {"dataset_sha256": store.file_sha256(config.dataset), "code": code_hash("train"),
+                        "device": self.device.type if self.device.type != "cuda" else
+                        f"cuda ({torch.cuda.get_device_name(self.device)})",
+                        "precision": config.precision,
+                        "threads": torch.get_num_threads() if self.device.type == "cpu" else None}
         n = len(self.data.train_x)
         if config.optimizer == "sgd":
             if config.batch_size > n:
@@ -253,6 +271,8 @@ class Trainer:
         self.prev_sq: float | None = None  # |g_(k-1)|^2, for the cosine of adjacent gradients
         self.writer: store.TrajectoryWriter | None = None  # the partial trajectory, set by open_trajectory
         self.raw_dump: RawGradientWriter | None = None  # its background raw-gradient writer, if any
+        self.at_step: int | None = None  # the step being taken, for the line that reports an interrupt
+        self.checkpoint_step: int | None = None  # the step of the last checkpoint on disk, if any
         # the step's loss sum and correct count reach the host in one copy (pinned: asynchronous on CUDA)
         self._scalars = torch.empty(2, pin_memory=self.device.type == "cuda")
 
@@ -320,13 +340,18 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def _save_checkpoint(self, n_steps: int, elapsed: float) -> None:
-        """Save the state after ``n_steps`` steps, once the trajectory file holds all of them."""
+        """Save the state after ``n_steps`` steps, once the trajectory file holds all of them.
+
+        Only tensors, numbers, strings and plain containers, so that it loads with ``weights_only=True``. A
+        failed write (disk full) raises ``OSError`` naming the file, after removing the half-written one.
+        """
         if self.raw_dump is not None:
             self.raw_dump.drain()
         self.writer.flush()
         state = {
             "config": self.config.to_dict(),
             **self.binding,
+            "trajectory_id": str(self.writer.f.attrs["trajectory_id"]),
             "n_steps": n_steps,
             "elapsed": elapsed,
             "prev_sq": self.prev_sq,
@@ -339,25 +364,66 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
         }
         tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint)
+        last = self.checkpoint.stat().st_size if self.checkpoint.exists() else 0
+        store.check_free_space(tmp, max(last, _tensor_bytes(state)) + store.SPACE_MARGIN,
+                               f"writing the checkpoint at step {n_steps}")
+        sink = None
+        try:
+            with open(tmp, "wb") as f:
+                sink = _RecordingFile(f)
+                torch.save(state, sink)
+            os.replace(tmp, self.checkpoint)
+        except BaseException as err:  # disk full, Ctrl-C: no half-written checkpoint is left
+            tmp.unlink(missing_ok=True)
+            if isinstance(err, (OSError, RuntimeError)):  # torch.save reports a failed write as "unexpected pos"
+                raise store.write_failed(tmp, sink.error if sink and sink.error else err) from None
+            raise
+        self.checkpoint_step = n_steps
+
+    def _read_checkpoint(self) -> dict | None:
+        """The checkpoint's state, loaded so that nothing in it can run code (``weights_only=True``); None
+        (then start afresh, one line saying why) if it cannot be loaded so."""
+        try:
+            return torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        except Exception as err:  # a damaged file fails in pickle, zipfile or torch with assorted types
+            if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+                why = "holds objects other than tensors, numbers, strings and plain containers (they could run code)"
+            else:
+                why = f"is unreadable ({type(err).__name__})"
+            print(f"{self.out}: checkpoint {self.checkpoint} {why}; starting from step 0", file=sys.stderr)
+            return None
+
+    def _changes(self, state: dict) -> list[str]:
+        """What differs between the run that wrote the checkpoint ``state`` and this one, each named."""
+        def short(value) -> str:
+            text = repr(value)
+            return text if len(text) <= 40 else text[:37] + "..."
+
+        saved, now = state.get("config"), self.config.to_dict()
+        saved = saved if isinstance(saved, dict) else {}
+        settings = [f"{key} {short(saved.get(key))}, now {short(now.get(key))}"
+                    for key in sorted((saved.keys() | now.keys()) - set(BINDING)) if saved.get(key) != now.get(key)]
+        changed = [f"the settings ({'; '.join(settings)})"] if settings else []
+        for key, what in BINDING.items():
+            if state.get(key) != self.binding[key]:
+                if key == "dataset_sha256":
+                    changed.append(f"{what} {self.config.dataset}")
+                elif key == "code":
+                    changed.append(what)
+                else:
+                    changed.append(f"{what} ({state.get(key)}, now {self.binding[key]})")
+        return changed
 
     def _load_checkpoint(self) -> tuple[dict, store.TrajectoryWriter] | None:
-        """The checkpoint of an interrupted run with the same settings, dataset contents and training code,
-        and its partial trajectory reopened at the checkpoint's step; None (then start afresh, one line
-        saying why) if any of them differs or the partial trajectory is damaged."""
+        """The checkpoint of an interrupted run with the same settings, dataset contents, training code and
+        arithmetic (``BINDING``), and its partial trajectory reopened at the checkpoint's step; None (then
+        start afresh, one line saying why) if any of them differs or the partial trajectory is damaged."""
         if not (self.checkpoint.exists() and self.partial.exists()):
             return None
-        try:
-            state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
-        except Exception as err:  # a damaged file fails in pickle, zipfile or torch with assorted types
-            print(f"{self.out}: checkpoint {self.checkpoint} is unreadable ({type(err).__name__}); "
-                  f"starting from step 0", file=sys.stderr)
+        state = self._read_checkpoint()
+        if state is None:
             return None
-        changed = [what for key, what in (("config", "the settings"),
-                                          ("dataset_sha256", f"the contents of the dataset file {self.config.dataset}"),
-                                          ("code", "the training code (zigzag package sources)"))
-                   if state.get(key) != (self.config.to_dict() if key == "config" else self.binding[key])]
+        changed = self._changes(state)
         if changed:
             print(f"{self.out}: {' and '.join(changed)} changed since the interrupted run; not resuming its "
                   f"checkpoint, starting from step 0", file=sys.stderr)
@@ -376,6 +442,32 @@ class Trainer:
         self.eigenvector = state["eigenvector"]
         torch.set_rng_state(state["torch_rng"])
         return state, writer
+
+    def _finished_before(self) -> str | None:
+        """The status of ``<out>`` if it is the finished trajectory of the run whose checkpoint is still in
+        the resume folder (killed between the final rename and the cleanup) and that run is this one; the
+        leftover folder is then removed. None otherwise."""
+        if self.partial.exists() or not (self.out.is_file() and self.checkpoint.exists()):
+            return None
+        state = self._read_checkpoint()
+        if state is None or self._changes(state):
+            return None
+        try:
+            with store.open_file(self.out, store.TRAJECTORY) as f:
+                trajectory_id, status = str(f.attrs.get("trajectory_id")), str(f.attrs.get("status"))
+        except (ZigzagError, OSError):
+            return None
+        if trajectory_id != state.get("trajectory_id") or status not in ("completed", "diverged"):
+            return None
+        self._remove_resume_dir()
+        print(f"{self.out}: already finished ({status}); removed the checkpoint folder {self.resume_dir} left by "
+              f"a kill before its cleanup", file=sys.stderr)
+        return status
+
+    def _remove_resume_dir(self) -> None:
+        """Delete the resume folder (checkpoint and partial trajectory) of ``<out>``; one line, deleting
+        nothing, if it holds anything else (``remove_resume_folder``)."""
+        remove_resume_folder(self.resume_dir)
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -444,8 +536,9 @@ class Trainer:
             state, self.writer = resumed
             print(f"{self.out}: resuming at step {state['n_steps']} from {self.checkpoint}", file=sys.stderr)
             start, elapsed, self.prev_sq = state["n_steps"], state["elapsed"], state["prev_sq"]
+            self.checkpoint_step = start
         else:
-            remove_resume_folder(self.resume_dir)
+            self._remove_resume_dir()
             self.resume_dir.mkdir(parents=True)
             self.writer = store.TrajectoryWriter.create(
                 self.partial, {**cfg.to_dict(), "dataset_config": self.data.dataset_config},
@@ -463,10 +556,25 @@ class Trainer:
         return start, elapsed
 
     def run(self) -> str:
-        """Train to the end (or divergence) under the run's precision flags, holding the output's lock;
-        returns the final status."""
-        with store.output_lock(self.out), self.precision.applied():
-            return self._loop()
+        """Train to the end (or divergence) under the run's precision flags, holding the output's lock; returns
+        the final status.
+
+        Ctrl-C (``KeyboardInterrupt``) raises ``Interrupted`` saying the step and where a rerun resumes.
+        """
+        try:
+            with store.output_lock(self.out):
+                status = self._finished_before()
+                if status is not None:
+                    return status
+                with self.precision.applied():
+                    return self._loop()
+        except KeyboardInterrupt:
+            if self.checkpoint_step is None:
+                then = "no checkpoint yet: a rerun starts from step 0"
+            else:
+                then = f"rerun to resume from the checkpoint at step {self.checkpoint_step}"
+            where = "before the first step" if self.at_step is None else f"at step {self.at_step} of {self.total_steps}"
+            raise Interrupted(f"interrupted {where}; {then}") from None
 
     def _loop(self) -> str:
         start, elapsed0 = self.open_trajectory()
@@ -474,6 +582,7 @@ class Trainer:
         t0 = time.perf_counter() - elapsed0
         status, diverged_at = "completed", None
         for k in range(start, self.total_steps):
+            self.at_step = k
             row = self.step(k)
             row["time"] = time.perf_counter() - t0
             self.writer.append(row)
@@ -530,3 +639,32 @@ class Trainer:
             return "no batch normalisation: g_k equals the one-giant-batch gradient"
         return (f"ghost batches: BatchNorm in train mode normalises each micro-batch of {self.config.micro_batch} "
                 f"by its own statistics; running statistics updated once per micro-batch")
+
+
+def _tensor_bytes(state) -> int:
+    """Bytes of the tensors in a nested state (dicts, lists, tuples): about a checkpoint's size on disk."""
+    if isinstance(state, torch.Tensor):
+        return state.nbytes
+    if isinstance(state, dict):
+        return sum(_tensor_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_tensor_bytes(value) for value in state)
+    return 0
+
+
+class _RecordingFile:
+    """A file for ``torch.save`` that keeps the ``OSError`` of a failed write, which torch reports only as a
+    ``RuntimeError`` ("unexpected pos ...") without the system's reason."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
