@@ -82,19 +82,21 @@ def numbers(path) -> dict[str, np.ndarray]:
     return out
 
 
-def pinned_cli(*args, env=None) -> None:
-    """``zigzag *args`` in a subprocess on the pinned kernels (``env`` adds to ``PINNED``)."""
-    result = subprocess.run([sys.executable, "-c", PINNED_CLI, *map(str, args)], capture_output=True, text=True,
-                            env={**os.environ, **PINNED, **(env or {})})
+def pinned_cli(*args, env=None, pinned=True) -> None:
+    """``zigzag *args`` in a subprocess on the pinned kernels (``env`` adds to ``PINNED``), or on the kernels
+    the libraries choose for this CPU (``pinned=False``, for benchmarks/cross_cpu_numbers.py)."""
+    command = [sys.executable, "-c", PINNED_CLI] if pinned else [sys.executable, "-m", "zigzag"]
+    result = subprocess.run([*command, *map(str, args)], capture_output=True, text=True,
+                            env={**os.environ, **(PINNED if pinned else {}), **(env or {})})
     assert result.returncode == 0, f"zigzag {args} failed:\n{result.stderr}"
 
 
-def run_default(tmp_path, env=None) -> dict[str, np.ndarray]:
+def run_default(tmp_path, env=None, pinned=True) -> dict[str, np.ndarray]:
     config = configcheck.checked_config(yaml.safe_load((ROOT / "config.yaml").read_text()),
                                         ROOT / "workflow" / "schemas" / "config.schema.yaml")
     spec = config["datasets"]["mnist500"]
     dataset = tmp_path / "mnist500.h5"
-    pinned_cli("prepare", *pipeline.dataset_args(config, "mnist500").split(), "--out", dataset, env=env)
+    pinned_cli("prepare", *pipeline.dataset_args(config, "mnist500").split(), "--out", dataset, env=env, pinned=pinned)
     assert spec["source"] == "mnist5k"
     found = {}
     for run, changes in SHORTENED.items():
@@ -105,8 +107,9 @@ def run_default(tmp_path, env=None) -> dict[str, np.ndarray]:
         settings = json.loads(pipeline.run_settings(config, job, str(dataset)))
         trajectory, analysis = tmp_path / f"{job}.h5", tmp_path / f"{job}.analysis.h5"
         pinned_cli("train", "--settings", json.dumps(settings), "--threads", 1, "--quiet", "--out", trajectory,
-                   env=env)
-        pinned_cli("analyze", trajectory, "--out", analysis, *pipeline.analysis_args(config, job).split(), env=env)
+                   env=env, pinned=pinned)
+        pinned_cli("analyze", trajectory, "--out", analysis, *pipeline.analysis_args(config, job).split(), env=env,
+                   pinned=pinned)
         for kind, path in (("trajectory", trajectory), ("analysis", analysis)):
             found.update({f"{run}:{kind}:{name}": value for name, value in numbers(path).items()})
     return found
