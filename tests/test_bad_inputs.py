@@ -3,6 +3,13 @@
 ``CASES`` runs in-process through ``zigzag.cli.main`` (cheap); one case per subcommand also runs as the real
 process (``SUBPROCESS``). ``CONFIG_CASES`` are the same mistakes in the workflow's config: the config check
 (what ``snakemake -n`` runs) refuses them before any job starts.
+
+Bad inputs tested beside what they concern: damaged or foreign files (a ``config`` attribute that is not
+JSON, a trajectory without ``/steps/dot`` or ``lags``, ``lags`` a string, too few dot columns, a flipped
+bit, an impossible correlation) in tests/test_integrity.py; a file named ``<out>.resume``, a resume
+folder with foreign files, an output that is an input, a second writer, a kill between the final rename
+and the cleanup, Ctrl-C and a full disk in tests/test_errors_and_resumes.py; hostile names and strings in
+a config in tests/test_pipeline.py and tests/test_workflow.py.
 """
 
 import json
