@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import zigzag_cli
 
 from zigzag import analysis, store
+from zigzag.errors import Interrupted
 from zigzag.models import build_model
 from zigzag.runconfig import RunConfig
 from zigzag.trainer import Trainer
@@ -131,7 +132,7 @@ def test_interrupted_gawu_sgd_run_resumes_to_the_same_file(tiny_dataset, tmp_pat
         original(self, row)
 
     monkeypatch.setattr(store.TrajectoryWriter, "append", crash_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="interrupted at step 7 of 12; rerun to resume from the checkpoint"):
         Trainer(config, tmp_path / "resumed.h5", progress=False).run()
     monkeypatch.setattr(store.TrajectoryWriter, "append", original)
     Trainer(config, tmp_path / "resumed.h5", progress=False).run()

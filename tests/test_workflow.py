@@ -142,7 +142,7 @@ def test_config_strings_reach_every_rule_command_literally(tmp_path):
     results, data_root, text = "it's res$(touch PWNED2)", "$(touch PWNED)", "it's {x} `touch PWNED4` $(touch PWNED4)"
     config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
     trained = ["cnn_a", "cnn_b"]
-    config.update(results=results, claims={"cnn": ["cnn_a"]},
+    config.update(results=results, claims={"cnn": ["cnn_a"], "thresholds": {"early_steps": 4}},
                   tables={"t1": {"kind": "schedules", "caption": text, "rows": [{"run": "cnn_a", "label": text}]}})
     config["datasets"]["tiny"]["data_root"] = data_root
     config["figures"]["fig_a"]["title"] = config["figures"]["fig_sign"]["panels"][0]["label"] = text

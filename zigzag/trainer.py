@@ -601,7 +601,7 @@ class Trainer:
         progress.close()
         os.replace(self.partial, self.out)
         try:
-            remove_resume_folder(self.resume_dir)
+            self._remove_resume_dir()
         except ZigzagError as err:  # the output is complete: say what was left, keep the exit status
             print(f"warning: {err}", file=sys.stderr)
         return status
