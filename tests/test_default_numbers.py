@@ -16,8 +16,9 @@ edge of stability amplify a last-bit difference to one image of accuracy. The ru
 thread and the instruction-set-independent kernels of every library (``PINNED``): ATen's baseline
 kernels, MKL's conditional-numerical-reproducibility branch COMPATIBLE, convolutions through ATen's own
 im2col + MKL GEMM (oneDNN and NNPACK, which choose kernels by CPU, off), and NumPy's and OpenBLAS's
-baseline kernels. This costs about three times the time of the default kernels for these small runs;
-BENCHMARKS.md, "The default-numbers test on any CPU", has the measurements.
+baseline kernels. For these small runs that costs 1.3 times the time of the kernels the libraries
+choose; BENCHMARKS.md, "The default-numbers test on any CPU", has the measurements and how they were
+made (benchmarks/cross_cpu_numbers.py, benchmarks/default_numbers_mutations.py).
 """
 
 import json
