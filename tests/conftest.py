@@ -32,6 +32,20 @@ def tiny_dataset(tmp_path):
     return str(write_synthetic_dataset(tmp_path / "tiny.h5"))
 
 
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """Inputs for the error tests, built once: a dataset, two 8-step trajectories of it (``traj``, ``other``)
+    and the analysis of the first. Tests read them and never change them."""
+    root = tmp_path_factory.mktemp("files")
+    data = write_synthetic_dataset(root / "data.h5")
+    for name in ("a", "b"):
+        zigzag_cli("train", "--dataset", data, "--model", "cnn", "--width", "0.5", "--lr", "0.05", "--steps", 8,
+                   "--lags", 3, "--micro-batch", 32, "--device", "cpu", "--threads", 1, "--quiet",
+                   "--out", root / f"{name}.h5")
+    zigzag_cli("analyze", root / "a.h5", "--out", root / "a_an.h5", "--h", "3", "--windows", "2")
+    return {"data": data, "traj": root / "a.h5", "other": root / "b.h5", "analysis": root / "a_an.h5"}
+
+
 def zigzag_cli(*args, check=True):
     """Run the CLI in a subprocess, as a workflow rule would."""
     result = subprocess.run([sys.executable, "-m", "zigzag", *map(str, args)], capture_output=True, text=True)

@@ -38,17 +38,6 @@ def train_args(dataset, **flags):
     return ["train", "--dataset", dataset, *[a for kv in settings.items() for a in kv if a is not None]]
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A dataset, two 8-step trajectories of it and the analysis of the first."""
-    root = tmp_path_factory.mktemp("bad_inputs")
-    data = write_synthetic_dataset(root / "data.h5")
-    for name in ("a", "b"):
-        zigzag_cli(*train_args(data, **{"--steps": "8", "--raw-gradients": "none"}), "--out", root / f"{name}.h5")
-    zigzag_cli("analyze", root / "a.h5", "--out", root / "a_an.h5", "--h", "3", "--windows", "2")
-    return {"data": data, "traj": root / "a.h5", "other": root / "b.h5", "analysis": root / "a_an.h5"}
-
-
 def _dataset(tmp, change):
     path = write_synthetic_dataset(tmp / "bad.h5")
     with h5py.File(path, "a") as f:

@@ -209,17 +209,6 @@ def test_kill_at_the_last_write_of_the_partial_trajectory_never_blocks_a_rerun(t
 # -- 3. an output is never one of the inputs ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A dataset, two trajectories of it and the analysis of the first."""
-    root = tmp_path_factory.mktemp("files")
-    data = write_synthetic_dataset(root / "data.h5")
-    for name in ("a", "b"):
-        zigzag_cli(*train_args(data, **{"--steps": "8", "--raw-gradients": "none"}), "--out", root / f"{name}.h5")
-    zigzag_cli("analyze", root / "a.h5", "--out", root / "a_an.h5", "--h", "3", "--windows", "2")
-    return {"data": data, "traj": root / "a.h5", "other": root / "b.h5", "analysis": root / "a_an.h5"}
-
-
 def _run_file(f, tmp):
     path = tmp / "run.yaml"
     path.write_text(f"dataset: {f['data']}\nmodel: cnn\nlr: 0.1\ndevice: cpu\nsteps: 3\n")
