@@ -61,9 +61,19 @@ def resume_folder(out: str | os.PathLike) -> Path:
 
 def check_run_paths(out: str | os.PathLike, inputs: list) -> None:
     """Refuse a run one of whose input files is its output, its lock, one of its resume files (through
-    symlinks or hard links), or lies inside its resume folder; before anything is written."""
+    symlinks or hard links), or lies inside its resume folder, and a resume folder that is a file or a link;
+    before anything is written."""
     folder = resume_folder(out)
     store.check_outputs([Path(out), *(folder / name for name in RESUME_FILES)], inputs, folders=[folder])
+    check_resume_folder(folder)
+
+
+def check_resume_folder(folder: Path) -> None:
+    """One line if ``<out>.resume`` exists but is a file or a link, not a folder a run made."""
+    if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+        out = folder.with_name(folder.name.removesuffix(".resume"))
+        raise ZigzagError(f"{folder} exists and is not a folder zigzag wrote (the checkpoint folder of {out}); move "
+                          f"or delete it")
 
 
 def remove_resume_folder(folder: Path) -> None:
@@ -71,9 +81,7 @@ def remove_resume_folder(folder: Path) -> None:
     holds anything else (or is a file or a link), raise ``ZigzagError`` saying what, deleting nothing."""
     if not os.path.lexists(folder):
         return
-    if folder.is_symlink() or not folder.is_dir():
-        raise ZigzagError(f"{folder} is a {'link' if folder.is_symlink() else 'file'}, not the resume folder a run "
-                          f"makes; move it away (or choose another --out) and rerun")
+    check_resume_folder(folder)
     foreign = sorted(p.name for p in folder.iterdir()
                      if p.name not in RESUME_FILES or p.is_symlink() or not p.is_file())
     if foreign:
@@ -211,9 +219,6 @@ class Trainer:
         self.checkpoint = self.resume_dir / "checkpoint.pt"
         check_run_paths(self.out, [config.dataset])
         store.check_writable(self.out)
-        if self.resume_dir.is_symlink() or (self.resume_dir.exists() and not self.resume_dir.is_dir()):
-            raise ZigzagError(f"{self.resume_dir} exists and is not a folder zigzag wrote (the checkpoint folder of "
-                              f"{self.out}); move or delete it")
         self.device = resolve_device(config.device, None if lease is None else lease.index)
         self.precision = Precision(config.precision, self.device)
         self.data = load_data(config.dataset, self.device)
@@ -289,23 +294,22 @@ class Trainer:
                 f"lags + 1 = {c.lags + 1} gradients it needs {n_params * per_param / 2**30:,.1f} GiB")
         return what, n_params * per_param, free
 
-    def _check_memory(self, n_params: int) -> None:
+    def _check_memory(self, n_params: int, failed: bool = False) -> None:
         """One line, before anything is allocated, if the model and its lag ring cannot fit in the device's
-        available memory."""
+        available memory (or, ``failed``, because an allocation failed)."""
         what, need, free = self._memory_estimate(n_params)
-        if need > free:
+        if need > free or failed:
+            available = f"{free / 2**30:,.1f} GiB available"
             raise ZigzagError(f"invalid width={self.config.width:g} or lags={self.config.lags}: {what}, but "
-                              f"{self.device.type} has {free / 2**30:,.1f} GiB available; lower width or lags")
+                              f"{self.device.type} " + (f"could not allocate it ({available})" if failed else
+                                                        f"has {available}") + "; lower width or lags")
 
     def _lag_ring(self) -> LagRing:
         """The ring of the last L + 1 gradients (float values and int8 signs), or one line on what it needs."""
         try:
             return LagRing(self.n_params, self.config.lags, self.device)
         except (MemoryError, RuntimeError):  # torch.OutOfMemoryError is a RuntimeError
-            what, _, free = self._memory_estimate(self.n_params)
-            raise ZigzagError(f"invalid width={self.config.width:g} or lags={self.config.lags}: {what}, but "
-                              f"{self.device.type} could not allocate it ({free / 2**30:,.1f} GiB available); "
-                              f"lower width or lags") from None
+            self._check_memory(self.n_params, failed=True)
 
     def _build_scheduler(self) -> tuple[WarmupCosine | GAWU | None, int]:
         """The run's LR schedule and how many steps make one of its units (epoch or iteration)."""
