@@ -8,6 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 from zigzag.sharpness import (
+    SolveSteps,
     gradient_eigenvector_cosine,
     hessian_vector_product,
     top_eigenpair,
@@ -194,3 +195,41 @@ def test_cuda_matches_cpu():
     model.cpu()
     hv_cpu = hessian_vector_product(model, images, labels, v, micro_batch=7)
     assert torch.allclose(hv_gpu.cpu(), hv_cpu, rtol=1e-9, atol=1e-12)
+
+
+def solves_of(curve, steps, selection, lr=0.1, **refine):
+    """The steps at which ``SolveSteps`` solves along a given sharpness curve (step -> value)."""
+    plan = SolveSteps(selection, **refine)
+    solved = []
+    for k in range(steps):
+        if plan.due(k):
+            solved.append(k)
+            plan.record(k, curve(k), lr)
+    return solved
+
+
+def test_solves_refine_near_two_over_lr_and_bracket_the_crossing():
+    # Sharpness rising linearly from 5 to 25 over 100 steps at lr 0.1: 0.9 x 2/lr = 18 first at step 65.
+    curve = lambda k: 5.0 + 0.2 * k  # noqa: E731
+    solved = solves_of(curve, 100, 10, refine_every=2)
+    assert set(range(0, 100, 10)) <= set(solved)  # the grid stays
+    crossing = next(k for k in range(100) if curve(k) >= 18.0)
+    assert crossing - max(k for k in solved if k < crossing) <= 2
+    # Step 2 refines the first grid interval (no slope yet: 5.4 -> 7 at step 10, below half of 2/lr); then
+    # refined from where the extrapolation reaches half of 2/lr (the solve at step 20 sees 9 -> 11 at 30)
+    # until the first solve at or above 0.9 x 2/lr (18.2 at step 66); the grid alone before and after.
+    assert [k for k in solved if k % 10] == [k for k in [2, *range(22, 68, 2)] if k % 10]
+    assert solves_of(curve, 100, 10, refine_every=10) == list(range(0, 100, 10))  # refine_every >= K: the grid
+    assert solves_of(curve, 100, {3, 50}, refine_every=2) == [3, 50]  # a list of steps is taken as given
+    assert solves_of(curve, 100, None, refine_every=2) == []
+
+
+def test_solves_stop_refining_at_an_early_jump_and_resume_from_their_state():
+    # ResNet-like: sharpness at 8 (0.4 x 2/lr), past 2/lr a few steps later.
+    curve = lambda k: 8.0 + 6.0 * k  # noqa: E731
+    assert solves_of(curve, 40, 10, refine_every=2) == [0, 2, 10, 20, 30]  # 20 at step 2 >= 18: reached
+    plan = SolveSteps(10, refine_every=2)
+    plan.record(0, 8.0, 0.1)
+    resumed = SolveSteps(10, refine_every=2)
+    resumed.load_state_dict(plan.state_dict())
+    assert [k for k in range(1, 10) if resumed.due(k)] == [2]

@@ -10,7 +10,7 @@ from zigzag.models import MODELS
 from zigzag.precision import PRECISIONS
 from zigzag.schedules import GROWTHS
 from zigzag.settings import MAX_SEED, MAX_STEPS, Spec, json_schema, parse_step_selection, setting, specs
-from zigzag.sharpness import MAX_ITER, NCV_COLD, NCV_WARM, TOL
+from zigzag.sharpness import MAX_ITER, NCV_COLD, NCV_WARM, REFINE_EVERY, REFINE_FROM, REFINE_UNTIL, TOL
 
 OPTIMIZERS = ("gd", "sgd")
 RAW_DTYPES = ("float32", "float16")
@@ -31,12 +31,19 @@ SHARPNESS = {
                   "none", fill=False),
     "subset": Spec("training samples the Hessian's loss is taken on (default all); with BatchNorm a multiple of "
                    "micro_batch", "int", None, low=1, fill=False),
-    "tol": Spec("Lanczos relative tolerance of lambda_max", "float", TOL, low=0, low_open=True, high=1,
-                high_open=True, fill=False),
-    "max_iter": Spec("Lanczos restarts at most; a solve that stops there is recorded with sharpness_converged 0",
+    "refine_every": Spec("with every:K, solve every this many steps where the sharpness nears 2/lr (see "
+                         "refine_from, refine_until); K or more: the grid alone", "int", REFINE_EVERY, low=1,
+                         fill=False),
+    "refine_from": Spec("refine once the sharpness, or its linear extrapolation to the next grid step, reaches this "
+                        "fraction of 2/lr", "float", REFINE_FROM, low=0, low_open=True, fill=False),
+    "refine_until": Spec("refine until a solve reaches this fraction of 2/lr (1 - the analysis's eos_tolerance)",
+                         "float", REFINE_UNTIL, low=0, low_open=True, fill=False),
+    "tol": Spec("Lanczos tolerance: a solve stops once |H v - lambda v| <= tol lambda", "float", TOL, low=0,
+                low_open=True, high=1, high_open=True, fill=False),
+    "max_iter": Spec("Lanczos cycles at most; a solve that stops there is recorded with sharpness_converged 0",
                      "int", MAX_ITER, low=1, fill=False),
-    "ncv": Spec(f"Lanczos basis size (default {NCV_COLD} for the first solve, {NCV_WARM} for the next, "
-                "warm-started ones)", "int", None, low=3, fill=False),
+    "ncv": Spec(f"Lanczos basis size, products per cycle (default {NCV_COLD} for the first solve, {NCV_WARM} for "
+                "the next, warm-started ones)", "int", None, low=3, fill=False),
 }
 # The keys of a run's ``schedule`` mapping, and which of them each kind takes.
 SCHEDULE = {

@@ -11,34 +11,38 @@ d/dtheta <g_j(theta), v> with g_j the gradient of its summed loss (double backwa
 never forms H. theta is the flattened trainable parameters in ``model.parameters()`` order, the
 order of every other flat gradient in zigzag.
 
-The sharpness lambda_max(H) comes from Lanczos (ARPACK's implicitly restarted Lanczos through
-``scipy.sparse.linalg.eigsh``) on the operator v -> H v, with which="LA": the largest *algebraic*
-eigenvalue, the one that matters for stability. On a quadratic, gradient descent with step size eta
-diverges along the top eigenvector once lambda_max > 2/eta. A negative eigenvalue of larger
-magnitude (what which="LM" could return) is not the sharpness.
+The sharpness lambda_max(H) is the largest *algebraic* eigenvalue of H, the one that matters for
+stability: on a quadratic, gradient descent with step size eta diverges along the top eigenvector once
+lambda_max > 2/eta (a negative eigenvalue of larger magnitude is not the sharpness). ``top_eigenpair_of``
+finds it by Lanczos with full reorthogonalisation on the operator v -> H v, warm-started from the previous
+solve's eigenvector, and stops on the relative residual |H v - lambda v| / lambda <= ``tol``: lambda then
+lies within tol lambda of an eigenvalue (and within |H v - lambda v|^2 / gap of lambda_max), so the
+default 1e-2 keeps every recorded value within 1 % of the truth, what the comparison with 2/lr needs.
 
-Cost: one H v is one forward-over-reverse pass over the training set (``hessian_vector_product``;
-on a 2-core CPU about 2.5 gradient passes without BatchNorm, 3.5-4.5 with it); ``top_eigenpair`` uses
-about ``ncv`` + 1 of them when one Lanczos cycle converges, more with restarts. The defaults below are
-the run settings' (``sharpness.tol``, ``max_iter``, ``ncv`` in zigzag/runconfig.py): a cold start
-converges in one cycle of ``NCV_COLD`` vectors where ``NCV_WARM`` would restart several times, and a
-warm start from the last step's eigenvector needs only a few.
+Cost: one H v is one forward-over-reverse pass over the training set (``hessian_vector_product``; on a
+2-core CPU about 2.5 gradient passes without BatchNorm, 3.5-4.5 with it). A warm-started solve takes a
+few products, a cold one (the first) some ten to twenty. ``SolveSteps`` says at which steps a run solves:
+a grid, refined where the sharpness nears 2/lr. The defaults below are the run settings'
+(``sharpness.*`` in zigzag/runconfig.py).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 
-TOL = 1e-3  # relative accuracy of lambda_max
+TOL = 1e-2  # relative residual |H v - lambda v| / lambda at which a solve stops: lambda within 1 % of an eigenvalue
 MAX_ITER = 100  # implicit restarts at most
 NCV_COLD, NCV_WARM = 20, 8  # Lanczos basis size without and with a start vector v0
+# Solves near 2/lr (``SolveSteps``): every 2 steps from half of 2/lr until 0.9 x 2/lr, the analysis's default
+# threshold of the edge of stability (eos_tolerance 0.1).
+REFINE_EVERY, REFINE_FROM, REFINE_UNTIL = 2, 0.5, 0.9
 
 
 class Eigenpair(NamedTuple):
@@ -46,15 +50,16 @@ class Eigenpair(NamedTuple):
 
     ``eigenvalue``: lambda_max (float). ``eigenvector``: unit vector, flattened parameter order, on
     the model's device in the parameters' dtype (its sign is arbitrary). ``n_hvp``: Hessian-vector
-    products used. ``converged``: False when ARPACK stopped at ``max_iter`` restarts without meeting
-    ``tol``; the pair is then the best Rayleigh quotient v^T H v among the vectors tried (a lower
-    bound on lambda_max), not a Ritz pair.
+    products used. ``converged``: False when the solve stopped after ``max_iter`` cycles without
+    meeting ``tol``; the pair is then the last Ritz pair (its value a Rayleigh quotient: a lower bound
+    on lambda_max). ``residual``: |H v - lambda v| / |lambda| of the returned pair.
     """
 
     eigenvalue: float
     eigenvector: torch.Tensor
     n_hvp: int
     converged: bool
+    residual: float
 
 
 def _trainable(model: nn.Module) -> list[torch.Tensor]:
@@ -109,51 +114,60 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
                      device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
                      v0: torch.Tensor | None = None, tol: float = TOL, max_iter: int = MAX_ITER,
                      seed: int = 0, ncv: int | None = None) -> Eigenpair:
-    """Largest algebraic eigenpair of the symmetric operator ``hvp`` on R^dim, by Lanczos (eigsh).
+    """Largest algebraic eigenpair of the symmetric operator ``hvp`` on R^dim, by restarted Lanczos.
 
-    ``hvp`` receives a flat tensor of ``dim`` entries on ``device`` in ``dtype`` and returns H times
-    it; ARPACK works in float64 on the CPU and each product is converted to and from it.
+    ``hvp`` receives a flat tensor of ``dim`` entries on ``device`` in ``dtype`` and returns H times it.
+    From the unit start vector q_1 (``v0``, e.g. the previous solve's eigenvector, else a standard normal
+    vector drawn with ``seed``), each product extends the Krylov basis Q_j = [q_1 .. q_j] (float64 on
+    ``device``, fully reorthogonalised, so the basis stays orthonormal to rounding):
 
-    ``tol`` is eigsh's relative accuracy: ARPACK stops once the Ritz pair's residual satisfies
-    |H u - lambda u| <= tol * |lambda|, so lambda is within about tol * |lambda| of an eigenvalue
-    (for a symmetric operator the error is even of order residual^2 / spectral gap).
-    ``max_iter`` is eigsh's ``maxiter``: implicit restarts, each costing up to ``ncv`` products
-    (``ncv`` None: ``NCV_COLD`` without ``v0``, ``NCV_WARM`` with it, at most dim); a call always costs
-    at least about ``ncv`` products.
-    ``v0`` (e.g. the eigenvector of the previous step) warm-starts the iteration, which saves
-    restarts; without it the start is a standard normal vector drawn with ``seed``, so results are
-    reproducible. On non-convergence the result is marked ``converged=False`` (see ``Eigenpair``).
+        w = H q_j - Q_j (Q_j^T H q_j),   q_(j+1) = w / beta_j,   beta_j = |w|,
+
+    and T_j = Q_j^T H Q_j (j x j) gives the Ritz pair (theta, u = Q_j s), theta the largest eigenvalue of
+    T_j, with residual |H u - theta u| = beta_j |s_j| known without another product. The solve stops at the
+    first j where
+
+        |H u - theta u| <= tol * |theta|                                     (relative residual)
+
+    Then theta lies within tol * |theta| of an eigenvalue of H, and within |r|^2 / gap of lambda_max when u
+    leans on the top eigenvector (gap: to the next eigenvalue); theta <= lambda_max always (a Rayleigh
+    quotient). After ``ncv`` products without meeting ``tol`` the basis restarts from u; after
+    ``max_iter`` cycles the solve stops with ``converged=False`` and the Ritz pair then held (theta, a lower
+    bound on lambda_max). ``ncv`` None: ``NCV_COLD`` without ``v0``, ``NCV_WARM`` with it (at most dim).
     """
     if v0 is None:
-        start = np.random.default_rng(seed).standard_normal(dim)
+        start = torch.from_numpy(np.random.default_rng(seed).standard_normal(dim))
     else:
-        start = v0.detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
-        if start.shape != (dim,):
-            raise ValueError(f"v0 has {start.size} entries, expected {dim}")
-    if ncv is None:
-        ncv = min(dim, NCV_COLD if v0 is None else NCV_WARM)
-    n_hvp = 0
-    best = (-np.inf, None)  # (Rayleigh quotient, vector) of the best product seen: the fallback
-
-    def matvec(x: np.ndarray) -> np.ndarray:
-        nonlocal n_hvp, best
-        n_hvp += 1
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        hx = hvp(torch.from_numpy(x).to(device=device, dtype=dtype))
-        hx = hx.detach().to(device="cpu", dtype=torch.float64).numpy()
-        quotient = float(x @ hx) / float(x @ x)
-        if quotient > best[0]:
-            best = (quotient, x / np.linalg.norm(x))
-        return hx
-
-    operator = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
-    try:
-        values, vectors = eigsh(operator, k=1, which="LA", v0=start, tol=tol, maxiter=max_iter, ncv=ncv)
-        value, vector, converged = float(values[0]), vectors[:, 0], True
-    except ArpackNoConvergence:
-        (value, vector), converged = best, False
-    eigenvector = torch.from_numpy(np.ascontiguousarray(vector)).to(device=device, dtype=dtype)
-    return Eigenpair(value, eigenvector, n_hvp, converged)
+        start = v0.detach().reshape(-1).to(device="cpu", dtype=torch.float64)
+        if start.numel() != dim:
+            raise ValueError(f"v0 has {start.numel()} entries, expected {dim}")
+    basis_size = min(dim, ncv or (NCV_COLD if v0 is None else NCV_WARM))
+    basis = torch.zeros(basis_size + 1, dim, dtype=torch.float64, device=device)
+    projected = np.zeros((basis_size, basis_size))  # T_j = Q_j^T H Q_j, filled column by column
+    ritz = start.to(device) / start.norm()
+    n_hvp, theta, residual = 0, float("nan"), float("inf")
+    for _ in range(max_iter):
+        basis[0] = ritz
+        for j in range(basis_size):
+            w = hvp(basis[j].to(dtype)).detach().reshape(-1).to(device=device, dtype=torch.float64)
+            n_hvp += 1
+            for _ in range(2):  # Gram-Schmidt twice: orthogonal to rounding even when w nearly lies in Q_j
+                coefficients = basis[: j + 1] @ w
+                w -= coefficients @ basis[: j + 1]
+                projected[: j + 1, j] += coefficients.cpu().numpy()
+            beta = float(w.norm())
+            upper = np.triu(projected[: j + 1, : j + 1])
+            values, vectors = np.linalg.eigh(upper + np.triu(upper, 1).T)
+            theta, s = float(values[-1]), vectors[:, -1]
+            residual = beta * abs(float(s[-1]))
+            ritz = torch.from_numpy(s).to(device) @ basis[: j + 1]
+            ritz /= ritz.norm()
+            if residual <= tol * abs(theta) or beta == 0.0:
+                return Eigenpair(theta, ritz.to(dtype), n_hvp, True, residual / max(abs(theta), np.finfo(float).tiny))
+            if j + 1 < basis_size:
+                basis[j + 1] = w / beta
+        projected[:] = 0.0
+    return Eigenpair(theta, ritz.to(dtype), n_hvp, False, residual / max(abs(theta), np.finfo(float).tiny))
 
 
 def top_eigenpair(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int, *,
@@ -170,6 +184,63 @@ def top_eigenpair(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         sum(p.numel() for p in params), device=params[0].device, dtype=params[0].dtype,
         v0=v0, tol=tol, max_iter=max_iter, seed=seed, ncv=ncv,
     )
+
+
+class SolveSteps:
+    """The steps at which a run solves for the sharpness (``sharpness.every`` and the ``refine_*`` settings).
+
+    ``selection`` is what ``parse_step_selection`` made of ``sharpness.every``: None (never), a set of steps
+    (exactly those), or K (``every:K``: the grid 0, K, 2K, ..., refined near 2/lr). With ``refine_every``
+    r set, after a solve at step k whose sharpness s_k is still below ``refine_until`` * 2/lr_k, the next
+    solve comes at k + r (at the latest at g, the next grid step after k) while
+
+        max(s_k, s_k + (g - k) (s_k - s_j) / (k - j)) >= refine_from * 2/lr_k,
+
+    the linear extrapolation from the previous solve j (at the first solve, no slope is known: refine).
+    Once a solve reaches ``refine_until`` * 2/lr, only the grid. So the first step with sharpness >=
+    refine_until * 2/lr (and any lower threshold above refine_from * 2/lr) is bracketed by solves at most r
+    steps apart, unless the sharpness jumps past both within one grid interval against the extrapolation.
+    """
+
+    def __init__(self, selection: set[int] | int | None, refine_every: int = REFINE_EVERY,
+                 refine_from: float = REFINE_FROM, refine_until: float = REFINE_UNTIL):
+        self.selection, self.refine_every = selection, refine_every
+        self.refine_from, self.refine_until = refine_from, refine_until
+        self.previous: tuple[int, float] | None = None  # (step, sharpness) of the last solve
+        self.reached = False
+        self.next_refined: int | None = None  # an extra solve between grid steps, if one is due
+
+    def on_grid(self, k: int) -> bool:
+        """Whether step k is one of the selection's own steps (without refinement)."""
+        if self.selection is None or isinstance(self.selection, set):
+            return self.selection is not None and k in self.selection
+        return k % self.selection == 0
+
+    def due(self, k: int) -> bool:
+        """Whether step k solves: a step of the selection, or a refined one."""
+        return self.on_grid(k) or k == self.next_refined
+
+    def record(self, k: int, sharpness: float, lr: float) -> None:
+        """Take the solve of step k into account for the next ones."""
+        self.next_refined = None
+        stable = 2.0 / lr
+        self.reached = self.reached or sharpness >= self.refine_until * stable
+        if isinstance(self.selection, int) and not self.reached and math.isfinite(sharpness):
+            grid = (k // self.selection + 1) * self.selection
+            predicted = sharpness
+            if self.previous is not None:
+                j, s_j = self.previous
+                predicted = max(sharpness, sharpness + (grid - k) * (sharpness - s_j) / (k - j))
+            if self.previous is None or predicted >= self.refine_from * stable:
+                self.next_refined = min(k + self.refine_every, grid)
+        self.previous = (k, sharpness)
+
+    def state_dict(self) -> dict:
+        return {"previous": self.previous, "reached": self.reached, "next_refined": self.next_refined}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.previous = None if state["previous"] is None else tuple(state["previous"])
+        self.reached, self.next_refined = state["reached"], state["next_refined"]
 
 
 def gradient_eigenvector_cosine(grad: torch.Tensor, eigvec: torch.Tensor) -> float:

@@ -47,7 +47,7 @@ from zigzag.rawdump import RawGradientWriter
 from zigzag.runconfig import RunConfig
 from zigzag.schedules import GAWU, GradientCorrelationMonitor, WarmupCosine
 from zigzag.settings import MAX_STEPS, parse_step_selection, selected
-from zigzag.sharpness import NCV_COLD, gradient_eigenvector_cosine, top_eigenpair
+from zigzag.sharpness import NCV_COLD, SolveSteps, gradient_eigenvector_cosine, top_eigenpair
 
 PROGRESS_H = 5  # window of the mean gradient correlation shown while training (paper eq. 3)
 RESUME_FILES = ("trajectory.h5", "checkpoint.pt", "checkpoint.tmp")  # all a run writes into <out>.resume/
@@ -246,8 +246,9 @@ class Trainer:
             self.batches_per_epoch = 1
             self.total_steps = config.steps
         self.raw_selection = parse_step_selection(config.raw_gradients, self.total_steps, "raw_gradients")
-        self.sharpness_selection = parse_step_selection(config.sharpness_setting("every"), self.total_steps,
-                                                        "sharpness.every")
+        self.solve_steps = SolveSteps(
+            parse_step_selection(config.sharpness_setting("every"), self.total_steps, "sharpness.every"),
+            *(config.sharpness_setting(f"refine_{key}") for key in ("every", "from", "until")))
         subset = config.sharpness_setting("subset") or n
         if subset > n:
             raise ZigzagError(f"invalid sharpness.subset={subset}: larger than the training set ({n})")
@@ -284,11 +285,11 @@ class Trainer:
     def _memory_estimate(self, n_params: int) -> tuple[str, int, int]:
         """What the run keeps per parameter, in words, the bytes it needs at least (float32: the parameters,
         their gradient, the momentum buffer, the lag ring's lags + 1 gradients with their int8 signs, the
-        Lanczos basis when sharpness is recorded; activations come on top) and the bytes available."""
+        Lanczos basis in float64 when sharpness is recorded; activations come on top) and the bytes available."""
         c = self.config
         per_param = 4 * (2 + (c.momentum > 0)) + (c.lags + 1) * (4 + 1)
         if c.sharpness_setting("every") != "none":
-            per_param += 4 * (c.sharpness_setting("ncv") or NCV_COLD)
+            per_param += 8 * ((c.sharpness_setting("ncv") or NCV_COLD) + 1)
         free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else available_memory()
         what = (f"the {c.model} at width {c.width:g} has {n_params:,} parameters; with its gradient and a lag ring of "
                 f"lags + 1 = {c.lags + 1} gradients it needs {n_params * per_param / 2**30:,.1f} GiB")
@@ -362,6 +363,7 @@ class Trainer:
             "progress_monitor": self.progress_monitor.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "eigenvector": self.eigenvector,
+            "solve_steps": self.solve_steps.state_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ring": self.ring.state_dict(),
@@ -444,6 +446,7 @@ class Trainer:
         if self.scheduler:
             self.scheduler.load_state_dict(state["scheduler"])
         self.eigenvector = state["eigenvector"]
+        self.solve_steps.load_state_dict(state["solve_steps"])
         torch.set_rng_state(state["torch_rng"])
         return state, writer
 
@@ -501,11 +504,11 @@ class Trainer:
             with self.precision.autocast():
                 row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
                                                                   cfg.micro_batch)
-        if selected(self.sharpness_selection, k):
-            row.update(self.sharpness(self.grads.flat))
+        if self.solve_steps.due(k):
+            row.update(self.sharpness(k, row["lr"], self.grads.flat))
             if not row["sharpness_converged"]:
                 print(f"warning: {self.out}: the Lanczos solve at step {k} stopped after max_iter="
-                      f"{cfg.sharpness_setting('max_iter')} restarts short of tol={cfg.sharpness_setting('tol')}; "
+                      f"{cfg.sharpness_setting('max_iter')} cycles short of tol={cfg.sharpness_setting('tol')}; "
                       f"its sharpness {row['sharpness']:.6g} is a lower bound (sharpness_converged 0)",
                       file=sys.stderr)
         if selected(self.raw_selection, k):
@@ -549,7 +552,7 @@ class Trainer:
                 n_params=self.n_params, n_train=len(self.data.train_x), lags=cfg.lags,
                 raw_dtype=cfg.raw_dtype if self.raw_selection is not None else None,
                 raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
-                extra_series=store.SHARPNESS_SERIES if self.sharpness_selection is not None else None,
+                extra_series=store.SHARPNESS_SERIES if self.solve_steps.selection is not None else None,
                 attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
                        "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch,
                        "dataset_sha256": self.binding["dataset_sha256"], "code_hash": self.binding["code"],
@@ -610,20 +613,22 @@ class Trainer:
             print(f"warning: {err}", file=sys.stderr)
         return status
 
-    def sharpness(self, grad: torch.Tensor) -> dict:
-        """Top Hessian eigenvalue at theta_k on the sharpness subset, warm-started from the last eigenvector."""
+    def sharpness(self, k: int, lr: float, grad: torch.Tensor) -> dict:
+        """Top Hessian eigenvalue at theta_k (step k, learning rate lr) on the sharpness subset, warm-started
+        from the last eigenvector; ``grad`` is g_k."""
         setting = self.config.sharpness_setting
         pair = top_eigenpair(self.model, *self.sharpness_data, self.config.micro_batch, v0=self.eigenvector,
                              tol=setting("tol"), max_iter=setting("max_iter"), ncv=setting("ncv"),
                              seed=self.config.seed)
         self.eigenvector = pair.eigenvector
+        self.solve_steps.record(k, pair.eigenvalue, lr)
         return {"sharpness": pair.eigenvalue, "sharpness_hvps": pair.n_hvp,
-                "sharpness_converged": float(pair.converged),
+                "sharpness_converged": float(pair.converged), "sharpness_residual": pair.residual,
                 "grad_eigvec_cosine": gradient_eigenvector_cosine(grad, pair.eigenvector)}
 
     def _sharpness_attrs(self) -> dict:
         """The sample the sharpness is taken on and the batches its loss is split into (none: no sharpness)."""
-        if self.sharpness_selection is None:
+        if self.solve_steps.selection is None:
             return {}
         subset = len(self.sharpness_data[0])
         return {"sharpness_subset": subset, "sharpness_batch": min(self.config.micro_batch, subset)}
