@@ -6,7 +6,7 @@ so a job started at that file's time less its wall seconds); then each figure (`
 with the time it appeared. Times count from Snakemake's start: the newest ``.snakemake/log/<start>.snakemake.log``
 beside ``results`` that began before the first job, else the first job's start. Prints a Markdown table.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/workflow_times.py results
+    .venv/bin/python benchmarks/workflow_times.py results
 """
 
 import argparse
