@@ -182,3 +182,60 @@ def test_the_check_refuses_an_output_outside_results_even_past_the_schema(sectio
         configcheck._check_outputs_inside_results(config)
     assert str(raised.value).startswith("results: 'results/") and "../../../outside/x" in str(raised.value)
     assert str(raised.value).endswith("would lie outside 'results'; rename the entry that names it")
+
+
+# ---------------------------------------------------------------------------------------------
+# Job costs and the order jobs start in.
+
+
+def test_the_default_config_trains_the_quickest_figure_first_then_the_longest_jobs():
+    """config.yaml: Figure 9's three short SGD runs are the cheapest figure and train first; the other jobs
+    follow longest first (by estimated cost), and analyses and figures go before any training job."""
+    config = configcheck.add_sharpness_figures(load("config.yaml"))
+    figure_costs = {fid: sum(pipeline.job_cost(config, i) for i in pipeline.figure_instances(config, spec))
+                    for fid, spec in config["figures"].items()}
+    assert pipeline.quickest_figure(config) == "fig9_batch_sizes" == min(figure_costs, key=figure_costs.get)
+    priorities = pipeline.train_priorities(config)
+    order = sorted(priorities, key=priorities.get, reverse=True)
+    assert set(priorities) == set(pipeline.all_instances(config))
+    assert sorted(order[:3]) == ["sgd_b125", "sgd_b250", "sgd_b50"]
+    costs = [pipeline.job_cost(config, job) for job in order[3:]]
+    assert costs == sorted(costs, reverse=True) and order[3] == "resnet18_lr0.1"
+    assert sorted(priorities.values()) == list(range(1, len(order) + 1))
+    assert pipeline.finishing_priority(config) > max(priorities.values())
+
+
+def test_a_job_costs_its_gradients_and_sharpness_solves_times_the_models_size():
+    config = configcheck.checked_config(tiny(), SCHEMA)  # 100 images; cnn_a: GD, width 0.25, 10 steps
+    run = config["runs"]["cnn_a"]
+    per_image = pipeline.GRADIENT_FORWARDS * pipeline.MODEL_MMACS["cnn"] * 0.25 ** 2 / 1e3
+    assert pipeline.job_cost(config, "cnn_a") == pytest.approx(10 * 100 * per_image)
+    run["width"] = 0.5
+    assert pipeline.job_cost(config, "cnn_a") == pytest.approx(4 * 10 * 100 * per_image)
+    run.update(width=0.25, sharpness={"every": "every:4", "subset": 50})  # solves at steps 0, 4, 8
+    solves = 3 * pipeline.HVPS_PER_SOLVE * pipeline.HVP_GRADIENTS * 50
+    assert pipeline.job_cost(config, "cnn_a") == pytest.approx((10 * 100 + solves) * per_image)
+    run["sharpness"] = {"every": [0, 9]}  # the whole set, twice
+    assert pipeline.job_cost(config, "cnn_a") == pytest.approx(
+        (10 * 100 + 2 * pipeline.HVPS_PER_SOLVE * pipeline.HVP_GRADIENTS * 100) * per_image)
+    run.update(sharpness={}, optimizer="sgd", batch_size=30, epochs=2)  # 3 batches of 30 per epoch
+    assert pipeline.job_cost(config, "cnn_a") == pytest.approx(2 * 3 * 30 * per_image)
+
+
+def test_the_model_costs_are_the_models_flop_counts():
+    """MODEL_MMACS holds every model's forward multiply-adds at width 1 on a 32 x 32 image, as torch counts them."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zigzag.models import MODELS, build_model
+
+    assert set(pipeline.MODEL_MMACS) == set(MODELS)
+    for name in MODELS:
+        with FlopCounterMode(display=False) as counter:
+            build_model(name, in_channels=1, image_size=32)(torch.zeros(1, 1, 32, 32))
+        assert pipeline.MODEL_MMACS[name] == pytest.approx(counter.get_total_flops() / 2 / 1e6, rel=0.01), name
+
+
+def test_usable_cpus_are_the_processes_affinity(monkeypatch):
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert pipeline.usable_cpus() == 3

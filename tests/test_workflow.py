@@ -220,7 +220,25 @@ def test_default_and_paper_configs_dry_run(configfile, tmp_path):
         assert re.search(r"^train\s+17$", figures_only, re.M) and "table_claims" not in figures_only
         for job in ("cnn_lr0.1", "cnn_lr0.1-seed1", "cnn_lr0.1-seed2", "sgd_gawu-seed2"):
             assert f"results/runs/{job}/trajectory.h5" in out
+        assert_planned_order(out, configcheck_for(yaml.safe_load((ROOT / configfile).read_text())))
     assert "table_claims" in jobs
+
+
+def assert_planned_order(dry_run: str, config: dict):
+    """The dry run's jobs take the priorities zigzag.pipeline plans (the quickest figure's training first,
+    then longest first; analyses and figures above all training) and each training job one thread of
+    train_cpus."""
+    from zigzag import pipeline
+
+    blocks = [dict(re.findall(r"^    (\w+): (.*)$", block, re.M), rule=rule)
+              for rule, block in re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", dry_run, re.M)]
+    trains = {b["wildcards"].removeprefix("job="): b for b in blocks if b["rule"] == "train"}
+    assert set(trains) == set(pipeline.all_instances(config))
+    for job, block in trains.items():
+        assert int(block["priority"]) == pipeline.train_priority(config, job), job
+        assert "train_cpus=1" in block["resources"].split(", ") and "threads" not in block, job
+    finishing = [b for b in blocks if b["rule"] == "analyze" or b["rule"].startswith("figure_")]
+    assert finishing and {int(b["priority"]) for b in finishing} == {pipeline.finishing_priority(config)}
 
 
 # The conda/container advice is out of scope: the project deploys with pip (README, "How it works").

@@ -12,6 +12,7 @@ seed (``instances``); figures are planned from their kind's declaration (``zigza
 from __future__ import annotations
 
 import json
+import os
 import shlex
 
 from zigzag.analysisconfig import AnalysisSettings
@@ -259,3 +260,77 @@ def table_command(config: dict, tid: str, spec: dict) -> str:
     for item in spec["rows"]:
         args += ["--row", item["label"], *(trajectory_file(config, i) for i in instances(config, item["run"]))]
     return shlex.join([*args, "--caption", spec["caption"], "--out", table_file(config, tid, "")])
+
+
+# ---------------------------------------------------------------------------------------------
+# Job costs and the order jobs start in (docs/design.md, "Cores and the order of jobs").
+
+# Forward multiply-adds (millions) of one 32 x 32 one-channel image through each model at width 1, counted by
+# torch's flop counter (tests/test_pipeline.py recounts them); width w costs about w**2 of it.
+MODEL_MMACS = {"cnn": 9.75, "vgg16": 312.0, "resnet18": 554.2, "resnet34": 1158.2}
+GRADIENT_FORWARDS = 3  # a gradient (forward and backward) costs about three forward passes
+HVP_GRADIENTS = 3.6  # a Hessian-vector product costs about this many gradients (measured: 3.6-3.9 on the CPU)
+HVPS_PER_SOLVE = 10  # Hessian-vector products of a typical warm-started sharpness solve
+
+
+def train_images(config: dict, dataset: str) -> int:
+    """The training images of a dataset of the config: its subset, else its source's training split."""
+    from zigzag.data import TRAIN_IMAGES
+
+    spec = config["datasets"][dataset]
+    return spec["train_size"] or TRAIN_IMAGES[spec["source"]]
+
+
+def sharpness_solves(run: dict, steps: int) -> int:
+    """How many sharpness solves a run of ``steps`` steps makes (its ``sharpness.every``)."""
+    from zigzag.settings import parse_step_selection
+
+    selection = parse_step_selection(run["sharpness"].get("every", "none"), steps, "sharpness.every")
+    if selection is None:
+        return 0
+    return len(range(0, steps, selection)) if isinstance(selection, int) else len(selection)
+
+
+def job_cost(config: dict, instance: str) -> float:
+    """A training job's expected cost, in 10^9 multiply-adds, from its settings: the images its steps take
+    gradients of, plus its sharpness solves' Hessian-vector products, times the model's cost per image.
+    Evaluations (a forward pass of the test set every ``eval_every`` steps) are left out."""
+    run = config["runs"][run_of(config, instance)]
+    images = train_images(config, run["dataset"])
+    if run["optimizer"] == "sgd":
+        steps, per_step = run["epochs"] * (images // run["batch_size"]), run["batch_size"]
+    else:
+        steps, per_step = run["steps"], images
+    subset = run["sharpness"].get("subset") or images
+    gradients = steps * per_step + sharpness_solves(run, steps) * HVPS_PER_SOLVE * HVP_GRADIENTS * subset
+    return gradients * GRADIENT_FORWARDS * MODEL_MMACS[run["model"]] * run["width"] ** 2 / 1e3
+
+
+def quickest_figure(config: dict) -> str:
+    """The figure whose jobs cost least to train (the first in the config among equals)."""
+    return min(config["figures"],
+               key=lambda fid: sum(job_cost(config, i) for i in figure_instances(config, config["figures"][fid])))
+
+
+def train_priorities(config: dict) -> dict[str, int]:
+    """Job -> its training job's Snakemake priority (higher starts first among ready jobs): the quickest
+    figure's jobs first, then the others longest first, so that at the end only short jobs remain to share
+    the cores; ``finishing_priority`` is above them all."""
+    first = set(figure_instances(config, config["figures"][quickest_figure(config)]))
+    by_cost = sorted(all_instances(config), key=lambda i: (i not in first, -job_cost(config, i), i))
+    return {job: len(by_cost) - rank for rank, job in enumerate(by_cost)}
+
+
+def train_priority(config: dict, instance: str) -> int:
+    return train_priorities(config)[instance]
+
+
+def finishing_priority(config: dict) -> int:
+    """The priority of analyses and figures: above every training job, so a finished run becomes its figures
+    before the next training job takes the core (they take seconds)."""
+    return len(all_instances(config)) + 1
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container or taskset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -6,6 +6,7 @@ rule analyze:
         pipeline.analysis_file(config, "{job}"),
     log:
         pipeline.log_file(config, "analyze", "{job}"),
+    priority: pipeline.finishing_priority(config)
     params:
         args=lambda w: pipeline.analysis_args(config, w.job),
         code=codehash.code_hash("analyze"),

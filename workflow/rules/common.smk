@@ -16,6 +16,12 @@ except ZigzagError as err:
 # The config's one addition: a figure sharpness_<run> for every run that records sharpness.
 configcheck.add_sharpness_figures(config)
 
+# Training jobs are CPU-bound: run here, they hold at most as many train_cpus as this process may use, so
+# `--cores 8` on two CPUs trains two jobs at a time, not eight that share them. `--resources train_cpus=N`
+# sets another limit; on a cluster (--jobs) each job has its own node and nothing is capped.
+if workflow.nodes is None and "train_cpus" not in workflow.global_resources:
+    workflow.register_resource("train_cpus", pipeline.usable_cpus())
+
 JOBS = pipeline.all_instances(config)  # job name -> (run, seed): one training job each
 
 # `zigzag` in a rule's shell command: the package's command line, run by the interpreter that runs

@@ -20,6 +20,7 @@ for fid, spec in config["figures"].items():
             pdf=pipeline.figure_file(config, fid, "pdf"),
         log:
             pipeline.log_file(config, "figures", fid),
+        priority: pipeline.finishing_priority(config)
         params:
             spec=lambda w, spec=spec: json.dumps(spec, sort_keys=True),
             code=codehash.code_hash("figures"),

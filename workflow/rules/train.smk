@@ -11,9 +11,16 @@ rule train:
         pipeline.log_file(config, "train", "{job}"),
     benchmark:
         pipeline.benchmark_file(config, "{job}")
+    priority: lambda w: pipeline.train_priority(config, w.job)
+    # One torch thread per job: the thread count changes the CPU's sums (a run's numbers), so one thread keeps
+    # them the same on every machine, and two one-thread jobs use two cores better than one two-thread job.
+    # A job holds train_cpus (one per thread), which common.smk caps at this machine's CPUs whatever --cores
+    # says; the quickest figure's jobs start first, then the longest
+    # (docs/design.md, "Cores and the order of jobs").
     threads: 1
     resources:
         gpu=lambda w: pipeline.uses_gpu(config, w.job),
+        train_cpus=lambda w, threads: threads,
     params:
         settings=lambda w: pipeline.run_settings(config, w.job, pipeline.dataset_file(config, w.job)),
         code=codehash.code_hash("train"),
