@@ -18,6 +18,7 @@ written to ``--out``/solves.csv.
 
     python benchmarks/bench_sharpness_solver.py [--runs cnn_lr0.1,...] [--seeds 0,1,2] [--reference]
         [--no-arpack] [--every every:10] [--threads N] [--out DIR]
+    python benchmarks/bench_sharpness_solver.py --table DIR/solves.csv     # every solve, as Markdown
 """
 
 from __future__ import annotations
@@ -113,7 +114,11 @@ def main() -> None:
     parser.add_argument("--every", help="override the runs' sharpness sampling (e.g. every:10)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("sharpness-solver"))
+    parser.add_argument("--table", type=Path, metavar="CSV", help="print an earlier run's solves.csv as Markdown")
     args = parser.parse_args()
+    if args.table:
+        print_table(args.table)
+        return
     torch.set_num_threads(args.threads)
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     args.out.mkdir(parents=True, exist_ok=True)
@@ -161,9 +166,26 @@ def report(solves: list[dict], grid: str) -> None:
     if "reference" in solves[0]:
         errors = [abs(s["zigzag"] - s["reference"]) / abs(s["reference"]) for s in solves]
         line += f" | zigzag vs reference: max rel. error {max(errors):.2e}"
-        if "arpack" in solves[0]:
-            line += f", arpack {max(abs(s['arpack'] - s['reference']) / abs(s['reference']) for s in solves):.2e}"
+        on_grid = [s for s in solves if "arpack" in s]
+        if on_grid:
+            line += f", arpack {max(abs(s['arpack'] - s['reference']) / abs(s['reference']) for s in on_grid):.2e}"
     print(line, flush=True)
+
+
+def print_table(path: Path) -> None:
+    """Every solve of a solves.csv as a Markdown table (relative errors against the reference, else ARPACK)."""
+    with open(path, newline="") as f:
+        solves = list(csv.DictReader(f))
+    against = "reference" if solves and solves[0].get("reference") else "arpack"
+    print(f"| run | seed | step | 2/lr | zigzag | HVPs | residual | {against} | relative error | ARPACK HVPs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s in solves:
+        value = float(s["zigzag"])
+        truth, error = "-", "-"
+        if s.get(against):
+            truth, error = f"{float(s[against]):.6g}", f"{abs(value - float(s[against])) / abs(float(s[against])):.1e}"
+        print(f"| {s['run']} | {s['seed']} | {s['step']} | {2 / float(s['lr']):g} | {value:.5g} | {s['zigzag_hvps']} | "
+              f"{float(s['zigzag_residual']):.1e} | {truth} | {error} | {s.get('arpack_hvps') or '-'} |")
 
 
 if __name__ == "__main__":

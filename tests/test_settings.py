@@ -51,16 +51,16 @@ def test_every_run_setting_is_a_train_flag_and_a_config_key_with_its_default():
 
 
 def test_the_lanczos_defaults_are_declared_once():
-    """The run's defaults are the solver's (tol 1e-2; ncv 20 for a cold start, 8 warm) and the solve steps' (refined
+    """The run's defaults are the solver's (tol 1e-3; ncv 20 for a cold start, 8 warm) and the solve steps' (refined
     every 2 steps from 0.5 to 0.9 x 2/lr), and the schema says so."""
     run = RunConfig.from_dict({"dataset": "d", "model": "cnn", "lr": 0.1, "steps": 3, "sharpness": {"every": "0"}})
     solver = inspect.signature(sharpness.top_eigenpair_of).parameters
-    assert run.sharpness_setting("tol") == solver["tol"].default == sharpness.TOL == 1e-2
+    assert run.sharpness_setting("tol") == solver["tol"].default == sharpness.TOL == 1e-3
     assert run.sharpness_setting("max_iter") == solver["max_iter"].default == sharpness.MAX_ITER
     assert run.sharpness_setting("ncv") is None and solver["ncv"].default is None
     ncv = configcheck.load_schema(SCHEMA)["properties"]["runs"]["additionalProperties"]["properties"]["sharpness"]
     assert "default 20 for the first solve, 8 for the next" in ncv["properties"]["ncv"]["description"]
-    assert "(default 0.01)" in ncv["properties"]["tol"]["description"]
+    assert "(default 0.001)" in ncv["properties"]["tol"]["description"]
     steps = inspect.signature(sharpness.SolveSteps).parameters
     for key, default in (("every", 2), ("from", 0.5), ("until", 0.9)):
         assert run.sharpness_setting(f"refine_{key}") == steps[f"refine_{key}"].default == default

@@ -265,7 +265,7 @@ class DenseCheckedTrainer(Trainer):
 
 
 def test_every_solve_of_a_short_run_is_within_one_percent_of_a_dense_eigendecomposition(tmp_path):
-    """A CNN of 156 parameters on 8 x 8 images, sharpness at every step with the default tolerance (1e-2),
+    """A CNN of 156 parameters on 8 x 8 images, sharpness at every step with the default tolerance (1e-3),
     cold then warm: each recorded lambda_max within 1 % of the top eigenvalue of the dense Hessian, and
     each recorded residual the one the dense Hessian gives."""
     dataset = write_synthetic_dataset(tmp_path / "small.h5", n_train=48, n_test=16, size=8)
@@ -279,7 +279,7 @@ def test_every_solve_of_a_short_run_is_within_one_percent_of_a_dense_eigendecomp
     for k, row, dense, residual in trainer.checks:
         assert row["sharpness_converged"] == 1
         assert row["sharpness"] == pytest.approx(dense, rel=1e-2), k
-        assert row["sharpness_residual"] <= 1e-2
+        assert row["sharpness_residual"] <= 1e-3
         assert row["sharpness_residual"] == pytest.approx(residual, rel=1e-2, abs=1e-4), k
     traj = store.read_trajectory(tmp_path / "dense.h5")
     assert np.array_equal(traj.steps["sharpness"], [row["sharpness"] for _, row, *_ in trainer.checks])
