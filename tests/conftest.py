@@ -1,5 +1,9 @@
-"""Shared fixtures: small synthetic datasets written through the real store."""
+"""Shared fixtures: small synthetic datasets written through the real store, and what several tests read,
+built once per session (also when pytest-xdist runs the tests in several worker processes)."""
 
+import fcntl
+import os
+import shutil
 import subprocess
 import sys
 
@@ -32,18 +36,40 @@ def tiny_dataset(tmp_path):
     return str(write_synthetic_dataset(tmp_path / "tiny.h5"))
 
 
+def built_once(tmp_path_factory, name, build):
+    """The folder ``name`` filled by ``build(folder)`` once per test session. Under pytest-xdist the workers
+    share it: the first to ask builds it under a file lock in the session's common base temp, the others wait
+    for it (a build that failed is retried, and fails again in the worker that asked)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def files(tmp_path_factory):
     """Inputs for the error tests, built once: a dataset, two 8-step trajectories of it (``traj``, ``other``)
     and the analysis of the first. Tests read them and never change them."""
-    root = tmp_path_factory.mktemp("files")
-    data = write_synthetic_dataset(root / "data.h5")
-    for name in ("a", "b"):
-        zigzag_cli("train", "--dataset", data, "--model", "cnn", "--width", "0.5", "--lr", "0.05", "--steps", 8,
-                   "--lags", 3, "--micro-batch", 32, "--device", "cpu", "--threads", 1, "--quiet",
-                   "--out", root / f"{name}.h5")
-    zigzag_cli("analyze", root / "a.h5", "--out", root / "a_an.h5", "--h", "3", "--windows", "2")
-    return {"data": data, "traj": root / "a.h5", "other": root / "b.h5", "analysis": root / "a_an.h5"}
+    def build(root):
+        data = write_synthetic_dataset(root / "data.h5")
+        for name in ("a", "b"):
+            zigzag_cli("train", "--dataset", data, "--model", "cnn", "--width", "0.5", "--lr", "0.05", "--steps",
+                       8, "--lags", 3, "--micro-batch", 32, "--device", "cpu", "--threads", 1, "--quiet",
+                       "--out", root / f"{name}.h5")
+        zigzag_cli("analyze", root / "a.h5", "--out", root / "a_an.h5", "--h", "3", "--windows", "2")
+
+    root = built_once(tmp_path_factory, "files", build)
+    return {"data": root / "data.h5", "traj": root / "a.h5", "other": root / "b.h5", "analysis": root / "a_an.h5"}
 
 
 def zigzag_cli(*args, check=True):
