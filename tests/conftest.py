@@ -6,11 +6,20 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from zigzag import store
+
+ROOT = Path(__file__).resolve().parents[1]
+# The `.test` workflow as the workflow and Slurm tests build it: cnn_a runs long enough for the Slurm test
+# to kill it between two checkpoints.
+WORKFLOW_STEPS, WORKFLOW_CHECKPOINT_EVERY = 100, 5
+# The README's command for a workstation with several GPUs.
+LOCAL_GPU = ["--profile", "workflow/profiles/local-gpu", "--resources", "gpu=2", "--cores", "2", "all_figures"]
 
 
 def write_synthetic_dataset(path, n_train=96, n_test=32, channels=1, size=16, classes=10, seed=0):
@@ -78,3 +87,45 @@ def zigzag_cli(*args, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f"zigzag {args} failed:\n{result.stderr}")
     return result
+
+
+def workflow_copy(path):
+    """The workflow, the package and the `.test` config (cnn_a made long enough to be killed mid-run, every
+    run on device auto) in the new folder ``path``."""
+    path.mkdir()
+    shutil.copy(ROOT / "Snakefile", path)
+    shutil.copytree(ROOT / "workflow", path / "workflow")
+    shutil.copytree(ROOT / "zigzag", path / "zigzag", ignore=shutil.ignore_patterns("__pycache__"))
+    config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    config["runs"]["cnn_a"].update(steps=WORKFLOW_STEPS, checkpoint_every=WORKFLOW_CHECKPOINT_EVERY)
+    for run in config["runs"].values():
+        run["device"] = "auto"
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    return path
+
+
+def workflow_environment(base, workdir, extra_bin=None):
+    """A machine with GPU slots 0 and 1 and no scheduler-given device, running the package copied to
+    ``workdir``; ``extra_bin`` goes first on the PATH."""
+    env = {k: v for k, v in base.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
+    path = f"{extra_bin}:{env['PATH']}" if extra_bin else env["PATH"]
+    return {**env, "PYTHONPATH": str(workdir), "PATH": path, "ZIGZAG_GPU_DEVICES": "0,1"}
+
+
+@pytest.fixture(scope="session")
+def built_workflow(tmp_path_factory):
+    """The `.test` workflow (``workflow_copy``) built once per session by the multi-GPU workstation command
+    (``LOCAL_GPU``), where a stand-in `nvidia-smi` that does nothing only makes the workflow see a GPU
+    machine (training jobs then count against --resources gpu=2 and lease a slot; nothing opens a GPU).
+    The workflow tests copy it; the Slurm test compares its outputs with it. Returns the workflow folder."""
+    def build(root):
+        (root / "bin").mkdir()
+        (root / "bin" / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+        (root / "bin" / "nvidia-smi").chmod(0o755)
+        work = workflow_copy(root / "work")
+        result = subprocess.run([sys.executable, "-m", "snakemake", *LOCAL_GPU], cwd=work, capture_output=True,
+                                text=True, env=workflow_environment(os.environ, work, root / "bin"))
+        if result.returncode != 0:
+            raise AssertionError(f"the `.test` workflow failed:\n{result.stdout}\n{result.stderr}")
+
+    return built_once(tmp_path_factory, "workflow", build) / "work"

@@ -43,27 +43,17 @@ def edit_config(workdir, change):
     path.write_text(yaml.safe_dump(config))
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A copy of the workflow and the package, with the tiny config built once."""
-    workdir = tmp_path_factory.mktemp("workflow")
-    shutil.copy(ROOT / "Snakefile", workdir)
-    shutil.copytree(ROOT / "workflow", workdir / "workflow")
-    shutil.copytree(ROOT / "zigzag", workdir / "zigzag", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / ".test" / "config.yaml", workdir / "config.yaml")
-    snakemake(workdir, "all_figures")
-    return workdir
-
-
 @pytest.fixture
-def workdir(built, tmp_path):
-    """A fresh copy of the built workflow per test (outputs, metadata and mtimes preserved)."""
+def workdir(built_workflow, tmp_path):
+    """A fresh copy of the `.test` workflow built once per session (conftest.py, ``built_workflow``), per test
+    (outputs, metadata and mtimes preserved)."""
     copy = tmp_path / "wf"
-    shutil.copytree(built, copy, symlinks=True)
+    shutil.copytree(built_workflow, copy, symlinks=True)
     return copy
 
 
 def test_all_figures_builds_every_figure_and_report(workdir):
+    """Built by the multi-GPU workstation command: each training job leased one of the two GPU slots."""
     for fid in ("fig_a", "fig_b", "fig_sign"):
         for ext in ("png", "pdf"):
             assert (workdir / "results" / "figures" / f"{fid}.{ext}").stat().st_size > 1000
@@ -76,6 +66,10 @@ def test_all_figures_builds_every_figure_and_report(workdir):
         assert f.attrs["status"] == "completed" and f["steps/dot"].shape == (10, 4)
     assert (workdir / "results" / "benchmarks" / "train" / "cnn_a.tsv").exists()
     assert (workdir / "results" / "logs" / "train" / "cnn_a.log").exists()
+    for run in ("cnn_a", "cnn_b"):
+        with h5py.File(workdir / "results" / "runs" / run / "trajectory.h5", "r") as f:
+            assert f.attrs["gpu_lease"] in (0, 1) and f.attrs["gpu_given"] == ""
+    assert sorted(p.name for p in (workdir / "results" / "gpu-locks").iterdir()) <= ["gpu0.lock", "gpu1.lock"]
     snakemake(workdir, "all_figures", "--report", "report.html")
     assert (workdir / "report.html").stat().st_size > 10_000
 
