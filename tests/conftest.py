@@ -129,3 +129,19 @@ def built_workflow(tmp_path_factory):
             raise AssertionError(f"the `.test` workflow failed:\n{result.stdout}\n{result.stderr}")
 
     return built_once(tmp_path_factory, "workflow", build) / "work"
+
+
+# Tests of minutes, run first so that under pytest-xdist they overlap the rest instead of ending the run
+# (the Slurm test mostly waits for its jobs). With `--maxschedchunk 1` (README) each worker holds two tests
+# at a time, in this order: one quick test after each long one puts each long test on a worker of its own.
+LONG_TESTS = ("tests/test_slurm.py::", "tests/test_default_numbers.py::")
+
+
+def pytest_collection_modifyitems(items):
+    long = [item for item in items if item.nodeid.startswith(LONG_TESTS)]
+    rest = [item for item in items if not item.nodeid.startswith(LONG_TESTS)]
+    ordered = []
+    for item in long:
+        ordered += [item, *rest[:1]]
+        rest = rest[1:]
+    items[:] = ordered + rest

@@ -171,7 +171,7 @@ def _short_series(path):
     (_short_series, "partial trajectory damaged"),
     ("checkpoint", "is unreadable"),
 ])
-def test_damaged_partial_trajectory_never_blocks_a_rerun(files, straight, tmp_path, damage, expected):
+def test_damaged_partial_trajectory_never_blocks_a_rerun(files, straight, tmp_path, capsys, damage, expected):
     out = tmp_path / "t.h5"
     args = train_args(files["data"])
     run_killed_at("finish", *args, "--out", out)  # killed at the final close: every row written
@@ -180,11 +180,12 @@ def test_damaged_partial_trajectory_never_blocks_a_rerun(files, straight, tmp_pa
         _truncate(resume / "checkpoint.pt")
     elif damage is not None:
         damage(resume / "trajectory.h5")
-    rerun = zigzag_cli(*args, "--out", out, check=False)
-    assert rerun.returncode == 0, rerun.stderr
-    assert rerun.stderr.count("\n") == 1 and expected in rerun.stderr
+    code = cli.main([*map(str, args), "--out", str(out)])  # the rerun, in-process
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.count("\n") == 1 and expected in err
     if damage is not None:
-        assert "starting from step 0" in rerun.stderr
+        assert "starting from step 0" in err
     assert not resume.exists()
     assert_same_trajectory(out, straight)
 
@@ -278,14 +279,16 @@ def _copy(src, dst):
 
 
 @pytest.mark.parametrize("case", SAME_AS_INPUT)
-def test_an_output_that_is_an_input_is_refused(files, tmp_path, case):
+def test_an_output_that_is_an_input_is_refused(files, tmp_path, capsys, case):
+    """In-process through the CLI's ``main`` (the one-line exit 2 of a real process: tests/test_bad_inputs.py)."""
     argv = SAME_AS_INPUT[case](files, tmp_path)
     inputs = [Path(a) for a in argv if isinstance(a, Path) and Path(a).exists()]
     before = {p: digest(p) for p in inputs}
-    result = zigzag_cli(*argv, check=False)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
     expected = "is inside" if "resume folder" in case else "is also an input"
-    assert result.stderr.startswith("zigzag: error:") and expected in result.stderr
+    assert err.startswith("zigzag: error:") and expected in err
     out = Path(argv[argv.index("--out" if "--out" in argv else "--png") + 1])
     assert {p: digest(p) for p in inputs} == before and set(out.parent.glob("*.lock")) <= set(inputs)
 
@@ -418,7 +421,7 @@ def test_a_held_lock_stops_writers_and_a_stale_one_blocks_nothing(files, tmp_pat
 # -- 4. a newer file format says "upgrade" -------------------------------------------------------------
 
 
-def test_newer_format_version_says_upgrade(files, tmp_path):
+def test_newer_format_version_says_upgrade(files, tmp_path, capsys):
     for key in ("data", "traj"):
         newer = shutil.copy(files[key], tmp_path / f"newer_{key}.h5")
         with h5py.File(newer, "a") as f:
@@ -426,9 +429,10 @@ def test_newer_format_version_says_upgrade(files, tmp_path):
     for argv in ([*train_args(tmp_path / "newer_data.h5"), "--out", tmp_path / "x.h5"],
                  ["inspect", tmp_path / "newer_traj.h5"],
                  ["analyze", tmp_path / "newer_traj.h5", "--out", tmp_path / "y.h5"]):
-        result = zigzag_cli(*argv, check=False)
-        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-        assert "newer zigzag; upgrade zigzag" in result.stderr
+        code = cli.main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert "newer zigzag; upgrade zigzag" in err
 
 
 # -- 5 and 6. every bad input is one line and exit 2: tests/test_bad_inputs.py -------------------------------
@@ -595,7 +599,7 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(files, straight, tmp_
 
 
 @pytest.mark.parametrize("kind", ["file", "link to a folder"])
-def test_a_resume_path_that_is_not_a_zigzag_folder_is_one_line(files, tmp_path, kind):
+def test_a_resume_path_that_is_not_a_zigzag_folder_is_one_line(files, tmp_path, capsys, kind):
     out, resume = tmp_path / "t.h5", tmp_path / "t.h5.resume"
     if kind == "file":
         resume.write_text("the user's notes")
@@ -603,8 +607,8 @@ def test_a_resume_path_that_is_not_a_zigzag_folder_is_one_line(files, tmp_path, 
         (tmp_path / "mine").mkdir()
         (tmp_path / "mine" / "notes.txt").write_text("the user's notes")
         resume.symlink_to(tmp_path / "mine")
-    result = zigzag_cli(*train_args(files["data"]), "--out", out, check=False)
-    assert result.returncode == 2 and result.stderr == (
+    assert cli.main([*map(str, train_args(files["data"])), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
         f"zigzag: error: {resume} exists and is not a folder zigzag wrote (the checkpoint folder of {out}); move or "
         f"delete it\n")
     assert (resume if kind == "file" else resume / "notes.txt").read_text() == "the user's notes"
