@@ -14,6 +14,12 @@ import yaml
 
 from zigzag import store
 
+if "PYTEST_XDIST_WORKER" in os.environ:  # parallel workers share the cores: one thread each, and in their
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses (a test that sets --threads keeps its own)
+    import torch
+
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 # The `.test` workflow as the workflow and Slurm tests build it: cnn_a runs long enough for the Slurm test
 # to kill it between two checkpoints.
@@ -87,6 +93,19 @@ def zigzag_cli(*args, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f"zigzag {args} failed:\n{result.stderr}")
     return result
+
+
+def zigzag_main(capsys, *args, check=True):
+    """Run the CLI in this process through its ``main`` (no interpreter and torch start-up), with what
+    ``zigzag_cli`` returns: returncode, stdout and stderr."""
+    from zigzag.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    if check and code != 0:
+        raise AssertionError(f"zigzag {args} failed:\n{err}")
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def workflow_copy(path):

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tomllib
 import torch
-from conftest import built_once, write_synthetic_dataset, zigzag_cli
+from conftest import built_once, write_synthetic_dataset, zigzag_cli, zigzag_main
 from packaging.requirements import Requirement
 
 from zigzag import cli, configcheck, data, store, trainer
@@ -108,7 +108,7 @@ def digest(path):
     ("thread count", {"--threads": "2"}, "the CPU thread count (1, now 2)"),
     ("precision", {"--precision": "bf16"}, "the precision (tf32, now bf16)"),
 ])
-def test_resume_only_with_the_same_dataset_contents_and_code(tmp_path, change, flags, named):
+def test_resume_only_with_the_same_dataset_contents_and_code(tmp_path, capsys, change, flags, named):
     """The rerun takes ``flags`` (the thread count changes the CPU's reductions, so the numbers)."""
     data = write_synthetic_dataset(tmp_path / "data.h5", n_train=96)
     out = tmp_path / "t.h5"
@@ -132,7 +132,7 @@ def test_resume_only_with_the_same_dataset_contents_and_code(tmp_path, change, f
     else:
         assert "resuming at step" not in rerun.stderr and rerun.stderr.count("\n") == 1
         assert f"{named}" in rerun.stderr and "starting from step 0" in rerun.stderr
-    zigzag_cli(*args, "--out", tmp_path / "straight.h5")
+    zigzag_main(capsys, *args, "--out", tmp_path / "straight.h5")
     assert_same_trajectory(out, tmp_path / "straight.h5")
     traj = store.read_trajectory(out)
     assert traj.attrs["n_train"] == (64 if change == "dataset contents" else 96)
@@ -445,7 +445,7 @@ def _no_bigger_files_than(size):
     return limit
 
 
-def test_disk_full_is_one_line_keeps_the_old_output_and_the_rerun_finishes(files, tmp_path):
+def test_disk_full_is_one_line_keeps_the_old_output_and_the_rerun_finishes(files, tmp_path, capsys):
     out = tmp_path / "an.h5"
     zigzag_cli("analyze", files["traj"], "--out", out, "--h", "3")
     before = digest(out)
@@ -465,9 +465,9 @@ def test_disk_full_is_one_line_keeps_the_old_output_and_the_rerun_finishes(files
     assert full.returncode == 2 and (tmp_path / "t.h5.resume" / "checkpoint.pt").exists(), full.stderr
     assert full.stderr.startswith("zigzag: error:") and full.stderr.count("\n") == 1, full.stderr
     assert "File too large" in full.stderr
-    rerun = zigzag_cli(*args)  # resumes, or (HDF5 left the partial file unreadable) starts afresh saying so
+    rerun = zigzag_main(capsys, *args)  # resumes, or (HDF5 left the partial file unreadable) starts afresh saying so
     assert rerun.stderr.count("\n") == 1 and ("resuming at step" in rerun.stderr or "damaged" in rerun.stderr)
-    zigzag_cli(*args[:-1], tmp_path / "straight.h5")
+    zigzag_main(capsys, *args[:-1], tmp_path / "straight.h5")
     assert_same_trajectory(tmp_path / "t.h5", tmp_path / "straight.h5")
 
 
@@ -532,7 +532,7 @@ class _RunsCode:
         return os.system, (f"touch {self.path}",)
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_and_the_run_starts_afresh(files, straight, tmp_path):
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_run_starts_afresh(files, straight, tmp_path, capsys):
     out = tmp_path / "t.h5"
     args = [*train_args(files["data"]), "--out", out]
     run_killed_at("checkpoint", *args)  # a valid partial trajectory beside the checkpoint
@@ -541,7 +541,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_run_starts_afresh(f
     torch.load(tmp_path / "probe.pt", weights_only=False)
     assert (tmp_path / "probe").exists()  # the payload works when loaded as a pickle
     torch.save({"n_steps": 5, "model": _RunsCode(tmp_path / "PWNED")}, checkpoint)
-    rerun = zigzag_cli(*args)
+    rerun = zigzag_main(capsys, *args)
     assert not (tmp_path / "PWNED").exists()
     assert rerun.stderr == (f"{out}: checkpoint {checkpoint} holds objects other than tensors, numbers, strings and "
                             f"plain containers (they could run code); starting from step 0\n")
@@ -549,14 +549,14 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_run_starts_afresh(f
     assert_same_trajectory(out, straight)
 
 
-def test_a_kill_after_the_final_rename_is_seen_as_finished(files, tmp_path):
+def test_a_kill_after_the_final_rename_is_seen_as_finished(files, tmp_path, capsys):
     out = tmp_path / "t.h5"
     args = [*train_args(files["data"]), "--out", out]
     run_killed_at("cleanup", *args)
     resume = tmp_path / "t.h5.resume"
     assert store.read_trajectory(out).attrs["status"] == "completed" and (resume / "checkpoint.pt").exists()
     before = digest(out)
-    rerun = zigzag_cli(*args)
+    rerun = zigzag_main(capsys, *args)
     assert rerun.stderr == (f"{out}: already finished (completed); removed the checkpoint folder {resume} left by a "
                             f"kill before its cleanup\n")
     assert rerun.stdout == f"{out}: completed\n"
@@ -582,7 +582,7 @@ analysis.analyze = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGINT)
 """
 
 
-def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(files, straight, tmp_path):
+def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(files, straight, tmp_path, capsys):
     out = tmp_path / "t.h5"
     args = [*train_args(files["data"]), "--out", out]
     result = run_patched(INTERRUPTED_AT_STEP_7, *args)
@@ -590,7 +590,7 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(files, straight, tmp_
     assert result.stderr == "zigzag: interrupted at step 7 of 12; rerun to resume from the checkpoint at step 5\n"
     resume = tmp_path / "t.h5.resume"
     assert (resume / "checkpoint.pt").exists() and not (resume / "checkpoint.tmp").exists() and not out.exists()
-    rerun = zigzag_cli(*args)
+    rerun = zigzag_main(capsys, *args)
     assert rerun.stderr == f"{out}: resuming at step 5 from {resume / 'checkpoint.pt'}\n"
     assert_same_trajectory(out, straight)
     result = run_patched(INTERRUPTED_ANALYSIS, "analyze", files["traj"], "--out", tmp_path / "an.h5", "--h", "3")
@@ -651,7 +651,7 @@ def test_help_says_what_odd_values_mean():
 
 
 @pytest.mark.parametrize("command", ["analyze", "figure", "prepare"])
-def test_killed_writer_litter_is_removed_on_the_next_run(files, tmp_path, command):
+def test_killed_writer_litter_is_removed_on_the_next_run(files, tmp_path, capsys, command):
     if command == "analyze":
         argv, outputs = ["analyze", files["traj"], "--out", tmp_path / "an.h5", "--h", "3"], [tmp_path / "an.h5"]
     elif command == "figure":
@@ -664,7 +664,7 @@ def test_killed_writer_litter_is_removed_on_the_next_run(files, tmp_path, comman
     run_killed_at("replace", *argv)
     litter = sorted(tmp_path.glob(".*.tmp*"))
     assert [p.name.split(".tmp")[0] for p in litter] == sorted(f".{p.name}" for p in outputs)
-    zigzag_cli(*argv)
+    zigzag_main(capsys, *argv)
     assert not list(tmp_path.glob(".*.tmp*")) and all(p.exists() for p in outputs)
 
 
