@@ -97,11 +97,17 @@ def zigzag_cli(*args, check=True):
 
 def zigzag_main(capsys, *args, check=True):
     """Run the CLI in this process through its ``main`` (no interpreter and torch start-up), with what
-    ``zigzag_cli`` returns: returncode, stdout and stderr."""
+    ``zigzag_cli`` returns: returncode, stdout and stderr. The thread count a --threads sets is undone."""
+    import torch
+
     from zigzag.cli import main
 
     capsys.readouterr()
-    code = main([str(a) for a in args])
+    threads = torch.get_num_threads()
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
     out, err = capsys.readouterr()
     if check and code != 0:
         raise AssertionError(f"zigzag {args} failed:\n{err}")
