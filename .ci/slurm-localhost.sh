@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A single-node Slurm on localhost (Debian's slurm-wlm and munge), for the Slurm workflow test.
 #
-#   .ci/slurm-localhost.sh install     apt-get the packages (root; skipped when already installed)
+#   .ci/slurm-localhost.sh install [PKG...]
+#                                      apt-get the packages, and the extra packages PKG (each providing the
+#                                      command of its name) in the same apt-get (root; skipped when installed)
 #   .ci/slurm-localhost.sh start DIR   munged + slurmctld + slurmd with everything (key, sockets, state,
 #                                      logs, config) inside DIR; prints the SLURM_CONF to export
 #   .ci/slurm-localhost.sh stop DIR    stop the three daemons started in DIR
@@ -18,13 +20,15 @@ ETC_CONF=/etc/slurm/slurm.conf
 die() { echo "slurm-localhost: $*" >&2; exit 1; }
 
 install() {
-    if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
-        return 0
-    fi
-    [ "$(id -u)" = 0 ] || die "installing slurm-wlm and munge needs root (apt-get)"
+    local command missing=()
+    for command in slurmctld slurmd munged "$@"; do
+        command -v "$command" >/dev/null || missing+=("$command")
+    done
+    [ ${#missing[@]} = 0 ] && return 0
+    [ "$(id -u)" = 0 ] || die "installing slurm-wlm, munge $* needs root (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q --no-install-recommends slurm-wlm munge
+    apt-get install -y -q --no-install-recommends slurm-wlm munge "$@"
 }
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -134,8 +138,8 @@ stop() {
 }
 
 case "${1:-}" in
-    install) install ;;
+    install) shift; install "$@" ;;
     start) [ $# = 2 ] || die "usage: $0 start DIR"; start "$2" ;;
     stop) [ $# = 2 ] || die "usage: $0 stop DIR"; stop "$2" ;;
-    *) die "usage: $0 install | start DIR | stop DIR" ;;
+    *) die "usage: $0 install [PKG...] | start DIR | stop DIR" ;;
 esac

@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import zigzag_cli
+from conftest import zigzag_main
 
 from zigzag import analysis, store
 from zigzag.lagstats import LagRing
@@ -22,15 +22,17 @@ def cos(a, b):
     return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
 
 
-def test_analyze_cli_matches_brute_force_from_raw_gradients(tiny_dataset, tmp_path):
+def test_analyze_cli_matches_brute_force_from_raw_gradients(tiny_dataset, tmp_path, capsys):
     traj = tmp_path / "traj.h5"
-    zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.3", "--steps", "14",
-               "--lags", "5", "--micro-batch", "48", "--raw-gradients", "every:1", "--device", "cpu", "--out", traj)
+    zigzag_main(capsys, "train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.3",
+                "--steps", "14", "--lags", "5", "--micro-batch", "48", "--raw-gradients", "every:1", "--device", "cpu",
+                "--out", traj)
     with h5py.File(traj, "r") as f:
         raw = f["raw/gradients"][()].astype(np.float64)
     for h in (3, 6):
         out = tmp_path / f"a{h}.h5"
-        zigzag_cli("analyze", traj, "--out", out, "--h", h, "--windows", f"0,4,{14 - h}")  # the last window ends at 13
+        # the last window ends at 13
+        zigzag_main(capsys, "analyze", traj, "--out", out, "--h", h, "--windows", f"0,4,{14 - h}")
         result = store.read_analysis(out)
         brute_mean = [np.mean([cos(raw[k + m - 1], raw[k + m]) for m in range(1, h)]) for k in range(14 - h + 1)]
         np.testing.assert_allclose(result.mean_mu[: 14 - h + 1], brute_mean, rtol=1e-5, atol=1e-6)
@@ -105,11 +107,11 @@ def test_change_point_rule_units_and_window():
     assert (a.change_point_step, a.change_point_epoch) == (5, 1)
 
 
-def test_h_beyond_lags_is_refused(tiny_dataset, tmp_path):
+def test_h_beyond_lags_is_refused(tiny_dataset, tmp_path, capsys):
     traj = tmp_path / "traj.h5"
-    zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.1",
-               "--steps", "3", "--lags", "2", "--device", "cpu", "--out", traj)
-    result = zigzag_cli("analyze", traj, "--out", tmp_path / "a.h5", "--h", "5", check=False)
+    zigzag_main(capsys, "train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.1",
+                "--steps", "3", "--lags", "2", "--device", "cpu", "--out", traj)
+    result = zigzag_main(capsys, "analyze", traj, "--out", tmp_path / "a.h5", "--h", "5", check=False)
     assert result.returncode == 2 and "h=5" in result.stderr and not (tmp_path / "a.h5").exists()
 
 
@@ -159,14 +161,15 @@ def test_auto_windows_rule_on_a_constructed_mean_mu():
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_analyze_finds_windows_that_lie_in_their_phase_on_real_runs(tiny_dataset, tmp_path, seed):
+def test_analyze_finds_windows_that_lie_in_their_phase_on_real_runs(tiny_dataset, tmp_path, seed, capsys):
     """`zigzag analyze` without --windows keeps the windows it finds; on real runs (seeds nobody picked steps
     on) each lies in the phase it is named after: phase[k] (the phase of mean_mu_k, the mean over exactly
     the window [k, k+h-1]) is that phase, the zigzag one is the deepest, the late one the last defined."""
     traj, out = tmp_path / "traj.h5", tmp_path / "a.h5"
-    zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.3", "--steps", "30",
-               "--lags", "5", "--micro-batch", "96", "--seed", seed, "--device", "cpu", "--quiet", "--out", traj)
-    printed = zigzag_cli("analyze", traj, "--out", out, "--h", "5").stdout
+    zigzag_main(capsys, "train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.3",
+                "--steps", "30", "--lags", "5", "--micro-batch", "96", "--seed", seed, "--device", "cpu", "--quiet",
+                "--out", traj)
+    printed = zigzag_main(capsys, "analyze", traj, "--out", out, "--h", "5").stdout
     result = store.read_analysis(out)
     roles = dict(zip(result.window_roles, result.window_steps.tolist()))
     phase, m = result.phase, result.mean_mu

@@ -9,9 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import zigzag_cli
 
-from zigzag import store
+from zigzag import cli, store
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "formats.md"
 REQUIRED = ("always", "finished")  # every file the test makes has finished
@@ -92,8 +91,8 @@ def files(tmp_path_factory):
     made = {"zigzag-dataset": [dataset], "zigzag-trajectory": [], "zigzag-analysis": []}
     for name, flags in runs.items():
         trajectory, analysis = tmp / f"{name}.h5", tmp / f"{name}.analysis.h5"
-        zigzag_cli("train", *common, *flags, "--out", trajectory)
-        zigzag_cli("analyze", trajectory, "--out", analysis, "--h", "3")
+        assert cli.main([*map(str, ["train", *common, *flags, "--out", trajectory])]) == 0  # in-process
+        assert cli.main(["analyze", str(trajectory), "--out", str(analysis), "--h", "3"]) == 0
         made["zigzag-trajectory"].append(trajectory)
         made["zigzag-analysis"].append(analysis)
     assert store.read_trajectory(made["zigzag-trajectory"][1]).status == "diverged"

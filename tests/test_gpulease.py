@@ -8,7 +8,7 @@ import sys
 
 import h5py
 import pytest
-from conftest import zigzag_cli
+from conftest import zigzag_cli, zigzag_main
 
 from zigzag import gpulease
 
@@ -88,10 +88,10 @@ def test_given_devices_take_no_lease(machine, monkeypatch):
 
 
 @pytest.mark.parametrize("value", ["", "0,x", "1,1", "-1"])
-def test_bad_device_list_is_one_error_line(machine, monkeypatch, tiny_dataset, tmp_path, value):
+def test_bad_device_list_is_one_error_line(machine, monkeypatch, tiny_dataset, tmp_path, capsys, value):
     monkeypatch.setenv(gpulease.ENV_DEVICES, value)
-    result = zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.1",
-                        "--steps", "2", "--lags", "2", "--out", tmp_path / "t.h5", "--gpu-locks", machine, check=False)
+    result = zigzag_main(capsys, "train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.1",
+                         "--steps", "2", "--lags", "2", "--out", tmp_path / "t.h5", "--gpu-locks", machine, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"zigzag: error: invalid ZIGZAG_GPU_DEVICES={value!r}: expected distinct device indices like 0,1,2"]

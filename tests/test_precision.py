@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import zigzag_cli
+from conftest import zigzag_main
 
 from zigzag import store
 from zigzag.precision import PRECISIONS, Precision
@@ -47,18 +47,18 @@ def test_each_mode_sets_its_flags_and_restores_the_previous_ones(mode, device, t
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # torch defaults
 
 
-def test_mode_and_flags_are_recorded_and_shown_by_inspect(tiny_dataset, tmp_path):
+def test_mode_and_flags_are_recorded_and_shown_by_inspect(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "t.h5"
-    zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.05",
-               "--steps", "2", "--micro-batch", "48", "--device", "cpu", "--precision", "bf16", "--quiet",
-               "--out", out)
+    zigzag_main(capsys, "train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.05",
+                "--steps", "2", "--micro-batch", "48", "--device", "cpu", "--precision", "bf16", "--quiet",
+                "--out", out)
     traj = store.read_trajectory(out)
     assert traj.attrs["precision"] == traj.config["precision"] == "bf16"
     flags = json.loads(traj.attrs["backend_flags"])
     assert flags == {"cudnn.allow_tf32": False, "cuda.matmul.allow_tf32": False,
                      "float32_matmul_precision": "highest", "autocast": "none", "channels_last": False,
                      "device": "cpu"}
-    shown = zigzag_cli("inspect", out).stdout
+    shown = zigzag_main(capsys, "inspect", out).stdout
     assert "  precision: bf16" in shown and '"autocast": "none"' in shown
 
 
@@ -76,8 +76,8 @@ def test_on_a_cpu_every_mode_computes_the_same_float32_numbers(tiny_dataset, tmp
             np.testing.assert_array_equal(runs[mode].steps[name], runs["fp32"].steps[name], err_msg=f"{mode} {name}")
 
 
-def test_unknown_precision_is_one_line_and_exit_2(tiny_dataset, tmp_path):
-    result = zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--lr", "0.1", "--steps", "1",
-                        "--precision", "fp16", "--out", tmp_path / "t.h5", check=False)
+def test_unknown_precision_is_one_line_and_exit_2(tiny_dataset, tmp_path, capsys):
+    result = zigzag_main(capsys, "train", "--dataset", tiny_dataset, "--model", "cnn", "--lr", "0.1", "--steps", "1",
+                         "--precision", "fp16", "--out", tmp_path / "t.h5", check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == "zigzag: error: invalid precision='fp16': must be one of fp32, tf32, bf16"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_synthetic_dataset, zigzag_cli
+from conftest import write_synthetic_dataset, zigzag_cli, zigzag_main
 
 from zigzag import store
 from zigzag.models import build_model
@@ -97,7 +97,7 @@ def test_same_seed_is_deterministic(tiny_dataset, tmp_path):
         np.testing.assert_array_equal(a.steps[name], b.steps[name])
 
 
-def test_sigkill_then_rerun_resumes_and_equals_uninterrupted_run(tiny_dataset, tmp_path):
+def test_sigkill_then_rerun_resumes_and_equals_uninterrupted_run(tiny_dataset, tmp_path, capsys):
     args = ["train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "1", "--lr", "0.05",
             "--steps", "60", "--lags", "3", "--micro-batch", "32", "--checkpoint-every", "5",
             "--raw-gradients", "every:7", "--device", "cpu", "--threads", "1"]
@@ -118,9 +118,9 @@ def test_sigkill_then_rerun_resumes_and_equals_uninterrupted_run(tiny_dataset, t
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not killed.exists(), "the declared output must not exist before the run finishes"
-    result = zigzag_cli(*args, "--out", killed)
+    result = zigzag_main(capsys, *args, "--out", killed)  # the rerun and the straight run in-process
     assert "resuming at step" in result.stderr
-    zigzag_cli(*args, "--out", tmp_path / "straight.h5")
+    zigzag_main(capsys, *args, "--out", tmp_path / "straight.h5")
     with h5py.File(killed, "r") as a, h5py.File(tmp_path / "straight.h5", "r") as b:
         assert a.attrs["status"] == b.attrs["status"] == "completed"
         for name in ("steps/loss", "steps/accuracy", "steps/lr", "steps/grad_norm", "steps/dot",
@@ -174,10 +174,11 @@ def test_sigkill_with_buffered_rows_and_queued_raw_dumps_resumes_bit_identical(t
         assert a["raw/steps"][()].tolist() == list(range(14))
 
 
-def test_divergence_is_recorded_and_exits_zero(tiny_dataset, tmp_path):
+def test_divergence_is_recorded_and_exits_zero(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "div.h5"
-    result = zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "1e12",
-                        "--steps", "50", "--no-batch-norm", "--micro-batch", "96", "--device", "cpu", "--out", out)
+    result = zigzag_main(capsys, "train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5",
+                         "--lr", "1e12", "--steps", "50", "--no-batch-norm", "--micro-batch", "96", "--device", "cpu",
+                         "--out", out)
     assert result.returncode == 0
     warnings = [line for line in result.stderr.splitlines() if "diverged" in line]
     assert len(warnings) == 1
@@ -188,16 +189,16 @@ def test_divergence_is_recorded_and_exits_zero(tiny_dataset, tmp_path):
     assert not np.isfinite([traj.steps["loss"][k], traj.steps["grad_norm"][k]]).all()
 
 
-def test_wrong_input_format_and_unwritable_folder(tiny_dataset, tmp_path):
+def test_wrong_input_format_and_unwritable_folder(tiny_dataset, tmp_path, capsys):
     traj = tmp_path / "t.h5"
     train(tiny_dataset, traj, steps=1)
-    result = zigzag_cli("train", "--dataset", traj, "--model", "cnn", "--lr", "0.1", "--steps", "1",
-                        "--out", tmp_path / "y.h5", check=False)
+    result = zigzag_main(capsys, "train", "--dataset", traj, "--model", "cnn", "--lr", "0.1", "--steps", "1",
+                         "--out", tmp_path / "y.h5", check=False)
     assert result.returncode == 2 and "expected a zigzag-dataset" in result.stderr
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--lr", "0.1", "--steps", "1",
-                        "--out", blocker / "out.h5", check=False)
+    result = zigzag_main(capsys, "train", "--dataset", tiny_dataset, "--model", "cnn", "--lr", "0.1", "--steps", "1",
+                         "--out", blocker / "out.h5", check=False)
     assert result.returncode == 2 and "output folder" in result.stderr and result.stderr.count("\n") == 1
 
 
@@ -301,7 +302,7 @@ def test_a_lanczos_solve_short_of_tol_is_recorded_and_warned(tiny_dataset, tmp_p
     assert "sharpness_converged" in zigzag_cli("inspect", out).stdout
 
 
-def test_nesterov_momentum_takes_the_look_ahead_step(tiny_dataset, tmp_path):
+def test_nesterov_momentum_takes_the_look_ahead_step(tiny_dataset, tmp_path, capsys):
     """torch's Nesterov SGD: buffer b_k = m b_(k-1) + g_k (b_0 = g_0), step lr (g_k + m b_k); so the first
     update is -lr (1 + m) g_0. The setting is a flag, checked (it needs momentum) and recorded."""
     config = RunConfig.from_dict(dict(dataset=tiny_dataset, model="cnn", width=0.25, lr=0.05, steps=2,
@@ -314,25 +315,25 @@ def test_nesterov_momentum_takes_the_look_ahead_step(tiny_dataset, tmp_path):
     torch.testing.assert_close(theta1 - theta0, -0.05 * 1.9 * trainer.grads.flat, rtol=1e-4, atol=1e-7)
     flags = ["--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.05", "--steps", "1",
              "--device", "cpu", "--nesterov", "--quiet"]
-    result = zigzag_cli("train", *flags, "--out", tmp_path / "bad.h5", check=False)
+    result = zigzag_main(capsys, "train", *flags, "--out", tmp_path / "bad.h5", check=False)
     assert result.returncode == 2 and result.stderr == ("zigzag: error: invalid nesterov=True: must be false "
                                                         "without momentum (set momentum > 0)\n")
-    zigzag_cli("train", *flags, "--momentum", "0.5", "--out", tmp_path / "ok.h5")
+    zigzag_main(capsys, "train", *flags, "--momentum", "0.5", "--out", tmp_path / "ok.h5")
     assert store.read_trajectory(tmp_path / "ok.h5").config["nesterov"] is True
 
 
-def test_config_file_is_equivalent_to_flags(tiny_dataset, tmp_path):
+def test_config_file_is_equivalent_to_flags(tiny_dataset, tmp_path, capsys):
     flags = ["--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.05", "--steps", "3",
              "--lags", "2", "--micro-batch", "50", "--device", "cpu"]
-    zigzag_cli("train", *flags, "--out", tmp_path / "flags.h5")
+    zigzag_main(capsys, "train", *flags, "--out", tmp_path / "flags.h5")
     (tmp_path / "run.yaml").write_text(f"dataset: {tiny_dataset}\nmodel: cnn\nwidth: 0.25\nlr: 0.05\nsteps: 3\n"
                                        "lags: 2\nmicro_batch: 50\ndevice: cpu\n")
-    zigzag_cli("train", "--config", tmp_path / "run.yaml", "--out", tmp_path / "file.h5")
+    zigzag_main(capsys, "train", "--config", tmp_path / "run.yaml", "--out", tmp_path / "file.h5")
     a, b = store.read_trajectory(tmp_path / "flags.h5"), store.read_trajectory(tmp_path / "file.h5")
     assert a.config == b.config
     np.testing.assert_array_equal(a.steps["dot"], b.steps["dot"])
     (tmp_path / "bad.yaml").write_text("dataset: x\nmodel: cnn\nlr: 0.1\nstep: 3\n")
-    result = zigzag_cli("train", "--config", tmp_path / "bad.yaml", "--out", tmp_path / "bad.h5", check=False)
+    result = zigzag_main(capsys, "train", "--config", tmp_path / "bad.yaml", "--out", tmp_path / "bad.h5", check=False)
     assert result.returncode == 2 and "unknown run setting(s) step" in result.stderr
 
 

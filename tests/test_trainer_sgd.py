@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import zigzag_cli
+from conftest import zigzag_cli, zigzag_main
 
 from zigzag import analysis, store
 from zigzag.errors import Interrupted
@@ -151,11 +151,11 @@ def test_interrupted_gawu_sgd_run_resumes_to_the_same_file(tiny_dataset, tmp_pat
      "beyond the budget of 3 epochs"),
     (["--settings", '{"batch_size": 500}'], "larger than the training set (96)"),
 ])
-def test_bad_schedule_or_batch_is_one_line_before_training(tiny_dataset, tmp_path, flags, expected):
+def test_bad_schedule_or_batch_is_one_line_before_training(tiny_dataset, tmp_path, capsys, flags, expected):
     import json
 
     settings = {"dataset": tiny_dataset, "model": "cnn", "lr": 0.1, "optimizer": "sgd", "epochs": 3,
                 "batch_size": 32, **json.loads(flags[1])}
-    result = zigzag_cli("train", "--settings", json.dumps(settings), "--out", tmp_path / "x.h5", check=False)
+    result = zigzag_main(capsys, "train", "--settings", json.dumps(settings), "--out", tmp_path / "x.h5", check=False)
     assert result.returncode == 2 and expected in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.h5.resume").exists()

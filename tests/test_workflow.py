@@ -13,6 +13,9 @@ import h5py
 import pytest
 import yaml
 
+from zigzag import configcheck
+from zigzag.errors import ZigzagError
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 pytestmark = pytest.mark.workflow
@@ -43,27 +46,17 @@ def edit_config(workdir, change):
     path.write_text(yaml.safe_dump(config))
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A copy of the workflow and the package, with the tiny config built once."""
-    workdir = tmp_path_factory.mktemp("workflow")
-    shutil.copy(ROOT / "Snakefile", workdir)
-    shutil.copytree(ROOT / "workflow", workdir / "workflow")
-    shutil.copytree(ROOT / "zigzag", workdir / "zigzag", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / ".test" / "config.yaml", workdir / "config.yaml")
-    snakemake(workdir, "all_figures")
-    return workdir
-
-
 @pytest.fixture
-def workdir(built, tmp_path):
-    """A fresh copy of the built workflow per test (outputs, metadata and mtimes preserved)."""
+def workdir(built_workflow, tmp_path):
+    """A fresh copy of the `.test` workflow built once per session (conftest.py, ``built_workflow``), per test
+    (outputs, metadata and mtimes preserved)."""
     copy = tmp_path / "wf"
-    shutil.copytree(built, copy, symlinks=True)
+    shutil.copytree(built_workflow, copy, symlinks=True)
     return copy
 
 
 def test_all_figures_builds_every_figure_and_report(workdir):
+    """Built by the multi-GPU workstation command: each training job leased one of the two GPU slots."""
     for fid in ("fig_a", "fig_b", "fig_sign"):
         for ext in ("png", "pdf"):
             assert (workdir / "results" / "figures" / f"{fid}.{ext}").stat().st_size > 1000
@@ -76,6 +69,10 @@ def test_all_figures_builds_every_figure_and_report(workdir):
         assert f.attrs["status"] == "completed" and f["steps/dot"].shape == (10, 4)
     assert (workdir / "results" / "benchmarks" / "train" / "cnn_a.tsv").exists()
     assert (workdir / "results" / "logs" / "train" / "cnn_a.log").exists()
+    for run in ("cnn_a", "cnn_b"):
+        with h5py.File(workdir / "results" / "runs" / run / "trajectory.h5", "r") as f:
+            assert f.attrs["gpu_lease"] in (0, 1) and f.attrs["gpu_given"] == ""
+    assert sorted(p.name for p in (workdir / "results" / "gpu-locks").iterdir()) <= ["gpu0.lock", "gpu1.lock"]
     snakemake(workdir, "all_figures", "--report", "report.html")
     assert (workdir / "report.html").stat().st_size > 10_000
 
@@ -112,18 +109,35 @@ def test_edited_trainer_reruns_training_and_everything_after(workdir):
                                      "figure_fig_sign": 1, "all_figures": 1}
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c["runs"]["cnn_a"].update(model="mlp"), "runs.cnn_a.model: 'mlp' is not allowed; allowed: cnn,"),
-    (lambda c: c["runs"]["cnn_a"].update(lrr=0.1), "runs.cnn_a: unknown key 'lrr'; allowed:"),
-    (lambda c: c["figures"]["fig_a"].update(run="nope"), "figures.fig_a.run: 'nope' is not defined"),
-    (lambda c: c["runs"]["cnn_b"].update(lr=0), "runs.cnn_b.lr: 0 is not allowed; must be > 0"),
-    (lambda c: c["analysis"].update(h=5), "analysis.h: 5 needs lags >= 4"),
-    (lambda c: c["runs"]["cnn_a"].update(sharpness={"every": "every:5", "subset": 50}),
-     "runs.cnn_a: invalid sharpness.subset=50: with BatchNorm it must be a multiple of micro_batch=100"),
-    (lambda c: c["figures"].update({"x;touch PWNED3;y": c["figures"]["fig_a"]}),
-     "figures: name 'x;touch PWNED3;y' is not allowed; names must match ^[A-Za-z0-9][A-Za-z0-9_.=-]*$"),
-])
-def test_bad_config_fails_before_any_job_with_one_line(workdir, change, message):
+BAD_CONFIGS = {
+    "model": (lambda c: c["runs"]["cnn_a"].update(model="mlp"),
+              "runs.cnn_a.model: 'mlp' is not allowed; allowed: cnn,"),
+    "key": (lambda c: c["runs"]["cnn_a"].update(lrr=0.1), "runs.cnn_a: unknown key 'lrr'; allowed:"),
+    "run": (lambda c: c["figures"]["fig_a"].update(run="nope"), "figures.fig_a.run: 'nope' is not defined"),
+    "lr": (lambda c: c["runs"]["cnn_b"].update(lr=0), "runs.cnn_b.lr: 0 is not allowed; must be > 0"),
+    "h": (lambda c: c["analysis"].update(h=5), "analysis.h: 5 needs lags >= 4"),
+    "subset": (lambda c: c["runs"]["cnn_a"].update(sharpness={"every": "every:5", "subset": 50}),
+               "runs.cnn_a: invalid sharpness.subset=50: with BatchNorm it must be a multiple of micro_batch=100"),
+    "name": (lambda c: c["figures"].update({"x;touch PWNED3;y": c["figures"]["fig_a"]}),
+             "figures: name 'x;touch PWNED3;y' is not allowed; names must match ^[A-Za-z0-9][A-Za-z0-9_.=-]*$"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_config_is_refused_by_the_check_with_one_line(case):
+    """The workflow's config check, in-process (what Snakemake does with its error: the test below)."""
+    change, message = BAD_CONFIGS[case]
+    config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    change(config)
+    with pytest.raises(ZigzagError) as err:
+        configcheck.checked_config(config, ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_config_fails_before_any_job_with_one_line(workdir):
+    """Snakemake with a bad config (a figure name that would run a command): the check's one line, exit
+    non-zero, no job planned nor run."""
+    change, message = BAD_CONFIGS["name"]
     edit_config(workdir, change)
     result = snakemake(workdir, "all_figures", check=False)
     assert result.returncode != 0
@@ -191,8 +205,6 @@ def test_config_strings_reach_every_rule_command_literally(tmp_path):
 
 def configcheck_for(config: dict) -> dict:
     """``config`` as the workflow plans it: checked, with its sharpness figures."""
-    from zigzag import configcheck
-
     checked = configcheck.checked_config(copy.deepcopy(config), ROOT / "workflow" / "schemas" / "config.schema.yaml")
     return configcheck.add_sharpness_figures(checked)
 
