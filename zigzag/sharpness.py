@@ -41,6 +41,7 @@ from torch import nn
 TOL = 1e-3  # relative residual |H v - lambda v| / lambda at which a solve stops: lambda within 0.1 % of an eigenvalue
 MAX_ITER = 100  # cycles of ncv basis vectors at most
 NCV_COLD, NCV_WARM = 20, 8  # Lanczos basis size without and with a start vector v0
+KEPT = 3  # Ritz vectors (the top ones) a full basis restarts from
 # Solves near 2/lr (``SolveSteps``): every 2 steps from half of 2/lr until 0.9 x 2/lr, the analysis's default
 # threshold of the edge of stability (eos_tolerance 0.1).
 REFINE_EVERY, REFINE_FROM, REFINE_UNTIL = 2, 0.5, 0.9
@@ -131,9 +132,10 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
     separated by gap from the others) and theta <= lambda_max (a Rayleigh quotient); a top eigenvector
     that v0 barely touches can stay unseen while the Ritz pair of the next one already meets a loose tol
     (seen at 1e-2 where the top two eigenvalues lay 3.6 % apart; BENCHMARKS.md). After ``ncv`` basis
-    vectors (default ``NCV_COLD`` without ``v0``, ``NCV_WARM`` with it) the basis restarts from u and H u
-    (no product lost); after ``max_iter`` cycles the solve stops with ``converged=False`` and the Ritz
-    pair then held (theta, a lower bound on lambda_max).
+    vectors (default ``NCV_COLD`` without ``v0``, ``NCV_WARM`` with it) the basis restarts from its top
+    ``KEPT`` Ritz vectors and their images (thick restart: no product lost); after ``max_iter`` cycles
+    the solve stops with ``converged=False`` and the Ritz pair then held (theta, a lower bound on
+    lambda_max).
     """
     basis_size = min(dim, ncv or (NCV_COLD if v0 is None else NCV_WARM))
     if v0 is None:
@@ -141,7 +143,7 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
     start = v0.detach().reshape(-1).to(device=device, dtype=torch.float64)
     if start.numel() != dim:
         raise ValueError(f"v0 has {start.numel()} entries, expected {dim}")
-    basis_size = max(basis_size, 2)
+    basis_size = max(basis_size, KEPT + 1)
     basis = torch.zeros(basis_size, dim, dtype=torch.float64, device=device)
     products = torch.zeros_like(basis)
     m, n_hvp, cycles = 0, 0, 1
@@ -172,9 +174,9 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
             if cycles == max_iter:
                 return Eigenpair(theta, ritz.to(dtype), n_hvp, False, residual)
             cycles += 1
-            norm = ritz.norm()
-            basis.zero_(), products.zero_()
-            basis[0], products[0], m = ritz / norm, image / norm, 1
+            kept = torch.from_numpy(np.ascontiguousarray(vectors[:, ::-1][:, :KEPT])).to(device).T  # top Ritz vectors
+            basis[: len(kept)], products[: len(kept)] = kept @ basis[:m], kept @ products[:m]
+            m = len(kept)
         pending = [r]
     return Eigenpair(theta, ritz.to(dtype), n_hvp, False, residual)
 
