@@ -358,8 +358,9 @@ def preset_hours(preset: dict, timings: dict[tuple, dict]) -> list[dict]:
 
     Per job: training epochs (GD: steps; SGD: epochs x the images its whole batches cover) x the
     model's seconds per epoch x n_train / 50,000; test evaluations (step 0, every ``eval_every``-th
-    and the last) x a forward pass over n_test; sharpness solves (steps 0, K, 2K, ...) x (ncv + 1)
-    Hessian-vector products (one Lanczos cycle: ncv 20 cold, 8 warm) over the subset. The seconds
+    and the last) x a forward pass over n_test; sharpness solves (steps 0, K, 2K, ...; refined ones
+    left out) x 21 Hessian-vector products cold and 9 warm (about what the default runs take, BENCHMARKS.md)
+    over the subset. The seconds
     per epoch are those of CIFAR-shaped images (3 x 32 x 32) for every dataset.
     """
     rows = []
