@@ -565,9 +565,12 @@ def test_a_kill_after_the_final_rename_is_seen_as_finished(files, tmp_path, caps
     assert digest(out) == before and not resume.exists()  # not trained again
 
 
+# Ctrl-C in a terminal: Python's own SIGINT handler, even where the test runs as a shell's background job
+# (which starts its children with SIGINT ignored).
 INTERRUPTED_AT_STEP_7 = """
 import os, signal
 from zigzag import trainer
+signal.signal(signal.SIGINT, signal.default_int_handler)
 step = trainer.Trainer.step
 
 def interrupted(self, k):
@@ -580,6 +583,7 @@ trainer.Trainer.step = interrupted
 INTERRUPTED_ANALYSIS = """
 import os, signal
 from zigzag import analysis
+signal.signal(signal.SIGINT, signal.default_int_handler)
 analysis.analyze = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGINT)
 """
 
