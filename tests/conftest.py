@@ -2,6 +2,7 @@
 built once per session (also when pytest-xdist runs the tests in several worker processes)."""
 
 import fcntl
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -170,3 +171,12 @@ def pytest_collection_modifyitems(items):
         ordered += [item, *rest[:1]]
         rest = rest[1:]
     items[:] = ordered + rest
+
+
+def benchmark_script(name):
+    """benchmarks/<name>.py loaded as a module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

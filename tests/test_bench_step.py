@@ -1,22 +1,16 @@
 """benchmarks/bench_step.py's paper case: the preset estimate's arithmetic, and the case runs on a CPU."""
 
-import importlib.util
 import math
 import types
-from pathlib import Path
 
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_step", ROOT / "benchmarks" / "bench_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("bench_step")
 
 
 PRESET = {

@@ -1,22 +1,18 @@
 """benchmarks/workflow_times.py on a fake results folder: job order, seconds and when each figure appeared."""
 
 import datetime
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+from conftest import benchmark_script
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
 
 @pytest.fixture(scope="module")
 def times():
-    spec = importlib.util.spec_from_file_location("workflow_times", ROOT / "benchmarks" / "workflow_times.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("workflow_times")
 
 
 def fake_results(tmp_path, start: float) -> Path:
