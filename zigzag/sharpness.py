@@ -147,27 +147,23 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
     basis = torch.zeros(basis_size, dim, dtype=torch.float64, device=device)
     products = torch.zeros_like(basis)
     m, n_hvp, cycles = 0, 0, 1
-    theta = float("nan")
-    pending = [start]  # vectors to add to the basis, each costing one product
-    while pending:
-        added = m
-        for v in pending:
-            for _ in range(2):
-                v = v - (basis[:m] @ v) @ basis[:m]
-            norm = float(v.norm())
-            if norm <= 1e-12 * max(1.0, abs(theta)) or m == dim:
-                continue  # already in the span
-            basis[m] = v / norm
-            products[m] = hvp(basis[m].to(dtype)).detach().reshape(-1).to(device=device, dtype=torch.float64)
-            n_hvp, m = n_hvp + 1, m + 1
-        if m == added and n_hvp:  # the residual lies in the basis to rounding: tol is below what it resolves
-            break
+    theta, ritz, residual = float("nan"), start, float("inf")
+    vector = start  # the next direction to add to the basis, at the cost of one product
+    while True:
+        for _ in range(2):
+            vector = vector - (basis[:m] @ vector) @ basis[:m]
+        norm = float(vector.norm())
+        if m and norm <= 1e-12 * abs(theta):  # the residual lies in the basis: tol is below rounding
+            return Eigenpair(theta, ritz.to(dtype), n_hvp, False, residual)
+        basis[m] = vector / norm
+        products[m] = hvp(basis[m].to(dtype)).detach().reshape(-1).to(device=device, dtype=torch.float64)
+        n_hvp, m = n_hvp + 1, m + 1
         projected = (basis[:m] @ products[:m].T).cpu().numpy()
         values, vectors = np.linalg.eigh((projected + projected.T) / 2)
         theta, s = float(values[-1]), torch.from_numpy(vectors[:, -1]).to(device)
         ritz, image = s @ basis[:m], s @ products[:m]
-        r = image - theta * ritz
-        residual = float(r.norm()) / max(abs(theta), np.finfo(float).tiny)
+        vector = image - theta * ritz
+        residual = float(vector.norm()) / max(abs(theta), np.finfo(float).tiny)
         if residual <= tol or m == dim:
             return Eigenpair(theta, ritz.to(dtype), n_hvp, True, residual)
         if m == basis_size:
@@ -177,8 +173,6 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
             kept = torch.from_numpy(np.ascontiguousarray(vectors[:, ::-1][:, :KEPT])).to(device).T  # top Ritz vectors
             basis[: len(kept)], products[: len(kept)] = kept @ basis[:m], kept @ products[:m]
             m = len(kept)
-        pending = [r]
-    return Eigenpair(theta, ritz.to(dtype), n_hvp, False, residual)
 
 
 def top_eigenpair(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int, *,
