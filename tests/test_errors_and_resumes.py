@@ -604,6 +604,23 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(files, straight, tmp_
     assert not (tmp_path / "an.h5").exists() and not list(tmp_path.glob(".an.h5.tmp*"))
 
 
+def test_a_run_with_refined_sharpness_resumes_its_solves_where_it_stopped(files, tmp_path, capsys):
+    """The solve steps' state and the warm-start eigenvector travel in the checkpoint: at lr 0.02 (2/lr = 100)
+    the sharpness (about 57-67) lies above half of 2/lr, so solves are refined every 2 steps between the
+    every:5 grid; interrupted at step 7 (checkpoint at 6, between the solve of step 5 and the refined one of
+    step 7 it made due) and rerun, the run solves at the same steps, with the same values, as one that ran
+    straight through."""
+    args = train_args(files["data"], **{"--sharpness": "every:5", "--lr": "0.02", "--checkpoint-every": "3"})
+    zigzag_main(capsys, *args, "--out", tmp_path / "straight.h5")
+    result = run_patched(INTERRUPTED_AT_STEP_7, *args, "--out", tmp_path / "t.h5")
+    assert result.returncode == 130, result.stderr
+    zigzag_main(capsys, *args, "--out", tmp_path / "t.h5")
+    expected, found = (store.read_trajectory(tmp_path / name).steps for name in ("straight.h5", "t.h5"))
+    assert np.flatnonzero(np.isfinite(expected["sharpness"])).tolist() == [0, 2, 4, 5, 7, 9, 10]
+    for name in ("sharpness", "sharpness_hvps", "sharpness_residual", "grad_eigvec_cosine", "loss"):
+        np.testing.assert_array_equal(found[name], expected[name], err_msg=name)
+
+
 @pytest.mark.parametrize("kind", ["file", "link to a folder"])
 def test_a_resume_path_that_is_not_a_zigzag_folder_is_one_line(files, tmp_path, capsys, kind):
     out, resume = tmp_path / "t.h5", tmp_path / "t.h5.resume"
