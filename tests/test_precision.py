@@ -1,5 +1,6 @@
 """Precision modes: the backend flags each sets (and restores), what a trajectory records, CPU = float32."""
 
+import copy
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ from conftest import zigzag_main
 from zigzag import store
 from zigzag.precision import PRECISIONS, Precision
 from zigzag.runconfig import RunConfig
-from zigzag.trainer import Trainer
+from zigzag.trainer import Trainer, accumulate_gradient
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
@@ -23,9 +24,9 @@ def backend_flags():
     ("fp32", CUDA, False, "none", False),
     ("tf32", CUDA, True, "none", True),
     ("bf16", CUDA, True, "bfloat16", True),
-    ("fp32", CPU, False, "none", False),
-    ("tf32", CPU, False, "none", False),
-    ("bf16", CPU, False, "none", False),
+    ("fp32", CPU, False, "none", True),
+    ("tf32", CPU, False, "none", True),
+    ("bf16", CPU, False, "none", True),
 ])
 @pytest.mark.parametrize("before", [(True, False), (False, True)])
 def test_each_mode_sets_its_flags_and_restores_the_previous_ones(mode, device, tf32, autocast, channels_last,
@@ -56,7 +57,7 @@ def test_mode_and_flags_are_recorded_and_shown_by_inspect(tiny_dataset, tmp_path
     assert traj.attrs["precision"] == traj.config["precision"] == "bf16"
     flags = json.loads(traj.attrs["backend_flags"])
     assert flags == {"cudnn.allow_tf32": False, "cuda.matmul.allow_tf32": False,
-                     "float32_matmul_precision": "highest", "autocast": "none", "channels_last": False,
+                     "float32_matmul_precision": "highest", "autocast": "none", "channels_last": True,
                      "device": "cpu"}
     shown = zigzag_main(capsys, "inspect", out).stdout
     assert "  precision: bf16" in shown and '"autocast": "none"' in shown
@@ -81,3 +82,23 @@ def test_unknown_precision_is_one_line_and_exit_2(tiny_dataset, tmp_path, capsys
                          "--precision", "fp16", "--out", tmp_path / "t.h5", check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == "zigzag: error: invalid precision='fp16': must be one of fp32, tf32, bf16"
+
+
+def test_on_a_cpu_the_weights_are_channels_last_and_the_flat_gradient_keeps_the_parameters_order(tiny_dataset,
+                                                                                                 tmp_path):
+    config = RunConfig.from_dict(dict(dataset=tiny_dataset, model="cnn", width=0.5, lr=0.05, steps=1, lags=2,
+                                      micro_batch=16, device="cpu"))
+    trainer = Trainer(config, tmp_path / "t.h5", progress=False)
+    weights = [p for p in trainer.model.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    assert any(not p.is_contiguous() for p in weights)  # (one input channel is both layouts at once)
+    x, y = trainer.data.train_x, trainer.data.train_y
+    trainer.grads.zero_()
+    accumulate_gradient(trainer.model, x, y, config.micro_batch)
+    assert trainer.grads.intact()
+    reference = copy.deepcopy(trainer.model).to(memory_format=torch.contiguous_format)
+    for p in reference.parameters():
+        p.grad = None
+    accumulate_gradient(reference, x.clone(memory_format=torch.contiguous_format), y, config.micro_batch)
+    expected = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])
+    assert (trainer.grads.flat - expected).abs().max() <= 1e-5 * expected.abs().max()

@@ -2,6 +2,9 @@
 The readers give back what the writers stored, with None where the file stores -1 for "none"."""
 
 import dataclasses
+import json
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -174,3 +177,23 @@ def test_every_trajectory_dataset_keeps_its_checksum_through_a_resume(tmp_path):
         assert len(datasets) == len(store.STEP_SERIES) + len(store.LAG_SERIES) + 2
         assert all(ds.fletcher32 for ds in datasets), [ds.name for ds in datasets if not ds.fletcher32]
         assert f["raw/steps"][()].tolist() == [0, 1, 2, 3, 4] and len(f["steps/loss"]) == 5
+
+
+def test_the_torch_version_is_read_without_importing_torch(monkeypatch):
+    import torch
+
+    monkeypatch.delitem(sys.modules, "torch")
+    assert store.torch_version() == torch.__version__  # parsed from torch/version.py, build tag included
+    assert "torch" not in sys.modules
+
+
+def test_an_analysis_job_does_not_import_torch(files, tmp_path):
+    """``zigzag analyze`` writes the versions without torch's seconds of start-up (each of a workflow's analyses)."""
+    out = tmp_path / "analysis.h5"
+    check = ("import sys; from zigzag.cli import main; code = main(sys.argv[1:]); "
+             "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", check, "analyze", str(files["traj"]), "--out", str(out),
+                             "--h", "3", "--windows", "2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["versions"])["torch"] == store.torch_version()

@@ -11,16 +11,20 @@ lengths), into one ``ZigzagError`` naming the file and the dataset.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import errno
 import fcntl
 import glob
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
 import platform
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -72,16 +76,28 @@ LAG_SERIES = {
 }
 
 
+def torch_version() -> str:
+    """torch's ``__version__`` (with its build tag, e.g. ``+cu130``), read without importing torch where it is
+    not imported yet: the literal in ``torch/version.py``, parsed, not run (an import costs seconds of CPU)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    spec = importlib.util.find_spec("torch")
+    source = Path(spec.origin).with_name("version.py").read_text()
+    for node in ast.parse(source).body:
+        if (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets)
+                and isinstance(node.value, ast.Constant)):
+            return str(node.value.value)
+    return importlib.metadata.version("torch")
+
+
 def package_versions() -> dict:
     """Versions of the packages that shape the numbers in a file."""
-    import torch
-
     import zigzag
 
     return {
         "python": platform.python_version(),
         "zigzag": zigzag.__version__,
-        "torch": torch.__version__,
+        "torch": torch_version(),
         "numpy": np.__version__,
         "h5py": h5py.__version__,
     }
