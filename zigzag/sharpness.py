@@ -20,9 +20,10 @@ lies within tol lambda of an eigenvalue (and within |H v - lambda v|^2 / gap of 
 keeps a solve going long enough to see a top eigenvalue that has just overtaken the previous one, which
 1e-2 missed once by 3.6 % (BENCHMARKS.md).
 
-Cost: one H v is one forward-over-reverse pass over the training set (``hessian_vector_product``; on a
-2-core CPU about 2.5 gradient passes without BatchNorm, 3.5-4.5 with it). A warm-started solve takes a
-few products, a cold one (the first) some ten to twenty. ``SolveSteps`` says at which steps a run solves:
+Cost: a solve builds the gradient's graph once (``HessianOperator``), and each H v is then one backward
+through it (on a 2-core CPU about 1.7 gradient passes without BatchNorm, 3-5 with it, where BatchNorm's
+double backward takes almost half). A warm-started solve takes a few products, a cold one (the first) some
+ten to fifty. ``SolveSteps`` says at which steps a run solves:
 a grid, refined where the sharpness nears 2/lr. The defaults below are the run settings'
 (``sharpness.*`` in zigzag/runconfig.py).
 """
@@ -30,7 +31,6 @@ a grid, refined where the sharpness nears 2/lr. The defaults below are the run s
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -68,48 +68,87 @@ def _trainable(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+class HessianOperator:
+    """v -> H v at the model's parameters as they are now, for the products of one solve.
+
+    With g_j the gradient of micro-batch j's summed loss, H v = (1/n) sum_j d<g_j, v>/dtheta (double
+    backward). The first product builds every g_j with its graph (one forward and backward with
+    ``create_graph``, train mode); each product is then one backward through those graphs per micro-batch,
+    ``autograd.grad(g_j, theta, grad_outputs=v)``, with no forward pass repeated: on a 2-core CPU about
+    2.8 gradient passes per product on ResNet-18 and 1.7 on the CNN, against 4.3 and 2.6 for a
+    forward-over-reverse pass per product (BENCHMARKS.md). The graphs hold every micro-batch's activations
+    and first-backward intermediates while the operator lives; where they do not fit on a GPU (out of
+    memory), each product rebuilds one micro-batch's graph at a time instead.
+
+    BatchNorm layers normalise by the micro-batch's statistics and track no running ones while a graph is
+    built, so the model is left exactly as found: buffers, train/eval flags and ``.grad`` untouched. The
+    graphs run in the default memory layout (the double backward of a convolution is slower in
+    channels_last on a CPU). Vectors are flat (trainable parameters, ``model.parameters()`` order); one is
+    moved to the parameters' device and dtype, and so is the result. Do not change the parameters while
+    the operator is in use.
+    """
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int):
+        self.model = model
+        self.params = [p.detach().clone(memory_format=torch.contiguous_format).requires_grad_()
+                       for p in _trainable(model)]
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.batches = [(images[i: i + micro_batch].clone(memory_format=torch.contiguous_format),
+                         labels[i: i + micro_batch])
+                        for i in range(0, len(images), micro_batch)]
+        self.n = len(images)
+        self.retain = True  # keep every micro-batch's graph between products
+        self.gradients: list[tuple[torch.Tensor, ...]] | None = None
+
+    def _gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """g_j with its graph: the gradient of the summed cross-entropy of (x, y) in train mode."""
+        model = self.model
+        batch_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved_modes = [(module, module.training) for module in model.modules()]
+        saved_tracking = [(m, m.track_running_stats) for m in batch_norms]
+        model.train()
+        for m in batch_norms:
+            m.track_running_stats = False
+        try:
+            with torch.enable_grad():
+                out = torch.func.functional_call(model, dict(zip(self.names, self.params)), (x,))
+                loss = F.cross_entropy(out, y, reduction="sum")
+                return torch.autograd.grad(loss, self.params, create_graph=True)
+        finally:
+            for m, track in saved_tracking:
+                m.track_running_stats = track
+            for module, training in saved_modes:
+                module.training = training
+
+    def _products(self, vector: torch.Tensor) -> torch.Tensor:
+        tangents = [v.view_as(p) for p, v in zip(self.params, vector.split([p.numel() for p in self.params]))]
+        if self.retain and self.gradients is None:
+            self.gradients = [self._gradient(x, y) for x, y in self.batches]
+        result = torch.zeros_like(vector)
+        for j, (x, y) in enumerate(self.batches):
+            gradient = self.gradients[j] if self.retain else self._gradient(x, y)
+            hv = torch.autograd.grad(gradient, self.params, grad_outputs=tangents, retain_graph=self.retain,
+                                     allow_unused=True, materialize_grads=True)
+            result += torch.cat([h.reshape(-1) for h in hv])
+        return result / self.n
+
+    def __call__(self, vector: torch.Tensor) -> torch.Tensor:
+        first = self.params[0]
+        vector = vector.detach().to(device=first.device, dtype=first.dtype)
+        try:
+            return self._products(vector)
+        except torch.OutOfMemoryError:
+            if not self.retain:
+                raise
+            self.retain, self.gradients = False, None
+            return self._products(vector)
+
+
 def hessian_vector_product(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                            vector: torch.Tensor, micro_batch: int) -> torch.Tensor:
-    """H v for the mean cross-entropy over ``images`` (train mode, micro-batches of ``micro_batch``).
-
-    Forward-over-reverse: per micro-batch, the directional derivative along v of its gradient,
-    d/dt g_j(theta + t v) at t = 0, by ``torch.func.jvp`` of ``torch.func.grad`` (one forward+backward
-    pass carrying tangents), which costs less than differentiating <g_j, v> by a second backward
-    (no graph of the first backward is kept). BatchNorm layers normalise by the micro-batch's
-    statistics and, for the duration, track no running ones, so the model is left exactly as found:
-    buffers, train/eval flags and ``.grad`` untouched.
-
-    ``vector`` is flat (trainable parameters, ``model.parameters()`` order); it is moved to the
-    parameters' device and dtype, and so is the result.
-    """
-    named = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
-    params = dict(named)
-    vector = vector.detach().to(device=named[0][1].device, dtype=named[0][1].dtype)
-    tangents = {name: v.view_as(p) for (name, p), v in zip(named, vector.split([p.numel() for _, p in named]))}
-    result = torch.zeros_like(vector)
-    batch_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved_modes = [(module, module.training) for module in model.modules()]
-    saved_tracking = [(m, m.track_running_stats) for m in batch_norms]
-    model.train()
-    for m in batch_norms:
-        m.track_running_stats = False
-    try:
-        for start in range(0, len(images), micro_batch):
-            x, y = images[start: start + micro_batch], labels[start: start + micro_batch]
-
-            def loss(p, x=x, y=y):
-                return F.cross_entropy(torch.func.functional_call(model, p, (x,)), y, reduction="sum")
-
-            with warnings.catch_warnings():  # torch's forward AD loads its decompositions via torch.jit.script
-                warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
-                _, hv = torch.func.jvp(torch.func.grad(loss), (params,), (tangents,))
-            result += torch.cat([hv[name].reshape(-1) for name, _ in named])
-    finally:
-        for m, track in saved_tracking:
-            m.track_running_stats = track
-        for module, training in saved_modes:
-            module.training = training
-    return result / len(images)
+    """H v for the mean cross-entropy over ``images`` (train mode, micro-batches of ``micro_batch``): one
+    product of a ``HessianOperator`` (see there); the model is left as found."""
+    return HessianOperator(model, images, labels, micro_batch)(vector)
 
 
 def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
@@ -179,14 +218,14 @@ def top_eigenpair(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
                   v0: torch.Tensor | None = None, tol: float = TOL, max_iter: int = MAX_ITER,
                   seed: int = 0, ncv: int | None = None) -> Eigenpair:
     """Sharpness of the training loss at the model's current parameters: ``top_eigenpair_of`` applied
-    to ``hessian_vector_product`` (same arguments and semantics as both; the model is left as found).
+    to a ``HessianOperator`` (same arguments and semantics as both; the model is left as found).
 
     ``images``/``labels`` should already be on the model's device; the eigenvector comes back there.
     """
-    params = _trainable(model)
+    operator = HessianOperator(model, images, labels, micro_batch)
+    first = operator.params[0]
     return top_eigenpair_of(
-        lambda v: hessian_vector_product(model, images, labels, v, micro_batch),
-        sum(p.numel() for p in params), device=params[0].device, dtype=params[0].dtype,
+        operator, sum(p.numel() for p in operator.params), device=first.device, dtype=first.dtype,
         v0=v0, tol=tol, max_iter=max_iter, seed=seed, ncv=ncv,
     )
 
