@@ -2,15 +2,18 @@
 
 - ``fp32``: IEEE float32 throughout: TF32 off for cuDNN convolutions and for matmuls.
 - ``tf32``: TF32 tensor cores for cuDNN convolutions and matmuls (products of 10-bit mantissas,
-  float32 accumulation); data and model in channels_last memory layout.
+  float32 accumulation); input data in channels_last memory layout.
 - ``bf16``: forward and backward under bfloat16 autocast, channels_last, TF32 on for what autocast
   leaves in float32. Parameters, the flat gradient g_k, the lag statistics and the optimizer state stay
   float32 (autocast casts weights per operation; their gradients arrive in float32).
 
-TF32, bf16 autocast and channels_last are used on CUDA only: on a CPU every mode turns TF32 off (so
-``float32_matmul_precision`` is "highest" for the CPU's matmuls too) and computes in float32 in the
-default layout, so all three give the same numbers (torch has bf16 autocast on CPUs, but it would
-compute in bfloat16, and slowly where the CPU lacks bf16 units; it is not used).
+TF32 and bf16 autocast are used on CUDA only: on a CPU every mode turns TF32 off (so
+``float32_matmul_precision`` is "highest" for the CPU's matmuls too) and computes in float32, so all three
+give the same numbers (torch has bf16 autocast on CPUs, but it would compute in bfloat16, and slowly where
+the CPU lacks bf16 units; it is not used). On a CPU every mode puts the data *and* the convolution weights
+in channels_last: the same float32 arithmetic in another summation order, and oneDNN's convolutions take
+a third less time in it (BENCHMARKS.md). The gradients stay in the default layout on both devices (the
+flat gradient's order is the parameters' own).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class Precision:
 
     @property
     def channels_last(self) -> bool:
-        return self.cuda and self.mode != "fp32"
+        return not self.cuda or self.mode != "fp32"
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:

@@ -222,7 +222,7 @@ class Trainer:
         self.device = resolve_device(config.device, None if lease is None else lease.index)
         self.precision = Precision(config.precision, self.device)
         self.data = load_data(config.dataset, self.device)
-        if self.precision.channels_last:  # the parameters keep their layout, which FlatGradients shares
+        if self.precision.channels_last:
             self.data.train_x = self.data.train_x.contiguous(memory_format=torch.channels_last)
             self.data.test_x = self.data.test_x.contiguous(memory_format=torch.channels_last)
         # What a checkpoint is bound to besides the settings (BINDING). The thread count changes the CPU's
@@ -263,6 +263,8 @@ class Trainer:
             self._check_memory(count_parameters(build_model(config.model, **model_args)))
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, **model_args).to(self.device)
+        if self.precision.channels_last and self.device.type == "cpu":  # the gradient views keep the default layout
+            self.model.to(memory_format=torch.channels_last)
         self.model.train()
         # the module the training step calls: compiled (same parameters) when ``compile`` is set
         self.step_model = torch.compile(self.model) if config.compile else self.model
