@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import zigzag_main
+from conftest import zigzag_cli, zigzag_main
 
 from zigzag import store
 from zigzag.precision import PRECISIONS, Precision
@@ -102,3 +102,11 @@ def test_on_a_cpu_the_weights_are_channels_last_and_the_flat_gradient_keeps_the_
     accumulate_gradient(reference, x.clone(memory_format=torch.contiguous_format), y, config.micro_batch)
     expected = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])
     assert (trainer.grads.flat - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_a_cpu_run_says_nothing_of_the_gradient_layout(tiny_dataset, tmp_path):
+    """The default-layout gradient views of channels_last weights are deliberate: torch's warning is not shown."""
+    result = zigzag_cli("train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.05",
+                        "--steps", "1", "--micro-batch", "48", "--device", "cpu", "--quiet", "--out", tmp_path / "t.h5")
+    assert "layout contract" not in result.stderr
+    assert result.stderr == ""

@@ -30,6 +30,7 @@ import os
 import pickle
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -575,7 +576,9 @@ class Trainer:
                 status = self._finished_before()
                 if status is not None:
                     return status
-                with self.precision.applied():
+                with self.precision.applied(), warnings.catch_warnings():
+                    # CPU weights in channels_last accumulate into gradient views of the default layout on purpose
+                    warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
                     return self._loop()
         except KeyboardInterrupt:
             if self.checkpoint_step is None:
