@@ -269,7 +269,7 @@ def table_command(config: dict, tid: str, spec: dict) -> str:
 # torch's flop counter (tests/test_pipeline.py recounts them); width w costs about w**2 of it.
 MODEL_MMACS = {"cnn": 9.75, "vgg16": 312.0, "resnet18": 554.2, "resnet34": 1158.2}
 GRADIENT_FORWARDS = 3  # a gradient (forward and backward) costs about three forward passes
-HVP_GRADIENTS = 4.5  # a Hessian-vector product costs about this many gradients (measured: 4.6 with BatchNorm, 2.3 without)
+HVP_GRADIENTS = 4.5  # gradient passes per Hessian-vector product (measured: 4.6 with BatchNorm, 2.3 without)
 HVPS_PER_SOLVE = 10  # Hessian-vector products of a typical warm-started sharpness solve
 
 
