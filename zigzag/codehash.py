@@ -2,8 +2,10 @@
 
 A stage's modules are its subcommand's entry modules and everything they import from the package,
 found in the sources (``stage_modules``), so a new module or import is covered without editing a list.
-``zigzag/trainer.py`` binds a checkpoint to the ``train`` hash; the workflow's rules carry each stage's
-hash as a param (``zigzag/pipeline.py``).
+Modules are dotted names resolved to files under the package folder (``module_file``), so a subpackage
+(``zigzag/sub/x.py``, and the ``__init__.py`` of each package above it) is covered like a top-level module.
+Sources are parsed, never imported. ``zigzag/trainer.py`` binds a checkpoint to the ``train`` hash; the
+workflow's rules carry each stage's hash as a param (``zigzag/pipeline.py``).
 """
 
 from __future__ import annotations
@@ -16,44 +18,69 @@ PACKAGE = Path(__file__).parent
 # The modules each stage's subcommand imports; what they import from the package, transitively, is found in the
 # sources (``stage_modules``), so a new module or import is covered without editing a list.
 STAGE_ENTRIES = {
-    "prepare": ("data",),
-    "train": ("trainer",),
-    "analyze": ("analysis", "analysisconfig", "store"),  # what `zigzag analyze` imports
-    "figures": ("figures",),
-    "tables": ("tables", "claims"),
+    "prepare": ("zigzag.data",),
+    "train": ("zigzag.trainer",),
+    "analyze": ("zigzag.analysis", "zigzag.analysisconfig", "zigzag.store"),  # what `zigzag analyze` imports
+    "figures": ("zigzag.figures",),
+    "tables": ("zigzag.tables", "zigzag.claims"),
 }
 # The command line every rule runs; its imports (one per subcommand, inside functions) are not followed.
-COMMAND_LINE = ("__init__", "__main__", "cli", "errors")
+COMMAND_LINE = ("zigzag", "zigzag.__main__", "zigzag.cli", "zigzag.errors")
 
 
-def _package_imports(name: str) -> set[str]:
-    """Package modules that module ``name`` imports anywhere in its source (module or function level)."""
+def module_file(name: str) -> Path | None:
+    """The source file of package module ``name`` (``a.b`` -> ``a/b.py`` or ``a/b/__init__.py`` under
+    ``PACKAGE``); None for a name that is no module of the package (an attribute, another package)."""
+    top, *parts = name.split(".")
+    if top != PACKAGE.name:
+        return None
+    folder = PACKAGE.joinpath(*parts)
+    candidates = [folder.with_name(f"{parts[-1]}.py")] if parts else []
+    for path in [*candidates, folder / "__init__.py"]:
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_names(name: str) -> set[str]:
+    """Every dotted name module ``name`` may import, anywhere in its source (module or function level),
+    relative imports resolved; ``from a import b`` gives both ``a`` and ``a.b`` (``b`` may be a submodule)."""
+    path = module_file(name)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "zigzag":
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zigzag."):
-            found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("zigzag."))
+        elif isinstance(node, ast.ImportFrom):
+            anchor = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            base = ".".join(anchor + ([node.module] if node.module else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
     return found
 
 
+def _runs(name: str) -> set[str]:
+    """The package modules that importing ``name`` runs directly: the packages above it and its imports."""
+    parents = {name.rsplit(".", depth)[0] for depth in range(1, name.count(".") + 1)}
+    return {other for other in parents | _imported_names(name) if module_file(other) is not None}
+
+
 def stage_modules(stage: str) -> list[str]:
-    """The package modules ``stage`` runs: the command line, its entry modules and all they import."""
+    """The package modules ``stage`` runs (dotted names): the command line, its entry modules and all they
+    import."""
     seen, todo = set(COMMAND_LINE), list(STAGE_ENTRIES[stage])
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo.extend(_package_imports(name))
+            todo.extend(_runs(name))
     return sorted(seen)
 
 
 def code_hash(stage: str) -> str:
-    """sha256 (16 hex digits) of the sources of the package modules that ``stage`` runs."""
+    """sha256 (16 hex digits) of the names and sources of the package modules that ``stage`` runs."""
     digest = hashlib.sha256()
     for name in stage_modules(stage):
         digest.update(name.encode())
-        digest.update((PACKAGE / f"{name}.py").read_bytes())
+        digest.update(module_file(name).read_bytes())
     return digest.hexdigest()[:16]
