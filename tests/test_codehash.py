@@ -36,6 +36,7 @@ def stages_changed_by_editing(package, module: str) -> set[str]:
     ("data", {"prepare"}),
     ("analysis", {"analyze", "figures", "tables"}),  # figures and claims import its phase labels
     ("figures", {"figures"}),
+    ("curves", {"figures"}),
     ("claims", {"tables"}),
     ("tables", {"tables"}),
     ("store", set(STAGES)),

@@ -181,11 +181,11 @@ def test_schedules_figure_compares_gawu_with_warm_up(runs):
 @pytest.mark.filterwarnings("error")
 def test_the_three_figures_render_to_png_and_pdf(runs, tmp_path):
     out = tmp_path / "figs"
-    figures.warmup_figure(("GAWU", runs["gawu"]), str(out / "f7.png"), str(out / "f7.pdf"), "Figure 7")
-    figures.batch_size_figure([("B = 1000", runs["gawu"]), ("B = 250", runs["diverging"])],
-                              str(out / "f9.png"), str(out / "f9.pdf"), "Figure 9")
-    figures.schedules_figure([("GAWU", runs["gawu"]), ("WU (t = 5)", runs["wu5"])],
-                             str(out / "f10.png"), str(out / "f10.pdf"), "Figure 10")
+    figures.render("warmup", ("GAWU", runs["gawu"]), "Figure 7", str(out / "f7.png"), str(out / "f7.pdf"))
+    figures.render("batch_sizes", [("B = 1000", runs["gawu"]), ("B = 250", runs["diverging"])], "Figure 9",
+                   str(out / "f9.png"), str(out / "f9.pdf"))
+    figures.render("schedules", [("GAWU", runs["gawu"]), ("WU (t = 5)", runs["wu5"])], "Figure 10",
+                   str(out / "f10.png"), str(out / "f10.pdf"))
     assert sorted(p.name for p in out.iterdir()) == ["f10.pdf", "f10.png", "f7.pdf", "f7.png", "f9.pdf", "f9.png"]
     for name in ("f7", "f9", "f10"):
         assert matplotlib.image.imread(out / f"{name}.png")[..., :3].std() > 0.05

@@ -1,6 +1,8 @@
 """The figure kinds' one declaration agrees with the schema's fields, the renderers and the command line."""
 
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,20 @@ def test_the_schema_declares_no_kind_the_registry_lacks():
 def test_every_renderer_is_named_by_one_kind():
     builders = {name for name, fn in inspect.getmembers(figures, inspect.isfunction) if name.startswith("build_")}
     assert sorted(kind.renderer for kind in KINDS.values()) == sorted(builders)
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_every_kind_resolves_its_renderer_to_a_function_of_the_figures_module(name):
+    builder = KINDS[name].builder()
+    assert callable(builder) and builder is getattr(figures, KINDS[name].renderer)
+    assert builder.__module__ == figures.__name__
+
+
+def test_the_registry_and_curve_reading_import_no_matplotlib_nor_torch():
+    """Snakemake loads the registry at every planning; the curves are read without drawing them."""
+    code = ("import sys, zigzag.figurekinds, zigzag.curves; "
+            "heavy = sorted(m for m in ('matplotlib', 'torch') if m in sys.modules); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_every_kind_is_a_figure_subcommand_with_the_flags_of_what_it_reads():

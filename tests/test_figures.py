@@ -65,7 +65,7 @@ def test_trajectory_figure_of_an_alternating_run(tmp_path):
     assert "DIVERGED" not in fig.get_suptitle()
 
     png, pdf = tmp_path / "out" / "fig.png", tmp_path / "out" / "fig.pdf"
-    figures.trajectory_figure(traj, an, str(png), str(pdf), "alternating")
+    figures.render("trajectory", [traj, an], "alternating", str(png), str(pdf))
     image = matplotlib.image.imread(png)
     assert image.shape[1] == 10 * figures.DPI and image.shape[0] == round(7.2 * figures.DPI)
     assert image[..., :3].std() > 0.05  # not a blank canvas
@@ -99,7 +99,7 @@ def test_sign_shift_figure_annotates_correlation_and_opposite_signs(tmp_path):
     assert "DIVERGED at step 6" in past_ax.get_title() and texts(past_ax) == ["not reached"]
 
     png, pdf = tmp_path / "sign.png", tmp_path / "sign.pdf"
-    figures.sign_shift_figure([(zig, "(a) CNN", 5)], str(png), str(pdf), "sign shift")
+    figures.render("sign_shift", [(zig, "(a) CNN", 5)], "sign shift", str(png), str(pdf))
     assert matplotlib.image.imread(png).shape[:2] == (round(4.8 * figures.DPI), round(5.3 * figures.DPI))
     assert pdf.read_bytes().startswith(b"%PDF")
 
@@ -107,7 +107,7 @@ def test_sign_shift_figure_annotates_correlation_and_opposite_signs(tmp_path):
 def test_a_step_that_is_not_a_window_is_refused(tmp_path):
     _, an = write_run(tmp_path, alternating(12), windows=(0, 4))
     with pytest.raises(ZigzagError, match=r"step 3 is not an analysed window \(available: 0, 4\)"):
-        figures.sign_shift_figure([(an, "x", 3)], str(tmp_path / "s.png"), str(tmp_path / "s.pdf"), "t")
+        figures.render("sign_shift", [(an, "x", 3)], "t", str(tmp_path / "s.png"), str(tmp_path / "s.pdf"))
     assert not (tmp_path / "s.png").exists()
 
 
@@ -123,7 +123,7 @@ def test_a_failed_render_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Figure, "savefig", savefig)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="disk full"):
-        figures.trajectory_figure(traj, an, str(out / "f.png"), str(out / "f.pdf"), "t")
+        figures.render("trajectory", [traj, an], "t", str(out / "f.png"), str(out / "f.pdf"))
     assert list(out.iterdir()) == []
 
 
@@ -131,7 +131,7 @@ def test_a_failed_render_leaves_no_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("windows", [(), (20,)])
 def test_a_run_without_windows_to_mark_renders_cleanly(tmp_path, windows):
     traj, an = write_run(tmp_path, alternating(8), windows=windows)
-    figures.trajectory_figure(traj, an, str(tmp_path / "f.png"), str(tmp_path / "f.pdf"), "no windows")
+    figures.render("trajectory", [traj, an], "no windows", str(tmp_path / "f.png"), str(tmp_path / "f.pdf"))
     assert (tmp_path / "f.png").stat().st_size > 10_000
 
 

@@ -5,8 +5,9 @@ first seed, or every seed), which files of each job (trajectory and/or analysis)
 ``zigzag/figures.py`` draws it. From these follow the config's reference checks and the windows the
 analysis keeps (``zigzag/configcheck.py``, ``zigzag/pipeline.py``), the inputs and the command of each
 ``figure_<id>`` rule (``pipeline.figure_inputs``, ``pipeline.figure_command``), the ``zigzag figure``
-subcommands (``zigzag/cli.py``) and the dispatch to the renderer (``figures.render``). The schema
-(``workflow/schemas/config.schema.yaml``, ``figures``) declares each kind's fields.
+subcommands (``zigzag/cli.py``) and the dispatch to the renderer (``FigureKind.builder``, which
+``figures.render`` calls). The schema (``workflow/schemas/config.schema.yaml``, ``figures``) declares each
+kind's fields.
 
 How an entry names its runs (``runs``), and what the renderer receives:
 
@@ -25,6 +26,7 @@ analysis keeps those windows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -42,6 +44,13 @@ class FigureKind:
     def command(self) -> str:
         """The ``zigzag figure`` subcommand."""
         return self.name.replace("_", "-")
+
+    def builder(self) -> Callable:
+        """The function of ``zigzag.figures`` that ``renderer`` names: imported here, when a figure is drawn, so
+        that planning (which reads this registry) imports no matplotlib."""
+        from zigzag import figures
+
+        return getattr(figures, self.renderer)
 
 
 KINDS = {kind.name: kind for kind in (

@@ -1,23 +1,22 @@
 """The paper's figures from analysis (and trajectory) files: matplotlib's object API, no display needed.
 
-- ``trajectory_figure`` (paper Figures 1-6): training loss and mean gradient correlation over the run,
-  then the h x h gradient correlation matrix of every analysed window.
-- ``sign_shift_figure`` (paper Figure 8): chosen windows, each cell annotated with the correlation and the
-  percentage of gradient entries with opposite signs.
-- ``warmup_figure`` (Figure 7), ``batch_size_figure`` (Figure 9), ``schedules_figure`` (Figure 10): curves
-  against the epoch, each curve one label and one (trajectory, analysis) pair per seed; several seeds are
-  drawn as mean +- 1 sample standard deviation.
+- ``build_trajectory_figure`` (paper Figures 1-6): training loss and mean gradient correlation over the
+  run, then the h x h gradient correlation matrix of every analysed window.
+- ``build_sign_shift_figure`` (paper Figure 8): chosen windows, each cell annotated with the correlation and
+  the percentage of gradient entries with opposite signs.
+- ``build_warmup_figure`` (Figure 7), ``build_batch_size_figure`` (Figure 9), ``build_schedules_figure``
+  (Figure 10): curves against the epoch, each curve one label and one (trajectory, analysis) pair per seed
+  (read by ``zigzag/curves.py``); several seeds are drawn as mean +- 1 sample standard deviation.
 - ``build_lag1_figure`` (beyond the paper): the correlation of adjacent gradients at every step, curves
   of trajectories alone.
+- ``build_sharpness_figure`` (beyond the paper): sharpness against 2/lr and the gradient geometry.
 
-The ``build_*`` functions return the ``Figure``; the others save it as PNG and PDF, atomically. Each
-figure kind of the workflow names its ``build_*`` function in ``zigzag/figurekinds.py``; ``render`` draws
-a kind from the inputs its declaration describes.
+The ``build_*`` functions return the ``Figure``. Each figure kind of the workflow names its ``build_*``
+function in ``zigzag/figurekinds.py``; ``render`` draws a kind from the inputs its declaration describes
+and saves it as PNG and PDF, atomically.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import matplotlib.colors
 import numpy as np
@@ -26,7 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from zigzag import store
-from zigzag.analysis import RANDOM, SMOOTH, ZIGZAG, adjacent_mu
+from zigzag.analysis import RANDOM, SMOOTH, ZIGZAG
+from zigzag.curves import Curve, CurveData, load_curve, step_unit
 from zigzag.errors import ZigzagError
 from zigzag.figurekinds import KINDS
 
@@ -98,6 +98,21 @@ def _phase_runs(phase: np.ndarray, value: int) -> list[tuple[float, float]]:
     return [(s - 0.5, e - s) for s, e in zip(starts, ends)]
 
 
+def _shade_phases(ax, phase: np.ndarray, labelled: bool = False) -> None:
+    """Shade each step by its phase (smooth, zigzag, random) across the correlation's range; with
+    ``labelled``, each phase's shading enters the axes' legend."""
+    for value, (name, colour) in PHASE_COLOURS.items():
+        ax.broken_barh(_phase_runs(phase, value), (-1.05, 2.1), facecolors=colour, alpha=0.6, lw=0,
+                       label=name if labelled else None)
+
+
+def _diverged_title(title: str, diverged_at: int | None, whose: str = "") -> tuple[str, str]:
+    """``title`` and its colour: black, or red with a line "<whose>DIVERGED at step k" for a diverged run."""
+    if diverged_at is None:
+        return title, "black"
+    return f"{title}\n{whose}DIVERGED at step {diverged_at}", DIVERGED
+
+
 def _select_windows(an: store.AnalysisFile, steps: list | None, path: str) -> list[int]:
     """Indices of the analysed windows to draw: every one (``steps`` None), or those at the given steps and,
     for ``"auto"``, those the analysis found itself (``analysis.auto_windows``)."""
@@ -120,7 +135,7 @@ def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: s
     """
     traj, an = store.read_trajectory(trajectory), store.read_analysis(analysis)
     store.check_analysis_of(traj, trajectory, an, analysis)
-    unit = "epoch" if traj.config.get("optimizer", "gd") == "gd" else "iteration"
+    unit = step_unit(traj)
     loss, mean_mu, phase = traj.steps["loss"], an.mean_mu, an.phase
     chosen = _select_windows(an, steps, analysis)
     windows, corr = an.window_steps[chosen], an.window_corr[chosen]
@@ -143,8 +158,7 @@ def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: s
         ax_loss.plot(marked, loss[marked], "o", color="red", ms=6, clip_on=False, label=f"window {unit}s")
     ax_loss.set(title="training loss", xlabel=unit, ylabel="loss")
 
-    for value, (name, colour) in PHASE_COLOURS.items():
-        ax_mu.broken_barh(_phase_runs(phase, value), (-1.05, 2.1), facecolors=colour, alpha=0.6, lw=0)
+    _shade_phases(ax_mu, phase)
     ax_mu.axhline(0.0, color="black", lw=0.6)
     ax_mu.plot(steps[: len(mean_mu)], mean_mu, color="tab:blue", lw=1.2, label=label)
     ax_mu.set(title=f"mean gradient correlation (h = {an.h})", xlabel=unit, ylabel="mean correlation",
@@ -152,9 +166,7 @@ def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: s
     phase_handles = [Patch(facecolor=colour, alpha=0.6, label=name)
                      for value, (name, colour) in PHASE_COLOURS.items() if (phase == value).any()]
 
-    suptitle, colour = title, "black"
     if diverged_at is not None:
-        suptitle, colour = f"{title}\nDIVERGED at step {diverged_at}", DIVERGED
         for ax in (ax_loss, ax_mu):
             ax.axvline(diverged_at, color=DIVERGED, ls="--", lw=1.2, label="diverged")
     for ax in (ax_loss, ax_mu):
@@ -164,6 +176,7 @@ def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: s
     mu_handles = ax_mu.get_legend_handles_labels()[0] + phase_handles
     if mu_handles:
         ax_mu.legend(handles=mu_handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    suptitle, colour = _diverged_title(title, diverged_at)
     fig.suptitle(suptitle, color=colour, fontsize=13)
 
     matrix_axes = bottom.subplots(1, n, squeeze=False)[0]
@@ -199,12 +212,9 @@ def build_sign_shift_figure(panels: list[tuple[str, str, int | str]], title: str
             raise ZigzagError(f"{path}: step {step} is not an analysed window (available: "
                               f"{', '.join(map(str, windows)) or 'none'}); add it to the analysis windows")
         e = windows.index(step)
-        panel_title = f"{panel_label} (epoch {step})"
-        if an.diverged_at is not None:
-            panel_title += f"\nrun DIVERGED at step {an.diverged_at}"
+        panel_title, colour = _diverged_title(f"{panel_label} (epoch {step})", an.diverged_at, "run ")
         _matrix_panel(ax, an.window_corr[e], an.window_opposite[e], step, panel_title)
-        if an.diverged_at is not None:
-            ax.title.set_color(DIVERGED)
+        ax.title.set_color(colour)
     _colourbar(fig, axes)
     fig.suptitle(title, fontsize=13)
     return fig
@@ -222,111 +232,17 @@ def render(kind: str, inputs, title: str, out_png: str, out_pdf: str, **options)
     ``inputs`` as the kind reads them (``zigzag/figurekinds.py``): the files of one job, or a list of
     panels, a curve or a list of curves; ``options`` the kind's own (``steps`` for a kind with windows)."""
     declared = KINDS[kind]
-    build = globals()[declared.renderer]
     args = tuple(inputs) if declared.runs == "run" and declared.seeds == "first" else (inputs,)
-    _save(build(*args, title, **options), out_png, out_pdf)
-
-
-def trajectory_figure(trajectory: str, analysis: str, out_png: str, out_pdf: str, title: str,
-                      label: str | None = None, steps: list | None = None) -> None:
-    """Render ``build_trajectory_figure`` to PNG and PDF."""
-    _save(build_trajectory_figure(trajectory, analysis, title, label, steps), out_png, out_pdf)
-
-
-def sign_shift_figure(panels: list[tuple[str, str, int]], out_png: str, out_pdf: str, title: str) -> None:
-    """Render ``build_sign_shift_figure`` to PNG and PDF."""
-    _save(build_sign_shift_figure(panels, title), out_png, out_pdf)
+    _save(declared.builder()(*args, title, **options), out_png, out_pdf)
 
 
 # ---------------------------------------------------------------------------------------------
-# Curves over seeds: paper Figures 7, 9 and 10.
-#
-# A curve is ``(label, [(trajectory, analysis), ...])``, one pair of files per seed (a kind that reads no
-# analysis: ``(trajectory,)`` per seed, and the curve has no "mean_mu"). The x axis is the
-# epoch, step / batches_per_epoch (fractional for SGD iterations; the step itself for GD). Several seeds
-# are drawn as their mean with a band of +-1 sample standard deviation (ddof = 1); one seed as its line.
+# Curves over seeds (``zigzag/curves.py``): paper Figures 7, 9 and 10. Several seeds are drawn as their
+# mean with a band of +-1 sample standard deviation (ddof = 1); one seed as its line.
 
-Curve = tuple[str, list[tuple[str, ...]]]
 CORR_COLOUR, LR_COLOUR, CHANGE_COLOUR = "tab:red", "tab:green", "0.25"
 BAND_ALPHA = 0.22
-
-
-@dataclass
-class CurveData:
-    """The seeds of one curve, cut to their common prefix of steps."""
-
-    label: str
-    x: np.ndarray                  # epoch of each step: step / batches_per_epoch
-    series: dict[str, np.ndarray]  # "mean_mu", "lag1", "loss", "lr": [seeds, steps]
-    h: int | None                  # the analyses' window; None for trajectories alone
-    schedule_kind: str             # constant | warmup_cosine | gawu
-    unit: str                      # the schedule's unit: epoch | iteration
-    batches_per_epoch: int
-    change_points: list[int | None]  # per seed, in schedule units; None: none
-    diverged: int                  # seeds that diverged
-    notes: list[str]
-
-    @property
-    def n(self) -> int:
-        return len(self.change_points)
-
-    def mean_sd(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """Mean over seeds and the sample standard deviation (None for one seed); NaN where any seed is."""
-        values = self.series[name]
-        if self.n == 1:
-            return values[0], None
-        return values.mean(axis=0), values.std(axis=0, ddof=1)
-
-    def change_epoch(self, t: int) -> float:
-        """A change point in schedule units as an epoch (the x axis)."""
-        return t / self.batches_per_epoch if self.unit == "iteration" else float(t)
-
-    def t_text(self, t: int) -> str:
-        return f"{t} iterations" if self.unit == "iteration" else str(t)
-
-
-def load_curve(curve: Curve) -> CurveData:
-    """Read every seed of ``curve``; unequal lengths (diverged or unfinished seeds) are cut to the
-    common prefix, and the notes say so."""
-    label, pairs = curve
-    if not pairs:
-        raise ZigzagError(f"curve {label!r}: no (trajectory, analysis) files; give one pair per seed")
-    trajs, analyses = [], []
-    for traj_path, *analysis_paths in pairs:
-        traj = store.read_trajectory(traj_path)
-        for analysis_path in analysis_paths:
-            an = store.read_analysis(analysis_path)
-            store.check_analysis_of(traj, traj_path, an, analysis_path)
-            if len(an) != len(traj):
-                raise ZigzagError(f"{analysis_path}: {len(an)} steps, but its trajectory {traj_path} has "
-                                  f"{len(traj)}; re-run `zigzag analyze` on that trajectory")
-            analyses.append(an)
-        trajs.append(traj)
-    bpe = {int(t.attrs.get("batches_per_epoch", 1)) for t in trajs}
-    hs = {a.h for a in analyses}
-    if len(bpe) > 1 or len(hs) > 1:
-        raise ZigzagError(f"curve {label!r}: its seeds differ in batches per epoch ({sorted(bpe)}) or window h "
-                          f"({sorted(hs)}); a curve's seeds must share every setting but the seed")
-    (bpe,), h = bpe, (hs.pop() if hs else None)
-    lengths = [len(t) for t in trajs]
-    k = min(lengths)
-    schedule = trajs[0].config.get("schedule") or {}
-    diverged = [t.diverged_at for t in trajs if t.status == "diverged"]
-    notes = []
-    if diverged:
-        where = ", ".join(map(str, diverged))
-        notes.append(f"{label}: {len(diverged)} of {len(trajs)} seeds diverged (at step {where})"
-                     if len(trajs) > 1 else f"{label}: diverged at step {where}")
-    if len(set(lengths)) > 1:
-        notes.append(f"{label}: seeds aligned on their common first {k} steps")
-    series = {name: np.stack([t.steps[name][:k] for t in trajs]) for name in ("loss", "lr")}
-    if analyses:
-        series["mean_mu"] = np.stack([a.mean_mu[:k] for a in analyses])
-    series["lag1"] = np.stack([adjacent_mu(t.steps["dot"])[:k] for t in trajs])
-    return CurveData(label=label, x=np.arange(k) / bpe, series=series, h=h,
-                     schedule_kind=schedule.get("kind", "constant"), unit=schedule.get("unit", "epoch"),
-                     batches_per_epoch=bpe, change_points=[store.schedule_change_point(t) for t in trajs],
-                     diverged=len(diverged), notes=notes)
+CORRELATION_LABELS = {"mean_mu": "mean gradient correlation (h = {h})", "lag1": "correlation of adjacent gradients"}
 
 
 def _draw(ax, data: CurveData, name: str, colour, label: str | None, lw: float = 1.3):
@@ -369,9 +285,10 @@ def _footnote(fig: Figure, curves: list[CurveData]) -> None:
         fig.supxlabel("\n".join(notes), fontsize=8, color="0.35")
 
 
-def _mu_axes(ax, h: int) -> None:
+def _correlation_axes(ax, name: str, h: int | None) -> None:
+    """A correlation's axes: the zero line, its label (``CORRELATION_LABELS``) and its range [-1, 1]."""
     ax.axhline(0.0, color="black", lw=0.6)
-    ax.set(xlabel="epoch", ylabel=f"mean gradient correlation (h = {h})", ylim=(-1.05, 1.05))
+    ax.set(xlabel="epoch", ylabel=CORRELATION_LABELS[name].format(h=h), ylim=(-1.05, 1.05))
 
 
 def _epoch_xlim(ax, curves: list[CurveData]) -> None:
@@ -389,7 +306,7 @@ def build_warmup_figure(curve: Curve, title: str) -> Figure:
     handles = [_draw(ax, data, "mean_mu", CORR_COLOUR, "mean gradient correlation"),
                _draw(ax_lr, data, "lr", LR_COLOUR, "learning rate")]
     labels = ["mean gradient correlation", "learning rate"]
-    _mu_axes(ax, data.h)
+    _correlation_axes(ax, "mean_mu", data.h)
     ax.yaxis.label.set_color(CORR_COLOUR)
     ax_lr.set_ylabel("learning rate", color=LR_COLOUR)
     ax_lr.set_ylim(bottom=0.0)
@@ -413,22 +330,27 @@ def build_warmup_figure(curve: Curve, title: str) -> Figure:
     return fig
 
 
-def build_batch_size_figure(curves: list[Curve], title: str) -> Figure:
-    """Paper Figure 9: the mean gradient correlation against the epoch, one line (and band) per curve."""
+def _correlation_curves_figure(curves: list[Curve], title: str, name: str, what: str, lw: float) -> Figure:
+    """The correlation ``name`` ("mean_mu" or "lag1") against the epoch, one line (and band) per curve."""
     if not curves:
-        raise ZigzagError("batch-size figure: no curves given; name at least one (label, files)")
+        raise ZigzagError(f"{what} figure: no curves given; name at least one (label, files)")
     data = [load_curve(c) for c in curves]
     mixed = len({d.n for d in data}) > 1
     fig = Figure(figsize=(10.0, 4.6), layout="constrained")
     ax = fig.subplots()
     colours = matplotlib.colormaps["tab10"].colors
-    handles = [_draw(ax, d, "mean_mu", colours[i % 10], d.label) for i, d in enumerate(data)]
-    _mu_axes(ax, data[0].h)
+    handles = [_draw(ax, d, name, colours[i % 10], d.label, lw=lw) for i, d in enumerate(data)]
+    _correlation_axes(ax, name, data[0].h)
     _epoch_xlim(ax, data)
     fig.legend(handles, [_legend_label(d, mixed, with_t=False) for d in data], fontsize=9, loc="outside right center")
     fig.suptitle(title, fontsize=13)
     _footnote(fig, data)
     return fig
+
+
+def build_batch_size_figure(curves: list[Curve], title: str) -> Figure:
+    """Paper Figure 9: the mean gradient correlation against the epoch, one line (and band) per curve."""
+    return _correlation_curves_figure(curves, title, "mean_mu", "batch-size", lw=1.3)
 
 
 def build_schedules_figure(curves: list[Curve], title: str) -> Figure:
@@ -463,36 +385,7 @@ def build_lag1_figure(curves: list[Curve], title: str) -> Figure:
     """The correlation of adjacent gradients mu(k-1, k) (eq. 2 at lag 1, from ``/steps/dot``) against the
     epoch, one line (and band) per curve: the step-by-step sign flip of the zigzag (near -1) that the
     mean correlation (eq. 3) averages over a window. Reads trajectories only."""
-    if not curves:
-        raise ZigzagError("lag-1 figure: no curves given; name at least one (label, files)")
-    data = [load_curve(c) for c in curves]
-    mixed = len({d.n for d in data}) > 1
-    fig = Figure(figsize=(10.0, 4.6), layout="constrained")
-    ax = fig.subplots()
-    colours = matplotlib.colormaps["tab10"].colors
-    handles = [_draw(ax, d, "lag1", colours[i % 10], d.label, lw=0.9) for i, d in enumerate(data)]
-    ax.axhline(0.0, color="black", lw=0.6)
-    ax.set(xlabel="epoch", ylabel="correlation of adjacent gradients", ylim=(-1.05, 1.05))
-    _epoch_xlim(ax, data)
-    fig.legend(handles, [_legend_label(d, mixed, with_t=False) for d in data], fontsize=9, loc="outside right center")
-    fig.suptitle(title, fontsize=13)
-    _footnote(fig, data)
-    return fig
-
-
-def warmup_figure(curve: Curve, out_png: str, out_pdf: str, title: str) -> None:
-    """Render ``build_warmup_figure`` to PNG and PDF."""
-    _save(build_warmup_figure(curve, title), out_png, out_pdf)
-
-
-def batch_size_figure(curves: list[Curve], out_png: str, out_pdf: str, title: str) -> None:
-    """Render ``build_batch_size_figure`` to PNG and PDF."""
-    _save(build_batch_size_figure(curves, title), out_png, out_pdf)
-
-
-def schedules_figure(curves: list[Curve], out_png: str, out_pdf: str, title: str) -> None:
-    """Render ``build_schedules_figure`` to PNG and PDF."""
-    _save(build_schedules_figure(curves, title), out_png, out_pdf)
+    return _correlation_curves_figure(curves, title, "lag1", "lag-1", lw=0.9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +400,7 @@ def build_sharpness_figure(trajectory: str, analysis: str, title: str) -> Figure
     store.check_analysis_of(traj, trajectory, an, analysis)
     if "sharpness" not in traj.steps:
         raise ZigzagError(f"{trajectory}: no /steps/sharpness; train with sharpness.every set")
-    unit = "epoch" if traj.config.get("optimizer", "gd") == "gd" else "iteration"
+    unit = step_unit(traj)
     steps = np.arange(len(traj))
     sharp, lr = traj.steps["sharpness"], traj.steps["lr"]
     computed = np.isfinite(sharp)
@@ -517,9 +410,7 @@ def build_sharpness_figure(trajectory: str, analysis: str, title: str) -> Figure
               label="sharpness $\\lambda_{max}$")
     ax_s.plot(steps, 2.0 / lr, "--", color="black", lw=1.0, label="2 / lr")
     ax_s.set(ylabel="top Hessian eigenvalue", title="sharpness and the stability threshold 2/lr")
-    for value, (name, colour) in PHASE_COLOURS.items():
-        ax_mu.broken_barh(_phase_runs(an.phase, value), (-1.05, 2.1), facecolors=colour, alpha=0.6, lw=0,
-                          label=name)
+    _shade_phases(ax_mu, an.phase, labelled=True)
     ax_mu.axhline(0.0, color="black", lw=0.6)
     ax_mu.plot(steps, an.mean_mu, color="tab:blue", lw=1.2, label="mean correlation")
     ax_mu.set(ylabel=f"mean correlation (h = {an.h})", ylim=(-1.05, 1.05))
@@ -532,15 +423,9 @@ def build_sharpness_figure(trajectory: str, analysis: str, title: str) -> Figure
         if step is not None:
             for ax in (ax_s, ax_mu, ax_cos):
                 ax.axvline(step, color=colour, ls=style, lw=1.3, label=label if ax is ax_s else None)
-    suptitle, colour = title, "black"
-    if traj.diverged_at is not None:
-        suptitle, colour = f"{title}\nDIVERGED at step {traj.diverged_at}", DIVERGED
+    suptitle, colour = _diverged_title(title, traj.diverged_at)
     ax_s.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax_mu.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(suptitle, color=colour, fontsize=13)
     return fig
 
-
-def sharpness_figure(trajectory: str, analysis: str, out_png: str, out_pdf: str, title: str) -> None:
-    """Render ``build_sharpness_figure`` to PNG and PDF."""
-    _save(build_sharpness_figure(trajectory, analysis, title), out_png, out_pdf)
