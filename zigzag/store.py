@@ -795,7 +795,8 @@ ANALYSIS_FIELDS = {
         "/windows/corr", "float64", "NaN", "window matrices mu(k+a, k+b); NaN where the window runs past the "
         "recorded steps", "h x h matrices mu(k+a, k+b); NaN where past the recorded steps"),
     "window_opposite": AnalysisField(
-        "/windows/opposite", "float64", "NaN", "sign-shift matrices s(k+a, k+b)", "h x h matrices s(k+a, k+b), "
+        "/windows/opposite", "float64", "NaN", "sign-shift matrices s(k+a, k+b); NaN where the window runs past the "
+        "recorded steps", "h x h matrices s(k+a, k+b), "
         "fraction of entries with opposite signs (an exact 0 is never opposite)"),
     "h": AnalysisField("@", "int", "-", "window size of eq. 3 and of the matrices"),
     "smooth_above": AnalysisField("@", "float", "-", "a step is smooth when mean_mu is above it"),
@@ -818,8 +819,8 @@ ANALYSIS_FIELDS = {
     "trajectory_status": AnalysisField(
         "@", "string", "-", "the trajectory's `status` when it was analysed", copies="status"),
     "trajectory_id": AnalysisField(
-        "@", "string", "empty", "the trajectory's `trajectory_id`; figures and claims refuse an analysis whose id "
-        "differs from their trajectory's", copies="trajectory_id"),
+        "@", "string", "empty", "the trajectory's `trajectory_id` (empty: none, as in files older than ids); "
+        "figures and claims refuse an analysis whose id differs from their trajectory's", copies="trajectory_id"),
     "diverged_at": AnalysisField(
         "@", "int", "-1", "the trajectory's `diverged_at`; -1: it did not diverge", copies="diverged_at"),
 }
