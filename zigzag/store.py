@@ -775,29 +775,35 @@ class AnalysisField:
 # iterate it, so a new field is one line here (and one in ``analysis.Analysis`` unless it copies the trajectory).
 ANALYSIS_FIELDS = {
     "mean_mu": AnalysisField(
-        "/mean_mu", "float64", "NaN", "mean gradient correlation (eq. 3) of the window [k, k+h-1]; NaN for the "
-        "last h-1 steps", "mean gradient correlation (eq. 3), window of h={h} steps starting at k; NaN for the last "
+        "/mean_mu", "float64", "NaN",
+        "mean gradient correlation (eq. 3) of the window [k, k+h-1]; NaN for the last h-1 steps",
+        description="mean gradient correlation (eq. 3), window of h={h} steps starting at k; NaN for the last "
         "h-1 steps"),
     "adjacent_mu": AnalysisField(
         "/adjacent_mu", "float64", "NaN", "mu(k-1, k) (eq. 2), cosine of adjacent gradients; NaN at k = 0",
-        "mu(k-1, k), cosine of adjacent gradients; NaN at k=0"),
+        description="mu(k-1, k), cosine of adjacent gradients; NaN at k=0"),
     "phase": AnalysisField(
         "/phase", "int8", "-", "phase of step k: 0 smooth (mean_mu > `smooth_above`), 1 zigzag (mean_mu < "
-        "`zigzag_below`), 2 random (between), -1 undefined (mean_mu is NaN)", "int8 phase of step k: 0 smooth "
-        "(mean_mu > {smooth_above}), 1 zigzag (mean_mu < {zigzag_below}), 2 random (between), -1 undefined"),
+        "`zigzag_below`), 2 random (between), -1 undefined (mean_mu is NaN)",
+        description="int8 phase of step k: 0 smooth (mean_mu > {smooth_above}), 1 zigzag (mean_mu < {zigzag_below}), "
+        "2 random (between), -1 undefined"),
     "window_steps": AnalysisField(
-        "/windows/steps", "int64", "-", "first step k of each window kept", "first step k of each window"),
+        "/windows/steps", "int64", "-", "first step k of each window kept",
+        description="first step k of each window"),
     "window_roles": AnalysisField(
         "/windows/roles", "string", "empty", "why each window was kept: `smooth`, `zigzag`, `late` "
-        "(comma-separated if several), empty if only asked for by step", "why each window was chosen "
-        "(analysis.auto_windows): smooth, zigzag, late, or empty if asked for by step"),
+        "(comma-separated if several), empty if only asked for by step",
+        description="why each window was chosen (analysis.auto_windows): smooth, zigzag, late, or empty if asked for "
+        "by step"),
     "window_corr": AnalysisField(
-        "/windows/corr", "float64", "NaN", "window matrices mu(k+a, k+b); NaN where the window runs past the "
-        "recorded steps", "h x h matrices mu(k+a, k+b); NaN where past the recorded steps"),
+        "/windows/corr", "float64", "NaN",
+        "window matrices mu(k+a, k+b); NaN where the window runs past the recorded steps",
+        description="h x h matrices mu(k+a, k+b); NaN where past the recorded steps"),
     "window_opposite": AnalysisField(
-        "/windows/opposite", "float64", "NaN", "sign-shift matrices s(k+a, k+b); NaN where the window runs past the "
-        "recorded steps", "h x h matrices s(k+a, k+b), "
-        "fraction of entries with opposite signs (an exact 0 is never opposite)"),
+        "/windows/opposite", "float64", "NaN",
+        "sign-shift matrices s(k+a, k+b); NaN where the window runs past the recorded steps",
+        description="h x h matrices s(k+a, k+b), fraction of entries with opposite signs (an exact 0 is never "
+        "opposite)"),
     "h": AnalysisField("@", "int", "-", "window size of eq. 3 and of the matrices"),
     "smooth_above": AnalysisField("@", "float", "-", "a step is smooth when mean_mu is above it"),
     "zigzag_below": AnalysisField("@", "float", "-", "a step is zigzag when mean_mu is below it"),
@@ -884,11 +890,11 @@ def check_analysis_of(trajectory: Trajectory, trajectory_path, analysis: Analysi
 AnalysisFile = make_dataclass(
     "AnalysisFile", [*(name for name, field in ANALYSIS_FIELDS.items() if field.copies), ("config", dict),
                      ("format_version", int)],
-    bases=(Analysis,), namespace={"__len__": lambda self: len(self.mean_mu)})
-AnalysisFile.__module__ = __name__
-AnalysisFile.__doc__ = """An analysis file read into memory: the ``analysis.Analysis`` ``write_analysis`` stored, with
-None restored where the file stores -1, the fields it copied from its trajectory (``ANALYSIS_FIELDS``) and the
-settings of `zigzag analyze` (``config``)."""
+    bases=(Analysis,), namespace={
+        "__module__": __name__, "__len__": lambda self: len(self.mean_mu),
+        "__doc__": "An analysis file read into memory: the ``analysis.Analysis`` that ``write_analysis`` stored, "
+                   "None restored where the file stores -1, the fields it copied from its trajectory "
+                   "(``ANALYSIS_FIELDS``) and the settings of `zigzag analyze` (``config``)."})
 
 
 def read_analysis(path) -> AnalysisFile:
