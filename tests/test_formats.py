@@ -129,6 +129,21 @@ def test_every_name_in_the_files_is_documented_and_every_documented_name_is_writ
     assert seen_attrs == set(doc_attrs), f"documented but never written: {set(doc_attrs) - seen_attrs}"
 
 
+def test_the_analysis_tables_are_the_store_field_table():
+    """The zigzag-analysis tables name exactly the fields of ``store.ANALYSIS_FIELDS``, each with its dtype or type
+    and its meaning, and the meaning says how a "none" is stored."""
+    doc = documented()
+    datasets, attributes = doc["zigzag-analysis", "datasets"], doc["zigzag-analysis", "attributes"]
+    fields = store.ANALYSIS_FIELDS
+    assert set(datasets) == {field.where for field in fields.values() if not field.is_attribute}
+    assert set(attributes) == {name for name, field in fields.items() if field.is_attribute}
+    for name, field in fields.items():
+        row = attributes[name] if field.is_attribute else datasets[field.where]
+        assert (row["type"] if field.is_attribute else row["dtype"]) == field.dtype, name
+        assert row["meaning"] == field.meaning, name
+        assert {"-1": "-1:", "NaN": "NaN", "empty": "empty", "-": ""}[field.none] in field.meaning, name
+
+
 def test_every_dataset_of_every_kind_carries_the_checksum(files):
     """Fletcher-32 (a changed byte fails the read) wherever HDF5 allows a filter: all but variable-length
     strings (docs/formats.md, "Every file")."""

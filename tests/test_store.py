@@ -122,6 +122,21 @@ def test_analysis_round_trips_every_field_and_restores_none(tmp_path, nones):
             assert got.dtype == expected.dtype, field.name
         else:
             assert got == expected, field.name
+    with h5py.File(path, "r") as f:
+        for name, field in store.ANALYSIS_FIELDS.items():  # every field of the table, in the file and back
+            expected = trajectory_attrs.get(field.copies) if field.copies else getattr(written, name)
+            got = getattr(read, name)
+            if isinstance(expected, np.ndarray):
+                np.testing.assert_array_equal(got, expected, err_msg=name)
+            else:
+                assert got == expected, name
+            if field.is_attribute:
+                python_type = {"int": int, "float": float, "string": str, "JSON string": str}[field.dtype]
+                assert type(store.attr_value(f.attrs[name])) is python_type, name
+            else:
+                dtype = f[field.where].dtype
+                assert str(dtype) == field.dtype or h5py.check_string_dtype(dtype) and field.dtype == "string", name
+    assert {f.name for f in dataclasses.fields(read)} == {*store.ANALYSIS_FIELDS, "config", "format_version"}
     assert read.transitions == [(2, "smooth", "random"), (3, "random", "zigzag")]
     assert (read.trajectory_status, read.trajectory_id, read.config, read.format_version) == \
         (trajectory_attrs["status"], "abc", {"h": 3}, store.FORMAT_VERSION)

@@ -182,7 +182,8 @@ def _runs(mask: np.ndarray) -> list[tuple[int, range]]:
 
 @dataclass
 class Analysis:
-    """What ``analysis.h5`` holds for one run (docs/formats.md, "zigzag-analysis")."""
+    """What ``analysis.h5`` holds for one run: each field is kept as ``store.ANALYSIS_FIELDS`` says (docs/formats.md,
+    "zigzag-analysis"), which also adds the fields copied from the trajectory."""
 
     h: int
     smooth_above: float

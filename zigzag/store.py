@@ -27,12 +27,13 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from zigzag.analysis import Analysis
 from zigzag.errors import ZigzagError
 
 FORMAT_VERSION = 2  # 2: the change point is ``change_point_step`` and ``change_point_epoch`` (1: ``change_point``)
@@ -753,36 +754,128 @@ def check_trajectory(traj: Trajectory, path) -> None:
 # zigzag-analysis
 
 
+@dataclass(frozen=True)
+class AnalysisField:
+    """How an analysis file keeps one field of the record (docs/formats.md, "zigzag-analysis", and "None values")."""
+
+    where: str             # "@": the root attribute of the field's name; else the dataset's path
+    dtype: str             # the attribute's type or the dataset's dtype, as formats.md writes it
+    none: str              # "-1": stored for None; "NaN": NaN on disk and in memory; "empty": "" (an older file
+                           # lacks the name: all empty); "-": never none
+    meaning: str           # formats.md's meaning of the name
+    description: str = ""  # a dataset's ``description`` attribute ({h}, {smooth_above}, {zigzag_below} filled in)
+    copies: str = ""       # the trajectory attribute it copies; else the ``analysis.Analysis`` field of its name
+
+    @property
+    def is_attribute(self) -> bool:
+        return self.where == "@"
+
+
+# The analysis record: field name -> how the file keeps it; the writer, the reader and tests/test_formats.py
+# iterate it, so a new field is one line here (and one in ``analysis.Analysis`` unless it copies the trajectory).
+ANALYSIS_FIELDS = {
+    "mean_mu": AnalysisField(
+        "/mean_mu", "float64", "NaN",
+        "mean gradient correlation (eq. 3) of the window [k, k+h-1]; NaN for the last h-1 steps",
+        description="mean gradient correlation (eq. 3), window of h={h} steps starting at k; NaN for the last "
+        "h-1 steps"),
+    "adjacent_mu": AnalysisField(
+        "/adjacent_mu", "float64", "NaN", "mu(k-1, k) (eq. 2), cosine of adjacent gradients; NaN at k = 0",
+        description="mu(k-1, k), cosine of adjacent gradients; NaN at k=0"),
+    "phase": AnalysisField(
+        "/phase", "int8", "-", "phase of step k: 0 smooth (mean_mu > `smooth_above`), 1 zigzag (mean_mu < "
+        "`zigzag_below`), 2 random (between), -1 undefined (mean_mu is NaN)",
+        description="int8 phase of step k: 0 smooth (mean_mu > {smooth_above}), 1 zigzag (mean_mu < {zigzag_below}), "
+        "2 random (between), -1 undefined"),
+    "window_steps": AnalysisField(
+        "/windows/steps", "int64", "-", "first step k of each window kept",
+        description="first step k of each window"),
+    "window_roles": AnalysisField(
+        "/windows/roles", "string", "empty", "why each window was kept: `smooth`, `zigzag`, `late` "
+        "(comma-separated if several), empty if only asked for by step",
+        description="why each window was chosen (analysis.auto_windows): smooth, zigzag, late, or empty if asked for "
+        "by step"),
+    "window_corr": AnalysisField(
+        "/windows/corr", "float64", "NaN",
+        "window matrices mu(k+a, k+b); NaN where the window runs past the recorded steps",
+        description="h x h matrices mu(k+a, k+b); NaN where past the recorded steps"),
+    "window_opposite": AnalysisField(
+        "/windows/opposite", "float64", "NaN",
+        "sign-shift matrices s(k+a, k+b); NaN where the window runs past the recorded steps",
+        description="h x h matrices s(k+a, k+b), fraction of entries with opposite signs (an exact 0 is never "
+        "opposite)"),
+    "h": AnalysisField("@", "int", "-", "window size of eq. 3 and of the matrices"),
+    "smooth_above": AnalysisField("@", "float", "-", "a step is smooth when mean_mu is above it"),
+    "zigzag_below": AnalysisField("@", "float", "-", "a step is zigzag when mean_mu is below it"),
+    "zigzag_loss_share": AnalysisField(
+        "@", "float", "NaN", "share of the total loss decrease made in zigzag steps; NaN if the loss did not decrease"),
+    "transitions": AnalysisField(
+        "@", "JSON string", "-", "list of [step, from phase, to phase] wherever the defined phase changes"),
+    "change_point_step": AnalysisField(
+        "@", "int", "-1", "where GAWU would switch on this run, by the scheduler's own rule: first step of that unit; "
+        "-1: none"),
+    "change_point_epoch": AnalysisField("@", "int", "-1", "the epoch of `change_point_step`; -1: none"),
+    "change_point_rule": AnalysisField(
+        "@", "JSON string", "-", "the rule used: `h`, `unit`, `steps_per_unit`, `max_warmup` (null: none)"),
+    "zigzag_onset": AnalysisField("@", "int", "-1", "first zigzag step; -1: none"),
+    "eos_step": AnalysisField(
+        "@", "int", "-1", "first step where sharpness >= (1 - eos_tolerance) 2 / lr; -1: never, or no sharpness "
+        "recorded"),
+    "eos_tolerance": AnalysisField("@", "float", "-", "the tolerance of `eos_step`"),
+    "trajectory_status": AnalysisField(
+        "@", "string", "-", "the trajectory's `status` when it was analysed", copies="status"),
+    "trajectory_id": AnalysisField(
+        "@", "string", "empty", "the trajectory's `trajectory_id` (empty: none, as in files older than ids); "
+        "figures and claims refuse an analysis whose id differs from their trajectory's", copies="trajectory_id"),
+    "diverged_at": AnalysisField(
+        "@", "int", "-1", "the trajectory's `diverged_at`; -1: it did not diverge", copies="diverged_at"),
+}
+# The names a reader needs (a dataset's path, "@" and an attribute's name); an "empty" field reads as empty if missing.
+ANALYSIS_REQUIRED = (*(f"@{name}" if f.is_attribute else f.where[1:] for name, f in ANALYSIS_FIELDS.items()
+                       if f.none != "empty"), "@config")
+
+
+NONE_STORED = {"-1": -1, "empty": ""}  # what the file keeps for None, by ``AnalysisField.none``
+
+
+def _stored(name: str, field: AnalysisField, value):
+    """A field's value as the file keeps it (its dtype, "none" encoded)."""
+    if value is None:
+        if field.none not in NONE_STORED:
+            raise ValueError(f"analysis field {name} is None, but it is never none")
+        value = NONE_STORED[field.none]
+    if not field.is_attribute:
+        return np.asarray(value, dtype=h5py.string_dtype() if field.dtype == "string" else field.dtype)
+    return {"int": int, "float": float, "string": str,
+            "JSON string": lambda v: json.dumps(v, sort_keys=True)}[field.dtype](value)
+
+
+def _restored(field: AnalysisField, value):
+    """A field's value as stored, back in memory: -1 as None, strings as str, JSON rows as tuples."""
+    if not field.is_attribute:
+        return [attr_value(v) for v in value] if field.dtype == "string" else value
+    if field.none == "-1":
+        return _none_if_negative(value)
+    if field.dtype == "JSON string":
+        loaded = json.loads(value)
+        return [tuple(row) for row in loaded] if isinstance(loaded, list) else loaded
+    return {"int": int, "float": float, "string": str}[field.dtype](value)
+
+
 def write_analysis(path, analysis, config: dict, trajectory_attrs: dict) -> None:
-    """Write an ``analysis.Analysis`` atomically: mean_mu, phase, windows and the scalar results."""
-    a = analysis
+    """Write an ``analysis.Analysis`` atomically, every field of ``ANALYSIS_FIELDS``: those it ``copies`` from
+    ``trajectory_attrs``, the others from ``analysis``."""
+    values = {name: trajectory_attrs.get(field.copies) if field.copies else getattr(analysis, name)
+              for name, field in ANALYSIS_FIELDS.items()}
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        _write_root(
-            f, ANALYSIS, config, h=a.h, smooth_above=a.smooth_above, zigzag_below=a.zigzag_below,
-            zigzag_loss_share=a.zigzag_loss_share,
-            transitions=json.dumps(a.transitions),
-            change_point_step=-1 if a.change_point_step is None else a.change_point_step,
-            change_point_epoch=-1 if a.change_point_epoch is None else a.change_point_epoch,
-            change_point_rule=json.dumps(a.change_point_rule, sort_keys=True),
-            zigzag_onset=-1 if a.zigzag_onset is None else a.zigzag_onset,
-            eos_step=-1 if a.eos_step is None else a.eos_step,
-            eos_tolerance=a.eos_tolerance,
-            trajectory_status=trajectory_attrs["status"],
-            trajectory_id=trajectory_attrs.get("trajectory_id", ""),
-            diverged_at=int(trajectory_attrs.get("diverged_at", -1)),
-        )
-        _put(f, "mean_mu", a.mean_mu, f"mean gradient correlation (eq. 3), window of h={a.h} steps starting at k; "
-             "NaN for the last h-1 steps")
-        _put(f, "adjacent_mu", a.adjacent_mu, "mu(k-1, k), cosine of adjacent gradients; NaN at k=0")
-        _put(f, "phase", a.phase, f"int8 phase of step k: 0 smooth (mean_mu > {a.smooth_above}), 1 zigzag "
-             f"(mean_mu < {a.zigzag_below}), 2 random (between), -1 undefined")
-        w = f.create_group("windows")
-        _put(w, "steps", a.window_steps, "first step k of each window")
-        _put(w, "roles", np.array(a.window_roles, dtype=h5py.string_dtype()),
-             "why each window was chosen (analysis.auto_windows): smooth, zigzag, late, or empty if asked for by step")
-        _put(w, "corr", a.window_corr, "h x h matrices mu(k+a, k+b); NaN where past the recorded steps")
-        _put(w, "opposite", a.window_opposite, "h x h matrices s(k+a, k+b), fraction of entries with opposite "
-             "signs (an exact 0 is never opposite)")
+        _write_root(f, ANALYSIS, config, **{name: _stored(name, field, values[name])
+                                            for name, field in ANALYSIS_FIELDS.items() if field.is_attribute})
+        for name, field in ANALYSIS_FIELDS.items():
+            if not field.is_attribute:
+                group, _, dataset = field.where[1:].rpartition("/")
+                _put(f.require_group(group) if group else f, dataset, _stored(name, field, values[name]),
+                     field.description.format(h=analysis.h, smooth_above=analysis.smooth_above,
+                                              zigzag_below=analysis.zigzag_below))
 
 
 def check_analysis_of(trajectory: Trajectory, trajectory_path, analysis: AnalysisFile, analysis_path) -> None:
@@ -794,44 +887,14 @@ def check_analysis_of(trajectory: Trajectory, trajectory_path, analysis: Analysi
                           f"re-run `zigzag analyze {trajectory_path}`")
 
 
-@dataclass
-class AnalysisFile:
-    """An analysis file read into memory: every field of ``analysis.Analysis``, as ``write_analysis`` stored
-    it, with None restored where the file stores -1 (docs/formats.md, "zigzag-analysis"), and where it came
-    from (the trajectory's status, id and divergence step, the settings in ``config``)."""
-
-    h: int
-    smooth_above: float
-    zigzag_below: float
-    adjacent_mu: np.ndarray           # [K] mu(k-1, k) (eq. 2); NaN at k = 0
-    mean_mu: np.ndarray               # [K] eq. 3; NaN for the last h-1 steps
-    phase: np.ndarray                 # [K] int8: analysis.SMOOTH, ZIGZAG, RANDOM, UNDEFINED
-    window_steps: np.ndarray          # [E] first step k of each window
-    window_roles: list[str]           # [E] the auto_windows roles of each window ("" if only asked for)
-    window_corr: np.ndarray           # [E, h, h] mu(k+a, k+b)
-    window_opposite: np.ndarray       # [E, h, h] s(k+a, k+b)
-    zigzag_loss_share: float          # NaN if the loss did not decrease
-    transitions: list[tuple[int, str, str]]
-    change_point_step: int | None
-    change_point_epoch: int | None
-    change_point_rule: dict
-    zigzag_onset: int | None
-    eos_step: int | None
-    eos_tolerance: float
-    trajectory_status: str            # the trajectory's status when it was analysed
-    trajectory_id: str                # "" for a file older than trajectory ids
-    diverged_at: int | None           # the step a diverged trajectory stopped at
-    config: dict                      # the settings of `zigzag analyze`
-    format_version: int
-
-    def __len__(self) -> int:
-        return len(self.mean_mu)
-
-
-ANALYSIS_REQUIRED = ("mean_mu", "adjacent_mu", "phase", "windows/steps", "windows/corr", "windows/opposite",
-                     "@h", "@smooth_above", "@zigzag_below", "@zigzag_loss_share", "@transitions",
-                     "@change_point_step", "@change_point_epoch", "@change_point_rule", "@zigzag_onset",
-                     "@eos_step", "@eos_tolerance", "@trajectory_status", "@diverged_at", "@config")
+AnalysisFile = make_dataclass(
+    "AnalysisFile", [*(name for name, field in ANALYSIS_FIELDS.items() if field.copies), ("config", dict),
+                     ("format_version", int)],
+    bases=(Analysis,), namespace={
+        "__module__": __name__, "__len__": lambda self: len(self.mean_mu),
+        "__doc__": "An analysis file read into memory: the ``analysis.Analysis`` that ``write_analysis`` stored, "
+                   "None restored where the file stores -1, the fields it copied from its trajectory "
+                   "(``ANALYSIS_FIELDS``) and the settings of `zigzag analyze` (``config``)."})
 
 
 def read_analysis(path) -> AnalysisFile:
@@ -842,25 +905,11 @@ def read_analysis(path) -> AnalysisFile:
         if missing:
             raise ZigzagError(f"{path}: damaged or older zigzag-analysis, missing {', '.join(missing)}; "
                               f"re-run `zigzag analyze` on its trajectory")
-        a = {key: attr_value(v) for key, v in f.attrs.items()}
-        steps = read_data(f["windows/steps"])
-        roles = read_data(f["windows/roles"]) if "roles" in f["windows"] else [b""] * len(steps)
-        return AnalysisFile(
-            h=int(a["h"]), smooth_above=float(a["smooth_above"]), zigzag_below=float(a["zigzag_below"]),
-            adjacent_mu=read_data(f["adjacent_mu"]), mean_mu=read_data(f["mean_mu"]), phase=read_data(f["phase"]),
-            window_steps=steps, window_roles=[r.decode() if isinstance(r, bytes) else str(r) for r in roles],
-            window_corr=read_data(f["windows/corr"]), window_opposite=read_data(f["windows/opposite"]),
-            zigzag_loss_share=float(a["zigzag_loss_share"]),
-            transitions=[(int(k), before, after) for k, before, after in json.loads(a["transitions"])],
-            change_point_step=_none_if_negative(a["change_point_step"]),
-            change_point_epoch=_none_if_negative(a["change_point_epoch"]),
-            change_point_rule=json.loads(a["change_point_rule"]),
-            zigzag_onset=_none_if_negative(a["zigzag_onset"]),
-            eos_step=_none_if_negative(a["eos_step"]),
-            eos_tolerance=float(a["eos_tolerance"]),
-            trajectory_status=a["trajectory_status"],
-            trajectory_id=a.get("trajectory_id", ""),
-            diverged_at=_none_if_negative(a["diverged_at"]),
-            config=file_config(f),
-            format_version=int(a["format_version"]),
-        )
+        values = {}
+        for name, field in ANALYSIS_FIELDS.items():
+            stored = f.attrs.get(name) if field.is_attribute else f.get(field.where)
+            if stored is None:  # an "empty" field an older file lacks: an attribute, or one string per window
+                values[name] = "" if field.is_attribute else [""] * len(values["window_steps"])
+            else:
+                values[name] = _restored(field, attr_value(stored) if field.is_attribute else read_data(stored))
+        return AnalysisFile(**values, config=file_config(f), format_version=int(attr_value(f.attrs["format_version"])))
