@@ -1,6 +1,11 @@
-"""Every citation of the design notes in the code and the documentation names a section that exists."""
+"""Every citation of the design notes in the code and the documentation names a section that exists; the
+README's Python examples run."""
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,3 +35,19 @@ def test_nothing_cites_a_design_file_outside_the_repository():
     for path in [*ROOT.glob("zigzag/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("tests/*.py"),
                  ROOT / "README.md", ROOT / "BENCHMARKS.md"]:
         assert "DESIGN" + ".md" not in path.read_text(), path
+
+
+def test_every_python_example_of_the_readme_runs(tmp_path, files):
+    """Each ```python block of README.md runs as written, in a folder of its own that holds the results files the
+    examples read (a short trajectory and its analysis, under the default's names), so the examples cannot rot."""
+    examples = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert len(examples) >= 3
+    for i, code in enumerate(examples):
+        folder = tmp_path / f"example{i}"
+        for source, target in ((files["traj"], "results/runs/cnn_lr0.1/trajectory.h5"),
+                               (files["analysis"], "results/analysis/cnn_lr0.1.h5")):
+            (folder / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, folder / target)
+        result = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, f"README example {i} failed:\n{code}\n{result.stderr}"

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import zigzag_main
 
 from zigzag import store
 from zigzag.models import build_model
 
 
 @pytest.mark.parametrize("set_to_none", [True, False])
-def test_a_loop_of_ones_own_gets_the_lag_statistics_of_its_gradients(tmp_path, set_to_none):
+def test_a_loop_of_ones_own_gets_the_lag_statistics_of_its_gradients(tmp_path, set_to_none, capsys):
     from zigzag import Recorder
 
     torch.manual_seed(0)
@@ -45,6 +46,11 @@ def test_a_loop_of_ones_own_gets_the_lag_statistics_of_its_gradients(tmp_path, s
     with store.open_file(tmp_path / "run.h5", store.TRAJECTORY) as f:
         assert list(f["raw/steps"][()]) == [2, 5]
         np.testing.assert_allclose(f["raw/gradients"][()], g[[2, 5]], rtol=1e-6)
+        assert f.attrs["total_steps"] == steps
+    zigzag_main(capsys, "analyze", tmp_path / "run.h5", "--out", tmp_path / "analysis.h5", "--h", "3",
+                "--windows", "none")
+    mu = store.read_analysis(tmp_path / "analysis.h5").mean_mu
+    assert len(mu) == steps and np.isfinite(mu[: steps - 2]).all()  # windows of h = 3 steps from k on
 
 
 def test_an_exception_in_the_loop_leaves_the_file_unfinished_with_what_was_recorded(tmp_path):

@@ -120,9 +120,12 @@ class Recorder:
         return {"ring": self.ring.state_dict(), "trajectory_id": str(self.writer.f.attrs["trajectory_id"])}
 
     def finish(self, status: str = "completed", **attrs) -> None:
-        """Write what is left, set ``status`` and ``attrs``, and close the file."""
+        """Write what is left, set ``status`` and ``attrs`` (``total_steps``, unless the file has it: the steps
+        recorded), and close the file."""
         if self.raw is not None:
             self.raw.close()
+        if "total_steps" not in self.writer.f.attrs:
+            attrs = {"total_steps": self.writer.n_steps, **attrs}
         self.writer.finish(status, **attrs)
 
     def close(self) -> None:
