@@ -78,7 +78,7 @@ def hvp_cost(name: str, run: dict, dataset: str, device: str, folder: Path, repe
         return float(np.median(times[1:]))
 
     def gradient_pass():
-        trainer.grads.zero_()
+        trainer.model.zero_grad()
         accumulate_gradient(trainer.model, x, y, mb)
 
     with trainer.precision.applied():

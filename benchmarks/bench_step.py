@@ -176,11 +176,9 @@ def no_stats(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.ones(LAGS + 1, dtype=torch.float64), torch.zeros(LAGS + 1, dtype=torch.float64)
 
 
-def gd_step(tr: Trainer, k: int, t0: float) -> None:
+def gd_step(tr: Trainer, k: int) -> None:
     """One iteration of ``Trainer.run``'s loop without progress line or checkpoint: the real step and its row."""
-    row = tr.step(k)
-    row["time"] = time.perf_counter() - t0
-    tr.writer.append(row)
+    tr.recorder.write(tr.step(k))
 
 
 def bare_pass(tr: Trainer) -> None:
@@ -224,12 +222,12 @@ def run_case(name: str, args, tmp: Path) -> dict:
     applied = tr.precision.applied()
     applied.__enter__()
     tr.open_trajectory()
-    push = timed(tr.ring.push, parts, "push", sync)
-    tr.ring.push = push
+    push = timed(tr.recorder.ring.push, parts, "push", sync)
+    tr.recorder.ring.push = push
     trainer_module.accumulate_gradient = timed(accumulate_gradient, parts, "fwdbwd", sync)
-    tr.raw_dump.put = timed(tr.raw_dump.put, parts, "dump", sync)
-    k, t0 = tr.ring.step, time.perf_counter()
-    gd_step(tr, k, t0)  # warms the dump path
+    tr.recorder.raw.put = timed(tr.recorder.raw.put, parts, "dump", sync)
+    k = tr.recorder.step
+    gd_step(tr, k)  # warms the dump path
     k += 1
 
     samples: dict[str, list[float]] = {key: [] for key in (*VARIANTS, "outside", "push", "dump")}
@@ -237,14 +235,14 @@ def run_case(name: str, args, tmp: Path) -> dict:
         for r in range(args.repeats):
             order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
             for variant in order:
-                tr.raw_selection = 1 if variant == "raw" else None
-                tr.ring.push = no_stats if variant == "nostats" else push
+                tr.recorder.raw_steps = 1 if variant == "raw" else None
+                tr.recorder.ring.push = no_stats if variant == "nostats" else push
                 sync()
                 t = time.perf_counter()
                 if variant == "bare":
                     bare_pass(tr)
                 else:
-                    gd_step(tr, k, t0)
+                    gd_step(tr, k)
                     k += 1
                 sync()
                 samples[variant].append(time.perf_counter() - t)
@@ -257,8 +255,7 @@ def run_case(name: str, args, tmp: Path) -> dict:
                 f"{v} {samples[v][-1]:.3f}s" for v in VARIANTS), flush=True)
     finally:
         trainer_module.accumulate_gradient = accumulate_gradient
-        tr.raw_dump.close()
-        tr.writer.close()
+        tr.recorder.close()
         applied.__exit__(None, None, None)
     for f in tmp.glob(f"{name}_*.h5*"):
         shutil.rmtree(f) if f.is_dir() else f.unlink()
@@ -312,7 +309,7 @@ def paper_models(preset: dict) -> dict[tuple, dict]:
 
 def time_paper_model(key: tuple, settings: dict, args, tmp: Path) -> dict:
     """Seconds per 50,000-image epoch of Trainer.step, of a test evaluation and of one H v (all per image x 50,000)."""
-    from zigzag.sharpness import hessian_vector_product
+    from zigzag.sharpness import HessianOperator
     from zigzag.trainer import evaluate
 
     dataset = random_dataset(tmp, args.paper_images)
@@ -333,14 +330,15 @@ def time_paper_model(key: tuple, settings: dict, args, tmp: Path) -> dict:
 
     with tr.precision.applied():
         tr.open_trajectory()
-        t0 = time.perf_counter()
-        gd_step(tr, 0, t0)  # warm-up
-        steps = [clock(lambda k=k: gd_step(tr, k, t0)) for k in range(1, 1 + args.repeats)]
+        gd_step(tr, 0)  # warm-up
+        steps = [clock(lambda k=k: gd_step(tr, k)) for k in range(1, 1 + args.repeats)]
         with tr.precision.autocast():
             forward = clock(lambda: evaluate(tr.model, tr.data.train_x, tr.data.train_y, config.micro_batch))
         vector = torch.randn(tr.n_params, device=tr.device)
-        hvp = clock(lambda: hessian_vector_product(tr.model, *tr.sharpness_data, vector, config.micro_batch))
-        tr.writer.close()
+        operator = HessianOperator(tr.model, *tr.sharpness_data, config.micro_batch)
+        operator(vector)  # a solve's first product builds the graph; the others reuse it
+        hvp = clock(lambda: operator(vector))
+        tr.recorder.close()
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if tr.device.type == "cuda" else math.nan
     scale = EPOCH / n
     result = {"key": key, "epoch_s": statistics.median(steps) * scale, "forward_s": forward * scale,
@@ -436,23 +434,22 @@ def run_precisions(args, tmp: Path, model: str = "resnet18", width: float = 1.0)
         sync = make_sync(tr.device)
         with tr.precision.applied() as flags:
             x, y = tr.batch(0)
-            tr.grads.zero_()
+            tr.open_trajectory()
+            tr.recorder.gradients.zero_()
             with tr.precision.autocast():
                 accumulate_gradient(tr.step_model, x, y, micro_batch)
-            grad = tr.grads.flat.double().cpu()
+            grad = tr.recorder.gradients.flat.double().cpu()
             reference = grad if reference is None else reference
             cosine = float(grad @ reference / (grad.norm() * reference.norm()))
-            tr.open_trajectory()
-            t0 = time.perf_counter()
-            gd_step(tr, 0, t0)  # warm-up (cuDNN autotuning, allocations)
+            gd_step(tr, 0)  # warm-up (cuDNN autotuning, allocations)
             times = []
             for k in range(1, 1 + args.repeats):
                 sync()
                 t = time.perf_counter()
-                gd_step(tr, k, t0)
+                gd_step(tr, k)
                 sync()
                 times.append(time.perf_counter() - t)
-            tr.writer.close()
+            tr.recorder.close()
         rows.append({"mode": mode, "step_s": statistics.median(times), "cosine": cosine, "flags": flags})
         del tr
         if args.device == "cuda":

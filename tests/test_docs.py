@@ -1,7 +1,11 @@
-"""The design notes against the code: every citation names a section that exists, and the module table names
-every module of the package."""
+"""The docs against the code: every citation of the design notes names a section that exists, the module table
+names every module of the package, and the README's Python examples run."""
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,3 +52,19 @@ def test_the_module_table_names_every_module_of_the_package_once():
     assert len(named) == len(set(named)), f"named twice: {sorted({n for n in named if named.count(n) > 1})}"
     assert not modules - set(named), f"modules missing from the table: {sorted(modules - set(named))}"
     assert not set(named) - modules, f"the table names modules that do not exist: {sorted(set(named) - modules)}"
+
+
+def test_every_python_example_of_the_readme_runs(tmp_path, files):
+    """Each ```python block of README.md runs as written, in a folder of its own that holds the results files the
+    examples read (a short trajectory and its analysis, under the default's names), so the examples cannot rot."""
+    examples = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert len(examples) >= 3
+    for i, code in enumerate(examples):
+        folder = tmp_path / f"example{i}"
+        for source, target in ((files["traj"], "results/runs/cnn_lr0.1/trajectory.h5"),
+                               (files["analysis"], "results/analysis/cnn_lr0.1.h5")):
+            (folder / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, folder / target)
+        result = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, f"README example {i} failed:\n{code}\n{result.stderr}"

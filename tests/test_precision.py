@@ -93,15 +93,18 @@ def test_on_a_cpu_the_weights_are_channels_last_and_the_flat_gradient_keeps_the_
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
     assert any(not p.is_contiguous() for p in weights)  # (one input channel is both layouts at once)
     x, y = trainer.data.train_x, trainer.data.train_y
-    trainer.grads.zero_()
+    trainer.open_trajectory()
+    gradient = trainer.recorder.gradients
+    gradient.zero_()
     accumulate_gradient(trainer.model, x, y, config.micro_batch)
-    assert trainer.grads.intact()
+    trainer.recorder.close()
+    assert gradient.intact()
     reference = copy.deepcopy(trainer.model).to(memory_format=torch.contiguous_format)
     for p in reference.parameters():
         p.grad = None
     accumulate_gradient(reference, x.clone(memory_format=torch.contiguous_format), y, config.micro_batch)
     expected = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])
-    assert (trainer.grads.flat - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert (gradient.flat - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_a_cpu_run_says_nothing_of_the_gradient_layout(tiny_dataset, tmp_path):

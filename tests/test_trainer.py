@@ -308,11 +308,13 @@ def test_nesterov_momentum_takes_the_look_ahead_step(tiny_dataset, tmp_path, cap
     config = RunConfig.from_dict(dict(dataset=tiny_dataset, model="cnn", width=0.25, lr=0.05, steps=2,
                                       momentum=0.9, nesterov=True, batch_norm=False, micro_batch=96, device="cpu"))
     trainer = Trainer(config, tmp_path / "t.h5", progress=False)
+    trainer.open_trajectory()
     theta0 = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])  # a copy
     trainer.step(0)
     theta1 = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+    trainer.recorder.close()
     # float32 parameters: the difference theta1 - theta0 keeps about 1e-7 of theta's size
-    torch.testing.assert_close(theta1 - theta0, -0.05 * 1.9 * trainer.grads.flat, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(theta1 - theta0, -0.05 * 1.9 * trainer.recorder.gradients.flat, rtol=1e-4, atol=1e-7)
     flags = ["--dataset", tiny_dataset, "--model", "cnn", "--width", "0.25", "--lr", "0.05", "--steps", "1",
              "--device", "cpu", "--nesterov", "--quiet"]
     result = zigzag_main(capsys, "train", *flags, "--out", tmp_path / "bad.h5", check=False)
@@ -393,8 +395,8 @@ def test_compiled_step_gives_the_same_gradient(tiny_dataset, tmp_path):
         with trainer.precision.applied():
             trainer.open_trajectory()
             row = trainer.step(0)
-        trainer.writer.close()
-        grads[compile_] = (trainer.grads.flat.clone(), row["loss"])
+        trainer.recorder.close()
+        grads[compile_] = (trainer.recorder.gradients.flat.clone(), row["loss"])
     (eager, loss), (compiled, compiled_loss) = grads[False], grads[True]
     assert (compiled - eager).abs().max().item() <= 1e-5 * eager.abs().max().item()
     assert compiled_loss == pytest.approx(loss, rel=1e-6)

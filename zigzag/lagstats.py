@@ -47,6 +47,19 @@ class FlatGradients:
     def zero_(self) -> None:
         self.flat.zero_()
 
+    def gather(self) -> None:
+        """Copy every ``p.grad`` into ``self.flat`` (a missing one as zeros) and make it a view there again:
+        for a loop that sets gradients to None between steps or lets autograd replace them."""
+        offset = 0
+        for p in self.params:
+            view = self.flat[offset: offset + p.numel()].view_as(p)
+            if p.grad is None:
+                view.zero_()
+            elif p.grad.data_ptr() != view.data_ptr():
+                view.copy_(p.grad)
+            p.grad = view
+            offset += p.numel()
+
     def intact(self) -> bool:
         """True while every ``p.grad`` still lives in ``self.flat`` (autograd did not replace one)."""
         base = self.flat.data_ptr()

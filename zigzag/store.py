@@ -33,7 +33,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zigzag.analysis import Analysis
 from zigzag.errors import ZigzagError
 
 FORMAT_VERSION = 2  # 2: the change point is ``change_point_step`` and ``change_point_epoch`` (1: ``change_point``)
@@ -887,10 +886,11 @@ def check_analysis_of(trajectory: Trajectory, trajectory_path, analysis: Analysi
                           f"re-run `zigzag analyze {trajectory_path}`")
 
 
+# Every field of the table, not a subclass of ``analysis.Analysis``: importing the analysis here would tie every
+# stage's code hash to it (a change to the analysis would retrain every run).
 AnalysisFile = make_dataclass(
-    "AnalysisFile", [*(name for name, field in ANALYSIS_FIELDS.items() if field.copies), ("config", dict),
-                     ("format_version", int)],
-    bases=(Analysis,), namespace={
+    "AnalysisFile", [*ANALYSIS_FIELDS, ("config", dict), ("format_version", int)],
+    namespace={
         "__module__": __name__, "__len__": lambda self: len(self.mean_mu),
         "__doc__": "An analysis file read into memory: the ``analysis.Analysis`` that ``write_analysis`` stored, "
                    "None restored where the file stores -1, the fields it copied from its trajectory "

@@ -41,13 +41,12 @@ import torch.nn.functional as F
 from zigzag import gpulease, store
 from zigzag.codehash import code_hash
 from zigzag.errors import Interrupted, ZigzagError
-from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.models import build_model, count_parameters
 from zigzag.precision import Precision
-from zigzag.rawdump import RawGradientWriter
+from zigzag.recorder import Recorder
 from zigzag.runconfig import RunConfig
 from zigzag.schedules import GAWU, GradientCorrelationMonitor, WarmupCosine
-from zigzag.settings import MAX_STEPS, parse_step_selection, selected
+from zigzag.settings import MAX_STEPS, parse_step_selection
 from zigzag.sharpness import NCV_COLD, SolveSteps, gradient_eigenvector_cosine, top_eigenpair
 
 PROGRESS_H = 5  # window of the mean gradient correlation shown while training (paper eq. 3)
@@ -269,17 +268,15 @@ class Trainer:
         self.model.train()
         # the module the training step calls: compiled (same parameters) when ``compile`` is set
         self.step_model = torch.compile(self.model) if config.compile else self.model
-        self.grads = FlatGradients(self.model)
-        self.n_params = self.grads.flat.numel()
-        self.ring = self._lag_ring()
-        self.optimizer = torch.optim.SGD(self.grads.params, lr=config.effective_lr, momentum=config.momentum,
+        self.n_params = count_parameters(self.model)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(trainable, lr=config.effective_lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
         self.scheduler, self.steps_per_unit = self._build_scheduler()
         self.progress_monitor = GradientCorrelationMonitor(PROGRESS_H)
         self._epoch_order: tuple[int, torch.Tensor] | None = None
         self.prev_sq: float | None = None  # |g_(k-1)|^2, for the cosine of adjacent gradients
-        self.writer: store.TrajectoryWriter | None = None  # the partial trajectory, set by open_trajectory
-        self.raw_dump: RawGradientWriter | None = None  # its background raw-gradient writer, if any
+        self.recorder: Recorder | None = None  # writes the partial trajectory; set by open_trajectory
         self.at_step: int | None = None  # the step being taken, for the line that reports an interrupt
         self.checkpoint_step: int | None = None  # the step of the last checkpoint on disk, if any
         # the step's loss sum and correct count reach the host in one copy (pinned: asynchronous on CUDA)
@@ -308,11 +305,25 @@ class Trainer:
                               f"{self.device.type} " + (f"could not allocate it ({available})" if failed else
                                                         f"has {available}") + "; lower width or lags")
 
-    def _lag_ring(self) -> LagRing:
-        """The ring of the last L + 1 gradients (float values and int8 signs), or one line on what it needs."""
+    def _recorder(self, resume: dict | None = None) -> Recorder:
+        """The recorder of the partial trajectory (created, or reopened with ``resume``), or one line on the
+        memory its lag ring of L + 1 gradients needs."""
+        cfg = self.config
         try:
-            return LagRing(self.n_params, self.config.lags, self.device)
-        except (MemoryError, RuntimeError):  # torch.OutOfMemoryError is a RuntimeError
+            return Recorder(
+                self.partial, self.model, cfg.lags,
+                settings={**cfg.to_dict(), "dataset_config": self.data.dataset_config},
+                n_train=len(self.data.train_x), raw_steps=self.raw_selection, raw_dtype=cfg.raw_dtype,
+                raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
+                extra_series=store.SHARPNESS_SERIES if self.solve_steps.selection is not None else None,
+                attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
+                       "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch,
+                       "dataset_sha256": self.binding["dataset_sha256"], "code_hash": self.binding["code"],
+                       **self.gpu_attrs, **self._sharpness_attrs(), **self.precision.attrs()},
+                resume=resume)
+        except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+            if isinstance(err, RuntimeError) and "memory" not in str(err).lower():
+                raise
             self._check_memory(self.n_params, failed=True)
 
     def _build_scheduler(self) -> tuple[WarmupCosine | GAWU | None, int]:
@@ -353,13 +364,10 @@ class Trainer:
         Only tensors, numbers, strings and plain containers, so that it loads with ``weights_only=True``. A
         failed write (disk full) raises ``OSError`` naming the file, after removing the half-written one.
         """
-        if self.raw_dump is not None:
-            self.raw_dump.drain()
-        self.writer.flush()
+        self.recorder.flush()
         state = {
             "config": self.config.to_dict(),
             **self.binding,
-            "trajectory_id": str(self.writer.f.attrs["trajectory_id"]),
             "n_steps": n_steps,
             "elapsed": elapsed,
             "prev_sq": self.prev_sq,
@@ -369,7 +377,7 @@ class Trainer:
             "solve_steps": self.solve_steps.state_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "ring": self.ring.state_dict(),
+            **self.recorder.state_dict(),  # the lag ring and the trajectory's id
             "torch_rng": torch.get_rng_state(),
         }
         tmp = self.checkpoint.with_suffix(".tmp")
@@ -423,10 +431,10 @@ class Trainer:
                     changed.append(f"{what} ({state.get(key)}, now {self.binding[key]})")
         return changed
 
-    def _load_checkpoint(self) -> tuple[dict, store.TrajectoryWriter] | None:
+    def _load_checkpoint(self) -> dict | None:
         """The checkpoint of an interrupted run with the same settings, dataset contents, training code and
-        arithmetic (``BINDING``), and its partial trajectory reopened at the checkpoint's step; None (then
-        start afresh, one line saying why) if any of them differs or the partial trajectory is damaged."""
+        arithmetic (``BINDING``), loaded, with ``self.recorder`` reopened at its step; None (then start afresh,
+        one line saying why) if any of them differs or the partial trajectory is damaged."""
         if not (self.checkpoint.exists() and self.partial.exists()):
             return None
         state = self._read_checkpoint()
@@ -438,20 +446,19 @@ class Trainer:
                   f"checkpoint, starting from step 0", file=sys.stderr)
             return None
         try:
-            writer = store.TrajectoryWriter.reopen(self.partial, state["n_steps"])
+            self.recorder = self._recorder(resume=state)
         except ZigzagError as err:
             print(f"{self.out}: partial trajectory damaged, {err}; starting from step 0", file=sys.stderr)
             return None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.ring.load_state_dict(state["ring"])
         self.progress_monitor.load_state_dict(state["progress_monitor"])
         if self.scheduler:
             self.scheduler.load_state_dict(state["scheduler"])
         self.eigenvector = state["eigenvector"]
         self.solve_steps.load_state_dict(state["solve_steps"])
         torch.set_rng_state(state["torch_rng"])
-        return state, writer
+        return state
 
     def _finished_before(self) -> str | None:
         """The status of ``<out>`` if it is the finished trajectory of the run whose checkpoint is still in
@@ -484,23 +491,23 @@ class Trainer:
     def step(self, k: int) -> dict:
         """Take step k and return its row (without ``time``).
 
-        Computes g_k at theta_k and its lag statistics; unless the step diverged (see ``diverged``), it
-        then evaluates the test set, solves for the sharpness and dumps g_k into the trajectory where selected,
+        Computes g_k at theta_k, its lag statistics and, where selected, its raw dump (``Recorder.measure``);
+        unless the step diverged (see ``diverged``), it then evaluates the test set, solves for the sharpness
         and moves theta_k -> theta_k+1 (optimizer, correlation monitors, schedule).
         """
         cfg = self.config
         x, y = self.batch(k)
-        self.grads.zero_()
+        gradient = self.recorder.gradients
+        gradient.zero_()
         with self.precision.autocast():
             loss_sum, correct = accumulate_gradient(self.step_model, x, y, cfg.micro_batch)
         self._scalars.copy_(torch.stack((loss_sum, correct)), non_blocking=True)
-        # push copies the statistics to the host, which waits for the device and so for the copy above
-        dot, opposite = self.ring.push(self.grads.flat)
+        # the statistics reach the host after the device is done, and so after the copy above
+        statistics = self.recorder.measure()
         loss_sum, correct = self._scalars.tolist()
-        loss = loss_sum / len(x)
-        row = {"loss": loss, "accuracy": correct / len(x), "lr": self.optimizer.param_groups[0]["lr"],
-               "epoch": k // self.batches_per_epoch, "grad_norm": math.sqrt(dot[0]) if dot[0] >= 0 else math.nan,
-               "dot": dot.numpy(), "opposite": opposite.numpy()}
+        row = {"loss": loss_sum / len(x), "accuracy": correct / len(x), "lr": self.optimizer.param_groups[0]["lr"],
+               "epoch": k // self.batches_per_epoch, **statistics}
+        dot = statistics["dot"]
         if self.diverged(row):
             return row
         if k % cfg.eval_every == 0 or k == self.total_steps - 1:
@@ -508,14 +515,12 @@ class Trainer:
                 row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
                                                                   cfg.micro_batch)
         if self.solve_steps.due(k):
-            row.update(self.sharpness(k, row["lr"], self.grads.flat))
+            row.update(self.sharpness(k, row["lr"], gradient.flat))
             if not row["sharpness_converged"]:
                 print(f"warning: {self.out}: the Lanczos solve at step {k} stopped after max_iter="
                       f"{cfg.sharpness_setting('max_iter')} cycles short of tol={cfg.sharpness_setting('tol')}; "
                       f"its sharpness {row['sharpness']:.6g} is a lower bound (sharpness_converged 0)",
                       file=sys.stderr)
-        if selected(self.raw_selection, k):
-            self.raw_dump.put(k, self.grads.flat)
         self.optimizer.step()
         if self.prev_sq is not None:
             cosine = float(dot[1]) / math.sqrt(float(dot[0]) * self.prev_sq)
@@ -534,36 +539,20 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def open_trajectory(self) -> tuple[int, float]:
-        """The partial trajectory to write into: reopened at the checkpoint, or created afresh.
-
-        Sets ``self.writer`` (and ``self.raw_dump``); returns the first step to take and the wall-clock
-        seconds already spent.
-        """
-        cfg = self.config
-        resumed = self._load_checkpoint()
-        if resumed is not None:
-            state, self.writer = resumed
+    def open_trajectory(self) -> int:
+        """Set ``self.recorder`` to the partial trajectory, reopened at the checkpoint or created afresh;
+        returns the first step to take."""
+        state = self._load_checkpoint()
+        if state is not None:
             print(f"{self.out}: resuming at step {state['n_steps']} from {self.checkpoint}", file=sys.stderr)
-            start, elapsed, self.prev_sq = state["n_steps"], state["elapsed"], state["prev_sq"]
-            self.checkpoint_step = start
-        else:
-            self._remove_resume_dir()
-            self.resume_dir.mkdir(parents=True)
-            self.writer = store.TrajectoryWriter.create(
-                self.partial, {**cfg.to_dict(), "dataset_config": self.data.dataset_config},
-                n_params=self.n_params, n_train=len(self.data.train_x), lags=cfg.lags,
-                raw_dtype=cfg.raw_dtype if self.raw_selection is not None else None,
-                raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
-                extra_series=store.SHARPNESS_SERIES if self.solve_steps.selection is not None else None,
-                attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
-                       "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch,
-                       "dataset_sha256": self.binding["dataset_sha256"], "code_hash": self.binding["code"],
-                       **self.gpu_attrs, **self._sharpness_attrs(), **self.precision.attrs()})
-            start, elapsed, self.prev_sq = 0, 0.0, None
-        if self.raw_selection is not None:
-            self.raw_dump = RawGradientWriter(self.writer, self.n_params, cfg.raw_dtype, self.device)
-        return start, elapsed
+            self.prev_sq = state["prev_sq"]
+            self.checkpoint_step = state["n_steps"]
+            return state["n_steps"]
+        self._remove_resume_dir()
+        self.resume_dir.mkdir(parents=True)
+        self.recorder = self._recorder()
+        self.prev_sq = None
+        return 0
 
     def run(self) -> str:
         """Train to the end (or divergence) under the run's precision flags, holding the output's lock; returns
@@ -589,15 +578,13 @@ class Trainer:
             raise Interrupted(f"interrupted {where}; {then}") from None
 
     def _loop(self) -> str:
-        start, elapsed0 = self.open_trajectory()
+        start = self.open_trajectory()
         progress = Progress(self.total_steps, start, self.out.parent.name or str(self.out), self.progress)
-        t0 = time.perf_counter() - elapsed0
         status, diverged_at = "completed", None
         for k in range(start, self.total_steps):
             self.at_step = k
             row = self.step(k)
-            row["time"] = time.perf_counter() - t0
-            self.writer.append(row)
+            self.recorder.write(row)  # with the seconds since the start, resumed runs continuing the count
             if self.diverged(row):
                 status, diverged_at = "diverged", k
                 print(f"warning: {self.out}: training diverged at step {k} (loss {row['loss']}, "
@@ -606,10 +593,8 @@ class Trainer:
             progress.update(k, row["loss"], self.progress_monitor.mean_correlation)
             if (k + 1) % self.config.checkpoint_every == 0 and k + 1 < self.total_steps:
                 self._save_checkpoint(k + 1, row["time"])
-        if self.raw_dump is not None:
-            self.raw_dump.close()
-        self.writer.finish(status, **self._change_point(),
-                           **({} if diverged_at is None else {"diverged_at": diverged_at}))
+        self.recorder.finish(status, **self._change_point(),
+                             **({} if diverged_at is None else {"diverged_at": diverged_at}))
         progress.close()
         os.replace(self.partial, self.out)
         try:

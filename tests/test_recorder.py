@@ -1,0 +1,72 @@
+"""The public Recorder in a loop of one's own: what it stores equals what the gradients give by brute force."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import zigzag_main
+
+from zigzag import store
+from zigzag.models import build_model
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_a_loop_of_ones_own_gets_the_lag_statistics_of_its_gradients(tmp_path, set_to_none, capsys):
+    from zigzag import Recorder
+
+    torch.manual_seed(0)
+    model = build_model("cnn", width=0.25, in_channels=1, image_size=16, batch_norm=False)
+    x, y = torch.randn(64, 1, 16, 16), torch.randint(0, 10, (64,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    lags, steps, gradients, losses = 3, 7, [], []
+    with Recorder(tmp_path / "run.h5", model, lags=lags, raw_steps={2, 5}) as recorder:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=set_to_none)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            gradients.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double().numpy())
+            losses.append(loss.item())
+            recorder.record(loss=loss.item(), lr=0.2)
+            optimizer.step()
+    traj = store.read_trajectory(tmp_path / "run.h5")
+    assert traj.attrs["status"] == "completed" and traj.attrs["lags"] == lags
+    np.testing.assert_allclose(traj.steps["loss"], losses)
+    g = np.array(gradients)
+    for k in range(steps):
+        assert traj.steps["grad_norm"][k] == pytest.approx(np.linalg.norm(g[k]), rel=1e-6)
+        for lag in range(lags + 1):
+            if lag > k:
+                assert np.isnan(traj.steps["dot"][k, lag]) and np.isnan(traj.steps["opposite"][k, lag])
+                continue
+            assert traj.steps["dot"][k, lag] == pytest.approx(g[k] @ g[k - lag], rel=1e-6)
+            assert traj.steps["opposite"][k, lag] == np.mean(g[k] * g[k - lag] < 0)
+    with store.open_file(tmp_path / "run.h5", store.TRAJECTORY) as f:
+        assert list(f["raw/steps"][()]) == [2, 5]
+        np.testing.assert_allclose(f["raw/gradients"][()], g[[2, 5]], rtol=1e-6)
+        assert f.attrs["total_steps"] == steps
+    zigzag_main(capsys, "analyze", tmp_path / "run.h5", "--out", tmp_path / "analysis.h5", "--h", "3",
+                "--windows", "none")
+    mu = store.read_analysis(tmp_path / "analysis.h5").mean_mu
+    assert len(mu) == steps and np.isfinite(mu[: steps - 2]).all()  # windows of h = 3 steps from k on
+
+
+def test_an_exception_in_the_loop_leaves_the_file_unfinished_with_what_was_recorded(tmp_path):
+    from zigzag import Recorder
+
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(RuntimeError, match="stop"), Recorder(tmp_path / "run.h5", model, lags=1) as recorder:
+        for k in range(3):
+            model(torch.ones(1, 4)).sum().backward()
+            recorder.record(loss=float(k), lr=0.1)
+        raise RuntimeError("stop")
+    with store.open_file(tmp_path / "run.h5", store.TRAJECTORY) as f:
+        assert f.attrs["status"] == "running"
+        assert list(f["steps/loss"][()]) == [0.0, 1.0, 2.0]
+
+
+def test_importing_zigzag_does_not_import_torch_for_the_recorder():
+    check = "import sys, zigzag; assert 'torch' not in sys.modules; zigzag.Recorder; assert 'torch' in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True)

@@ -1,0 +1,145 @@
+"""Recording a training run: what each step's gradient becomes in a trajectory file (docs/formats.md)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+from torch import nn
+
+from zigzag import store
+from zigzag.lagstats import FlatGradients, LagRing
+from zigzag.rawdump import RawGradientWriter
+from zigzag.settings import selected
+
+
+class Recorder:
+    """Writes a zigzag-trajectory file from a training loop's gradients, one row per step.
+
+    Call ``record`` once per step k, after the backward pass and before the optimizer step. It reads g_k,
+    the gradient of every parameter that requires one (its ``.grad``; None counts as zero), flattened in
+    ``model.parameters()`` order, and stores in ``/steps``:
+
+        grad_norm[k]   = |g_k|
+        dot[k, l]      = <g_k, g_(k-l)>                               l = 0..L (L = ``lags``), NaN for l > k
+        opposite[k, l] = #{i: g_k[i] g_(k-l)[i] < 0} / P              (P entries; an exact 0 never counts)
+
+    from which ``zigzag analyze`` computes the correlation of two gradients, mu(k, k-l) = dot[k, l] /
+    (|g_k| |g_(k-l)|) (paper eq. 2), and its mean over a window of h steps (eq. 3). The dot products are
+    within 1e-6 of float64 (float32 blocks added in float64, ``LagRing``). With them go the loop's own
+    scalars (``loss``, ``lr``, and any other series the file has: ``accuracy``, ``epoch``, ``test_loss``,
+    ...; a series not given is NaN), ``time`` (seconds since the recorder started), and, at the steps
+    ``raw_steps`` selects (None, every N-th step, or a set of steps), g_k itself in ``/raw/gradients``.
+
+    At construction every such parameter's ``.grad`` becomes a view into the recorder's flat buffer: a
+    loop that zeroes gradients in place (``zero_grad(set_to_none=False)``) is read without a copy; one that
+    sets them to None (torch's default) has them copied into the buffer at ``record``.
+
+    A context manager: leaving the block normally finishes the file (status ``completed``); leaving it by an
+    exception closes it as it stands (status ``running``, unfinished).
+
+        with Recorder("run.h5", model, lags=8) as recorder:
+            for k in range(steps):
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                recorder.record(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+                optimizer.step()
+    """
+
+    def __init__(self, path: str | os.PathLike, model: nn.Module, lags: int = 8, *, settings: dict | None = None,
+                 n_train: int = 0, raw_steps: set[int] | int | None = None, raw_dtype: str = "float32",
+                 raw_compression: str | None = None, extra_series: dict[str, str] | None = None,
+                 attrs: dict | None = None, resume: dict | None = None):
+        """Create ``path`` (``settings``: the run's settings, stored as its ``config``; ``n_train``: training
+        examples; ``attrs``: more file attributes), or with ``resume`` (a ``state_dict`` with ``n_steps``
+        and ``elapsed`` added) reopen the unfinished file there, truncated to its first ``n_steps`` steps
+        (``store.ZigzagError`` if it is damaged)."""
+        self.gradients = FlatGradients(model)
+        n_params = self.gradients.flat.numel()
+        device = self.gradients.flat.device
+        self.raw_steps = raw_steps
+        if resume is None:
+            self.ring = LagRing(n_params, lags, device)
+            self.writer = store.TrajectoryWriter.create(
+                path, settings or {}, n_params=n_params, n_train=n_train, lags=lags,
+                raw_dtype=raw_dtype if raw_steps is not None else None, raw_compression=raw_compression,
+                extra_series=extra_series, attrs=attrs)
+            elapsed = 0.0
+        else:
+            self.writer = store.TrajectoryWriter.reopen(path, resume["n_steps"])
+            self.ring = LagRing(n_params, lags, device)
+            self.ring.load_state_dict(resume["ring"])
+            elapsed = resume["elapsed"]
+        self.raw = RawGradientWriter(self.writer, n_params, raw_dtype, device) if raw_steps is not None else None
+        self.started = time.perf_counter() - elapsed
+
+    @property
+    def step(self) -> int:
+        """The step the next ``record`` stores: the number of steps recorded so far."""
+        return self.ring.step
+
+    def gradient(self) -> torch.Tensor:
+        """g_k, flat, in the recorder's buffer: the parameters' ``.grad`` (copied unless they are its views)."""
+        if not self.gradients.intact():
+            self.gradients.gather()
+        return self.gradients.flat
+
+    def measure(self) -> dict:
+        """Lag statistics of g_k (``grad_norm``, ``dot``, ``opposite``), and g_k queued for ``/raw/gradients``
+        if the step is selected and its norm finite; ``record`` without writing the row."""
+        k, flat = self.step, self.gradient()
+        dot, opposite = self.ring.push(flat)
+        grad_norm = math.sqrt(dot[0]) if dot[0] >= 0 else math.nan
+        if self.raw is not None and selected(self.raw_steps, k) and math.isfinite(grad_norm):
+            self.raw.put(k, flat)
+        return {"grad_norm": grad_norm, "dot": dot.numpy(), "opposite": opposite.numpy()}
+
+    def write(self, row: dict) -> None:
+        """Append ``row`` (with ``time`` now, unless it has one) as the next step of the file."""
+        row.setdefault("time", time.perf_counter() - self.started)
+        self.writer.append(row)
+
+    def record(self, **series) -> dict:
+        """Record step k: the lag statistics of g_k (see the class) and ``series`` (e.g. ``loss=``, ``lr=``);
+        returns the row written."""
+        row = {**series, **self.measure()}
+        self.write(row)
+        return row
+
+    def flush(self) -> None:
+        """Put every step recorded so far in the file (raw gradients included)."""
+        if self.raw is not None:
+            self.raw.drain()
+        self.writer.flush()
+
+    def state_dict(self) -> dict:
+        """What a resume needs besides the file: the lag ring and the file's ``trajectory_id``."""
+        return {"ring": self.ring.state_dict(), "trajectory_id": str(self.writer.f.attrs["trajectory_id"])}
+
+    def finish(self, status: str = "completed", **attrs) -> None:
+        """Write what is left, set ``status`` and ``attrs`` (``total_steps``, unless the file has it: the steps
+        recorded), and close the file."""
+        if self.raw is not None:
+            self.raw.close()
+        if "total_steps" not in self.writer.f.attrs:
+            attrs = {"total_steps": self.writer.n_steps, **attrs}
+        self.writer.finish(status, **attrs)
+
+    def close(self) -> None:
+        """Write what is left and close the file as it stands (unfinished: status ``running``)."""
+        if self.raw is not None:
+            self.raw.close()
+        self.writer.close()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.finish()
+        else:
+            self.close()
+
