@@ -604,6 +604,29 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(files, straight, tmp_
     assert not (tmp_path / "an.h5").exists() and not list(tmp_path.glob(".an.h5.tmp*"))
 
 
+def test_a_resume_that_cannot_allocate_its_lag_ring_is_one_line_and_keeps_the_checkpoint(files, straight, tmp_path,
+                                                                                        capsys, monkeypatch):
+    out = tmp_path / "t.h5"
+    args = [*train_args(files["data"]), "--out", out]
+    assert run_patched(INTERRUPTED_AT_STEP_7, *args).returncode == 130
+    resume = tmp_path / "t.h5.resume"
+    kept = {name: digest(resume / name) for name in ("checkpoint.pt", "trajectory.h5")}
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 bytes")
+
+    monkeypatch.setattr("zigzag.recorder.LagRing", no_memory)
+    result = zigzag_main(capsys, *args, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("zigzag: error: invalid width=0.5 or lags=3: ") and "could not allocate" in \
+        result.stderr
+    assert {name: digest(resume / name) for name in kept} == kept
+    monkeypatch.undo()
+    rerun = zigzag_main(capsys, *args)
+    assert rerun.stderr == f"{out}: resuming at step 5 from {resume / 'checkpoint.pt'}\n"
+    assert_same_trajectory(out, straight)
+
+
 def test_a_run_with_refined_sharpness_resumes_its_solves_where_it_stopped(files, tmp_path, capsys):
     """The solve steps' state and the warm-start eigenvector travel in the checkpoint: at lr 0.02 (2/lr = 100)
     the sharpness (about 57-67) lies above half of 2/lr, so solves are refined every 2 steps between the

@@ -61,8 +61,8 @@ class Recorder:
         n_params = self.gradients.flat.numel()
         device = self.gradients.flat.device
         self.raw_steps = raw_steps
+        self.ring = LagRing(n_params, lags, device)  # allocated before the file is touched
         if resume is None:
-            self.ring = LagRing(n_params, lags, device)
             self.writer = store.TrajectoryWriter.create(
                 path, settings or {}, n_params=n_params, n_train=n_train, lags=lags,
                 raw_dtype=raw_dtype if raw_steps is not None else None, raw_compression=raw_compression,
@@ -70,7 +70,6 @@ class Recorder:
             elapsed = 0.0
         else:
             self.writer = store.TrajectoryWriter.reopen(path, resume["n_steps"])
-            self.ring = LagRing(n_params, lags, device)
             self.ring.load_state_dict(resume["ring"])
             elapsed = resume["elapsed"]
         self.raw = RawGradientWriter(self.writer, n_params, raw_dtype, device) if raw_steps is not None else None

@@ -306,25 +306,20 @@ class Trainer:
                                                         f"has {available}") + "; lower width or lags")
 
     def _recorder(self, resume: dict | None = None) -> Recorder:
-        """The recorder of the partial trajectory (created, or reopened with ``resume``), or one line on the
-        memory its lag ring of L + 1 gradients needs."""
+        """The recorder of the partial trajectory: created, or reopened with ``resume`` (``ZigzagError`` if the
+        file is damaged)."""
         cfg = self.config
-        try:
-            return Recorder(
-                self.partial, self.model, cfg.lags,
-                settings={**cfg.to_dict(), "dataset_config": self.data.dataset_config},
-                n_train=len(self.data.train_x), raw_steps=self.raw_selection, raw_dtype=cfg.raw_dtype,
-                raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
-                extra_series=store.SHARPNESS_SERIES if self.solve_steps.selection is not None else None,
-                attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
-                       "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch,
-                       "dataset_sha256": self.binding["dataset_sha256"], "code_hash": self.binding["code"],
-                       **self.gpu_attrs, **self._sharpness_attrs(), **self.precision.attrs()},
-                resume=resume)
-        except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
-            if isinstance(err, RuntimeError) and "memory" not in str(err).lower():
-                raise
-            self._check_memory(self.n_params, failed=True)
+        return Recorder(
+            self.partial, self.model, cfg.lags,
+            settings={**cfg.to_dict(), "dataset_config": self.data.dataset_config},
+            n_train=len(self.data.train_x), raw_steps=self.raw_selection, raw_dtype=cfg.raw_dtype,
+            raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
+            extra_series=store.SHARPNESS_SERIES if self.solve_steps.selection is not None else None,
+            attrs={"device": str(self.device), "batch_norm_semantics": self._bn_semantics(),
+                   "total_steps": self.total_steps, "batches_per_epoch": self.batches_per_epoch,
+                   "dataset_sha256": self.binding["dataset_sha256"], "code_hash": self.binding["code"],
+                   **self.gpu_attrs, **self._sharpness_attrs(), **self.precision.attrs()},
+            resume=resume)
 
     def _build_scheduler(self) -> tuple[WarmupCosine | GAWU | None, int]:
         """The run's LR schedule and how many steps make one of its units (epoch or iteration)."""
@@ -541,7 +536,16 @@ class Trainer:
 
     def open_trajectory(self) -> int:
         """Set ``self.recorder`` to the partial trajectory, reopened at the checkpoint or created afresh;
-        returns the first step to take."""
+        returns the first step to take. If the lag ring of L + 1 gradients cannot be allocated: one line on the
+        memory it needs, with the checkpoint and partial trajectory kept."""
+        try:
+            return self._open_trajectory()
+        except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+            if isinstance(err, RuntimeError) and "memory" not in str(err).lower():
+                raise
+            self._check_memory(self.n_params, failed=True)
+
+    def _open_trajectory(self) -> int:
         state = self._load_checkpoint()
         if state is not None:
             print(f"{self.out}: resuming at step {state['n_steps']} from {self.checkpoint}", file=sys.stderr)
