@@ -14,15 +14,19 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from zigzag.models import build_model
 from zigzag.sharpness import HessianOperator
 from zigzag.trainer import accumulate_gradient
 
-WIDTHS = {"cnn": 0.5, "vgg16": 0.125, "resnet18": 0.125, "resnet34": 0.125}  # config.yaml's
+ROOT = Path(__file__).resolve().parents[1]
+# each model's width in config.yaml (the default's runs use one width per model)
+WIDTHS = {run["model"]: run["width"] for run in yaml.safe_load((ROOT / "config.yaml").read_text())["runs"].values()}
 IMAGES = 500
 
 
