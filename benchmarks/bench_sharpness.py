@@ -28,7 +28,8 @@ import yaml
 from zigzag import data, store
 from zigzag.runconfig import RunConfig
 from zigzag.sharpness import HessianOperator
-from zigzag.trainer import Trainer, accumulate_gradient
+from zigzag.step import accumulate_gradient
+from zigzag.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED_STEPS = {"cnn_lr0.1": 40, "resnet18_lr0.1": 30, "vgg16_lr0.01": 41}
@@ -62,7 +63,7 @@ def hvp_cost(name: str, run: dict, dataset: str, device: str, folder: Path, repe
     run's sharpness subset, at initialisation."""
     settings = {**run, "dataset": dataset, "device": device}
     trainer = Trainer(RunConfig.from_dict(settings), folder / f"{name}_hvp.h5", progress=False)
-    x, y = trainer.sharpness_data
+    x, y = trainer.sharpness.x, trainer.sharpness.y
     mb = trainer.config.micro_batch
     vector = torch.randn(trainer.n_params, generator=torch.Generator().manual_seed(0)).to(trainer.device)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)

@@ -58,7 +58,8 @@ def _train(args) -> int:
     _set_threads(args.threads)
 
     from zigzag import gpulease, store
-    from zigzag.trainer import Trainer, check_run_paths
+    from zigzag.checkpoints import check_run_paths
+    from zigzag.trainer import Trainer
 
     check_run_paths(args.out, [config.dataset, *([args.config] if args.config else [])])
     with store.output_lock(args.out):  # before the GPU lease: a second writer of this output stops at once
