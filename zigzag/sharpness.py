@@ -313,7 +313,8 @@ class SharpnessTracker:
 
     def __init__(self, config, train_x: torch.Tensor, train_y: torch.Tensor, total_steps: int, name: str = ""):
         """``config``: a ``zigzag.runconfig.RunConfig``; ``name``: the run, for its warnings."""
-        self.name, self.setting, self.micro_batch, self.seed = config.sharpness_setting, config.micro_batch, config.seed
+        self.name, self.setting = name, config.sharpness_setting
+        self.micro_batch, self.seed = config.micro_batch, config.seed
         self.steps = SolveSteps(parse_step_selection(self.setting("every"), total_steps, "sharpness.every"),
                                 *(self.setting(f"refine_{key}") for key in ("every", "from", "until")))
         n = len(train_x)
