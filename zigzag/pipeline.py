@@ -16,6 +16,7 @@ import os
 import shlex
 
 from zigzag.analysisconfig import AnalysisSettings
+from zigzag.estimate import run_work, train_images
 from zigzag.figurekinds import kind_of, labelled_runs, references
 
 CLAIM_SETTINGS = ("thresholds", "seeds", "overall")  # the keys of ``claims`` that are not run groups
@@ -273,36 +274,13 @@ HVP_GRADIENTS = 4.5  # gradient passes per Hessian-vector product (measured: 4.6
 HVPS_PER_SOLVE = 10  # Hessian-vector products of a typical warm-started sharpness solve
 
 
-def train_images(config: dict, dataset: str) -> int:
-    """The training images of a dataset of the config: its subset, else its source's training split."""
-    from zigzag.data import TRAIN_IMAGES
-
-    spec = config["datasets"][dataset]
-    return spec["train_size"] or TRAIN_IMAGES[spec["source"]]
-
-
-def sharpness_solves(run: dict, steps: int) -> int:
-    """How many sharpness solves a run of ``steps`` steps makes (its ``sharpness.every``)."""
-    from zigzag.settings import parse_step_selection
-
-    selection = parse_step_selection(run["sharpness"].get("every", "none"), steps, "sharpness.every")
-    if selection is None:
-        return 0
-    return len(range(0, steps, selection)) if isinstance(selection, int) else len(selection)
-
-
 def job_cost(config: dict, instance: str) -> float:
     """A training job's expected cost, in 10^9 multiply-adds, from its settings: the images its steps take
-    gradients of, plus its sharpness solves' Hessian-vector products, times the model's cost per image.
-    Evaluations (a forward pass of the test set every ``eval_every`` steps) are left out."""
+    gradients of, plus its sharpness solves' Hessian-vector products, times the model's cost per image
+    (``estimate.run_work``). Evaluations (a forward pass of the test set every ``eval_every`` steps) are left out."""
     run = config["runs"][run_of(config, instance)]
-    images = train_images(config, run["dataset"])
-    if run["optimizer"] == "sgd":
-        steps, per_step = run["epochs"] * (images // run["batch_size"]), run["batch_size"]
-    else:
-        steps, per_step = run["steps"], images
-    subset = run["sharpness"].get("subset") or images
-    gradients = steps * per_step + sharpness_solves(run, steps) * HVPS_PER_SOLVE * HVP_GRADIENTS * subset
+    work = run_work(run, train_images(config, run["dataset"]))
+    gradients = work.images + work.solves * HVPS_PER_SOLVE * HVP_GRADIENTS * work.subset
     return gradients * GRADIENT_FORWARDS * MODEL_MMACS[run["model"]] * run["width"] ** 2 / 1e3
 
 
