@@ -1,5 +1,5 @@
 """Settings declared once (zigzag/settings.py): the train/analyze flags, the checks and the config schema's
-``runs`` and ``analysis`` sections all come from ``RunConfig`` and ``AnalysisSettings``."""
+``runs`` and ``analysis`` sections all come from ``RunConfig`` and ``AnalysisConfig``."""
 
 import dataclasses
 import inspect
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from zigzag import configcheck, pipeline, sharpness
-from zigzag.analysisconfig import AnalysisSettings
+from zigzag.analysisconfig import AnalysisConfig
 from zigzag.claims import THRESHOLDS
 from zigzag.cli import build_parser
 from zigzag.data import TRAIN_IMAGES
@@ -95,7 +95,7 @@ def test_a_bad_run_entry_is_one_line_naming_it(run, message):
 
 
 def test_analysis_flags_checks_and_config_section_agree():
-    declared = specs(AnalysisSettings)
+    declared = specs(AnalysisConfig)
     schema = configcheck.load_schema(SCHEMA)["properties"]["analysis"]
     assert set(schema["properties"]) == set(declared) - {"windows"}  # windows: from the figures of each job
     analyze = flags("analyze")
@@ -103,8 +103,8 @@ def test_analysis_flags_checks_and_config_section_agree():
     checked = configcheck.checked_config({**config(), "analysis": {"h": 4, "zigzag_below": -0.7}}, SCHEMA)
     args = build_parser().parse_args(["analyze", "t.h5", "--out", "a.h5",
                                       *pipeline.analysis_args(checked, "r").split()])
-    assert AnalysisSettings(**{name: getattr(args, name) for name in declared}) == \
-        AnalysisSettings(**checked["analysis"], windows="none")
+    assert AnalysisConfig(**{name: getattr(args, name) for name in declared}) == \
+        AnalysisConfig(**checked["analysis"], windows="none")
     with pytest.raises(ZigzagError, match="^analysis: invalid thresholds: zigzag_below=0.6 > smooth_above=0.5$"):
         configcheck.checked_config({**config(), "analysis": {"zigzag_below": 0.6}}, SCHEMA)
     with pytest.raises(ZigzagError, match=r"^analysis.eos_tolerance: 1 is not allowed; must be < 1$"):

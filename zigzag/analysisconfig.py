@@ -12,7 +12,7 @@ from zigzag.settings import json_schema, parse_step_selection, setting, specs
 
 
 @dataclass
-class AnalysisSettings:
+class AnalysisConfig:
     """Window size, phase thresholds and the windows whose h x h matrices are kept."""
 
     h: int = setting(5, "window size of the mean correlation (eq. 3) and of the matrices; at most lags + 1",

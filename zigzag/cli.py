@@ -16,7 +16,7 @@ import re
 import sys
 import tempfile
 
-from zigzag.analysisconfig import AnalysisSettings
+from zigzag.analysisconfig import AnalysisConfig
 from zigzag.errors import Interrupted, ZigzagError
 from zigzag.settings import MAX_SEED, add_flags, specs
 
@@ -90,9 +90,9 @@ def _inspect(args) -> int:
 def _analyze(args) -> int:
     from zigzag import store
     from zigzag.analysis import analyze
-    from zigzag.analysisconfig import AnalysisSettings
+    from zigzag.analysisconfig import AnalysisConfig
 
-    settings = AnalysisSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisSettings)})
+    settings = AnalysisConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisConfig)})
     settings.validate()
     store.check_outputs([args.out], [args.trajectory])
     traj = store.read_trajectory(args.trajectory)
@@ -257,7 +257,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="mean correlation, windows, phases from a trajectory (zigzag-analysis)")
     p.add_argument("trajectory")
     p.add_argument("--out", required=True)
-    add_flags(p, AnalysisSettings, defaults=True)
+    add_flags(p, AnalysisConfig, defaults=True)
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("figure", help="render one figure (PNG and PDF)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jsonschema
 
-from zigzag.analysisconfig import AnalysisSettings
+from zigzag.analysisconfig import AnalysisConfig
 from zigzag.errors import ZigzagError
 from zigzag.figurekinds import KINDS
 from zigzag.pipeline import claim_groups, entry_references, planned_outputs, single_seed_settings
@@ -75,7 +75,7 @@ def check_unique_keys(path) -> None:
 
 def load_schema(schema_path: str | Path) -> dict:
     """The config's JSON schema: the YAML file, with a ``runs`` entry's settings and the ``analysis``
-    section taken from their one declaration (``RunConfig``, ``AnalysisSettings``)."""
+    section taken from their one declaration (``RunConfig``, ``AnalysisConfig``)."""
     import yaml
 
     from zigzag.claims import THRESHOLDS
@@ -85,7 +85,7 @@ def load_schema(schema_path: str | Path) -> dict:
     run, sections = RunConfig.json_schema(), schema["properties"]
     entry = sections["runs"]["additionalProperties"]  # holds what is not a run setting (seeds)
     entry.update(required=run["required"], properties={**run["properties"], **entry.get("properties", {})})
-    sections["analysis"].update(AnalysisSettings.json_schema(), default={})
+    sections["analysis"].update(AnalysisConfig.json_schema(), default={})
     sections["claims"]["properties"]["thresholds"]["properties"] = keys_schema(THRESHOLDS)
     return schema
 
@@ -170,7 +170,7 @@ def _check_texts(config: dict) -> None:
 
 def _check_references(config: dict) -> None:
     try:
-        AnalysisSettings(**config["analysis"]).validate()
+        AnalysisConfig(**config["analysis"]).validate()
     except ZigzagError as err:
         raise ZigzagError(f"analysis: {err}") from None
     datasets, runs, h = config["datasets"], config["runs"], config["analysis"]["h"]

@@ -15,7 +15,7 @@ import json
 import os
 import shlex
 
-from zigzag.analysisconfig import AnalysisSettings
+from zigzag.analysisconfig import AnalysisConfig
 from zigzag.figurekinds import kind_of, labelled_runs, references
 
 CLAIM_SETTINGS = ("thresholds", "seeds", "overall")  # the keys of ``claims`` that are not run groups
@@ -145,7 +145,7 @@ def dataset_args(config: dict, name: str) -> str:
 def analysis_args(config: dict, instance: str) -> str:
     """``zigzag analyze`` flags of a job: the config's analysis settings and the windows its figures draw."""
     windows = ",".join(map(str, run_windows(config, instance))) or "none"
-    return AnalysisSettings(**config["analysis"], windows=windows).args()
+    return AnalysisConfig(**config["analysis"], windows=windows).args()
 
 
 def uses_gpu(config: dict, instance: str) -> int:
