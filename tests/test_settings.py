@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from zigzag import configcheck, pipeline, sharpness
+from zigzag import analysis, configcheck, pipeline, sharpness
 from zigzag.analysisconfig import AnalysisConfig
 from zigzag.claims import THRESHOLDS
 from zigzag.cli import build_parser
 from zigzag.data import TRAIN_IMAGES
 from zigzag.errors import ZigzagError
 from zigzag.runconfig import MAX_LAGS, MAX_WIDTH, SCHEDULE, SHARPNESS, RunConfig
+from zigzag.scheduleconfig import WINDOW_H
 from zigzag.settings import MAX_SEED, MAX_STEPS, specs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,21 @@ def test_the_lanczos_defaults_are_declared_once():
     for key, default in (("every", 2), ("from", 0.5), ("until", 0.9)):
         assert run.sharpness_setting(f"refine_{key}") == steps[f"refine_{key}"].default == default
         assert f"(default {default})" in ncv["properties"][f"refine_{key}"]["description"]
+
+
+def test_the_window_h_and_the_eos_tolerance_are_declared_once():
+    """The paper's h = 5 is the default of the analysis's h, of GAWU's h (the scheduler, its monitor and a run's
+    schedule) and of the change point the analysis finds again; the sharpness is refined up to the analysis's
+    threshold of the edge of stability."""
+    from zigzag.schedules import GAWU, GradientCorrelationMonitor
+
+    assert WINDOW_H == 5
+    defaults = {AnalysisConfig().h, SCHEDULE["h"].default, analysis.change_point_rule({}, 1)["h"],
+                inspect.signature(GAWU).parameters["h"].default,
+                inspect.signature(GradientCorrelationMonitor).parameters["h"].default}
+    assert defaults == {WINDOW_H}
+    assert inspect.signature(analysis.analyze).parameters["eos_tolerance"].default == AnalysisConfig().eos_tolerance
+    assert sharpness.REFINE_UNTIL == pytest.approx(1 - AnalysisConfig().eos_tolerance)
 
 
 def test_change_point_beyond_the_run_is_checked_once_for_every_unit():
