@@ -6,13 +6,15 @@ import inspect
 from pathlib import Path
 
 import pytest
+import yaml
 
 from zigzag import analysis, configcheck, pipeline, sharpness
 from zigzag.analysisconfig import AnalysisConfig
-from zigzag.claims import THRESHOLDS
+from zigzag.claims import GROUPS, OVERALL_RULES, THRESHOLDS
 from zigzag.cli import build_parser
-from zigzag.data import TRAIN_IMAGES
+from zigzag.data import SOURCES
 from zigzag.errors import ZigzagError
+from zigzag.figurekinds import KINDS
 from zigzag.runconfig import MAX_LAGS, MAX_WIDTH, SCHEDULE, SHARPNESS, RunConfig
 from zigzag.scheduleconfig import WINDOW_H
 from zigzag.settings import MAX_SEED, MAX_STEPS, specs
@@ -82,6 +84,24 @@ def test_the_window_h_and_the_eos_tolerance_are_declared_once():
     assert sharpness.REFINE_UNTIL == pytest.approx(1 - AnalysisConfig().eos_tolerance)
 
 
+def test_the_schema_file_leaves_to_the_registries_what_they_declare():
+    """The YAML file names no dataset source, figure kind, claim group or overall rule: the workflow's schema takes
+    them from data.SOURCES, figurekinds.KINDS and claims (GROUPS, OVERALL_RULES, THRESHOLDS)."""
+    written = yaml.safe_load(SCHEMA.read_text())["properties"]
+    assert "enum" not in written["datasets"]["additionalProperties"]["properties"]["source"]
+    assert "allOf" not in written["figures"]["additionalProperties"]
+    assert set(written["claims"]["properties"]) == {"seeds", "overall", "thresholds"}
+    assert "enum" not in written["claims"]["properties"]["overall"]
+    loaded = configcheck.load_schema(SCHEMA)["properties"]
+    assert loaded["datasets"]["additionalProperties"]["properties"]["source"]["enum"] == list(SOURCES)
+    claims = loaded["claims"]["properties"]
+    assert set(claims) == {"seeds", "overall", "thresholds", *GROUPS}
+    assert claims["overall"]["enum"] == list(OVERALL_RULES)
+    kinds = [kind for block in loaded["figures"]["additionalProperties"]["allOf"]
+             for kind in block["if"]["properties"]["kind"]["enum"]]
+    assert sorted(kinds) == sorted(KINDS)
+
+
 def test_change_point_beyond_the_run_is_checked_once_for_every_unit():
     base = {"dataset": "d", "model": "cnn", "optimizer": "sgd", "epochs": 3, "batch_size": 10,
             "schedule": {"kind": "warmup_cosine", "eta0": 0.01, "omega": 0.1, "change_point": 3}}
@@ -146,7 +166,7 @@ def test_every_bound_is_in_the_help_and_in_the_schema():
     assert run["seed"]["maximum"] == run["seeds"]["items"]["maximum"] == MAX_SEED
     dataset = schema["datasets"]["additionalProperties"]["properties"]
     assert dataset["seed"]["maximum"] == schema["claims"]["properties"]["seeds"]["items"]["maximum"] == MAX_SEED
-    assert dataset["train_size"]["maximum"] == max(TRAIN_IMAGES.values())
+    assert dataset["train_size"]["maximum"] == max(source.train_images for source in SOURCES.values())
     figure = schema["figures"]["additionalProperties"]["allOf"]
     assert figure[0]["then"]["properties"]["steps"]["oneOf"][1]["items"]["maximum"] == MAX_STEPS - 1
     assert figure[1]["then"]["properties"]["panels"]["items"]["properties"]["step"]["oneOf"][1]["maximum"] == \

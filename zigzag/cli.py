@@ -230,10 +230,13 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     parser = Parser(prog="zigzag", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from zigzag.data import SOURCES, TORCHVISION_SOURCES
+
     p = sub.add_parser("prepare", help="write a dataset cache (zigzag-dataset HDF5)")
-    p.add_argument("--dataset", required=True, help="mnist5k (embedded), mnist, cifar10 or svhn")
+    p.add_argument("--dataset", required=True,
+                   help="; ".join(f"{name} ({source.origin})" for name, source in SOURCES.items()))
     p.add_argument("--out", required=True)
-    p.add_argument("--data-root", help="folder with the torchvision files (mnist, cifar10, svhn)")
+    p.add_argument("--data-root", help=f"folder with the torchvision files ({', '.join(TORCHVISION_SOURCES)})")
     p.add_argument("--download", action="store_true", help="download through torchvision (needs internet)")
     p.add_argument("--train-size", type=int, help="stratified subset of the training split")
     p.add_argument("--seed", type=int, default=0,

@@ -18,12 +18,12 @@ import shlex
 from zigzag.analysisconfig import AnalysisConfig
 from zigzag.figurekinds import kind_of, labelled_runs, references
 
-CLAIM_SETTINGS = ("thresholds", "seeds", "overall")  # the keys of ``claims`` that are not run groups
-
 
 def claim_groups(config: dict) -> dict[str, list[str]]:
-    """Claim group -> the runs it reads."""
-    return {group: names for group, names in config["claims"].items() if group not in CLAIM_SETTINGS}
+    """Claim group -> the runs it reads, for the groups the config names (``zigzag.claims.GROUPS``)."""
+    from zigzag.claims import GROUPS  # imported here: importing the plan stays light
+
+    return {group: names for group, names in config["claims"].items() if group in GROUPS}
 
 
 def claim_seed_instances(config: dict, run: str) -> list[str]:
@@ -275,10 +275,10 @@ HVPS_PER_SOLVE = 10  # Hessian-vector products of a typical warm-started sharpne
 
 def train_images(config: dict, dataset: str) -> int:
     """The training images of a dataset of the config: its subset, else its source's training split."""
-    from zigzag.data import TRAIN_IMAGES
+    from zigzag.data import SOURCES
 
     spec = config["datasets"][dataset]
-    return spec["train_size"] or TRAIN_IMAGES[spec["source"]]
+    return spec["train_size"] or SOURCES[spec["source"]].train_images
 
 
 def sharpness_solves(run: dict, steps: int) -> int:
