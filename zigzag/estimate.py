@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from zigzag.settings import parse_step_selection
 
-TEST_IMAGES = {"mnist5k": 1000, "mnist": 10_000, "cifar10": 10_000, "svhn": 26_032}  # test split sizes
 EPOCH = 50_000  # the timings ``preset_hours`` takes are seconds per 50,000 images
 
 
@@ -48,10 +47,10 @@ def run_work(run: Mapping, n_train: int) -> RunWork:
 
 def train_images(config: dict, dataset: str) -> int:
     """The training images of a dataset of a workflow config: its subset, else its source's training split."""
-    from zigzag.data import TRAIN_IMAGES  # the file formats' module: imported only when a size is needed
+    from zigzag.data import SOURCES  # the file formats' module: imported only when a size is needed
 
     spec = config["datasets"][dataset]
-    return spec.get("train_size") or TRAIN_IMAGES[spec["source"]]
+    return spec.get("train_size") or SOURCES[spec["source"]].train_images
 
 
 def timing_key(run) -> tuple[str, bool, int]:
@@ -81,6 +80,7 @@ def preset_hours(preset: dict, timings: dict[tuple, dict]) -> list[dict]:
     after its restart: 21 and 9, about what the default runs take, BENCHMARKS.md) x the subset x hvp_s. The
     timings are taken as those of every dataset's images.
     """
+    from zigzag.data import SOURCES
     from zigzag.sharpness import NCV_COLD, NCV_WARM
 
     rows = []
@@ -88,7 +88,8 @@ def preset_hours(preset: dict, timings: dict[tuple, dict]) -> list[dict]:
         t = timings[timing_key(run)]
         source = preset["datasets"][run.dataset]["source"]
         work = run_work(run.to_dict(), train_images(preset, run.dataset))
-        seconds = (work.images * t["epoch_s"] + work.evaluations * TEST_IMAGES[source] * t["forward_s"]) / EPOCH
+        tested = work.evaluations * SOURCES[source].test_images
+        seconds = (work.images * t["epoch_s"] + tested * t["forward_s"]) / EPOCH
         if work.solves:
             hvps = NCV_COLD + 1 + (work.solves - 1) * (NCV_WARM + 1)
             seconds += hvps * work.subset / EPOCH * t["hvp_s"]

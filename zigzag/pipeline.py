@@ -15,16 +15,16 @@ import json
 import os
 import shlex
 
-from zigzag.analysisconfig import AnalysisSettings
+from zigzag.analysisconfig import AnalysisConfig
 from zigzag.estimate import run_work, train_images
 from zigzag.figurekinds import kind_of, labelled_runs, references
 
-CLAIM_SETTINGS = ("thresholds", "seeds", "overall")  # the keys of ``claims`` that are not run groups
-
 
 def claim_groups(config: dict) -> dict[str, list[str]]:
-    """Claim group -> the runs it reads."""
-    return {group: names for group, names in config["claims"].items() if group not in CLAIM_SETTINGS}
+    """Claim group -> the runs it reads, for the groups the config names (``zigzag.claims.GROUPS``)."""
+    from zigzag.claims import GROUPS  # imported here: importing the plan stays light
+
+    return {group: names for group, names in config["claims"].items() if group in GROUPS}
 
 
 def claim_seed_instances(config: dict, run: str) -> list[str]:
@@ -146,7 +146,7 @@ def dataset_args(config: dict, name: str) -> str:
 def analysis_args(config: dict, instance: str) -> str:
     """``zigzag analyze`` flags of a job: the config's analysis settings and the windows its figures draw."""
     windows = ",".join(map(str, run_windows(config, instance))) or "none"
-    return AnalysisSettings(**config["analysis"], windows=windows).args()
+    return AnalysisConfig(**config["analysis"], windows=windows).args()
 
 
 def uses_gpu(config: dict, instance: str) -> int:

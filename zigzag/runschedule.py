@@ -14,9 +14,8 @@ import numpy as np
 import torch
 
 from zigzag.runconfig import RunConfig
+from zigzag.scheduleconfig import WINDOW_H
 from zigzag.schedules import GAWU, GradientCorrelationMonitor, WarmupCosine
-
-PROGRESS_H = 5  # window of the mean gradient correlation shown while training (paper eq. 3)
 
 
 class RunSchedule:
@@ -27,7 +26,7 @@ class RunSchedule:
         self.batches_per_epoch = batches_per_epoch
         self.steps_per_unit = batches_per_epoch if config.schedule_setting("unit") == "epoch" else 1
         self.scheduler = self._build(config, optimizer, total_steps // self.steps_per_unit)
-        self.progress = GradientCorrelationMonitor(PROGRESS_H)
+        self.progress = GradientCorrelationMonitor(WINDOW_H)  # the mean correlation shown while training
         self.prev_sq: float | None = None  # |g_(k-1)|^2
 
     def _build(self, config: RunConfig, optimizer: torch.optim.Optimizer, total: int) -> WarmupCosine | GAWU | None:

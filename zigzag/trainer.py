@@ -27,7 +27,8 @@ from zigzag.precision import Precision
 from zigzag.progress import Progress
 from zigzag.recorder import Recorder
 from zigzag.runconfig import RunConfig
-from zigzag.runschedule import PROGRESS_H, RunSchedule
+from zigzag.runschedule import RunSchedule
+from zigzag.scheduleconfig import WINDOW_H
 from zigzag.settings import parse_step_selection
 from zigzag.sharpness import SharpnessTracker
 from zigzag.step import Batches, accumulate_gradient, diverged, evaluate
@@ -106,7 +107,7 @@ class Trainer:
 
     def _loop(self) -> str:
         start = self.open_trajectory()
-        progress = Progress(self.total_steps, start, self.out.parent.name or str(self.out), PROGRESS_H, self.progress)
+        progress = Progress(self.total_steps, start, self.out.parent.name or str(self.out), WINDOW_H, self.progress)
         status, diverged_at = "completed", None
         for k in range(start, self.total_steps):
             self.at_step = k
