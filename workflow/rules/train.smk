@@ -22,7 +22,7 @@ rule train:
         gpu=lambda w: pipeline.uses_gpu(config, w.job),
         train_cpus=lambda w, threads: threads,
     params:
-        settings=lambda w: pipeline.run_settings(config, w.job, pipeline.dataset_file(config, w.job)),
+        settings=lambda w, input: pipeline.run_settings(config, w.job, input[0]),
         code=codehash.code_hash("train"),
         gpu_locks=pipeline.gpu_locks_folder(config),
     shell:
