@@ -37,8 +37,8 @@ def claims_spec(config: dict) -> str:
     """What ``zigzag table claims --spec`` takes: thresholds, seeds, the overall rule and, per claim
     group, every run's jobs (one per claims seed) with their files."""
     claims = config["claims"]
-    groups = {group: [[[i, trajectory_file(config, i), analysis_file(config, i)]
-                       for i in claim_seed_jobs(config, run)] for run in names]
+    groups = {group: [[[job, trajectory_file(config, job), analysis_file(config, job)]
+                       for job in claim_seed_jobs(config, run)] for run in names]
               for group, names in claim_groups(config).items()}
     return json.dumps({"thresholds": claims["thresholds"], "seeds": claims["seeds"], "overall": claims["overall"],
                        "groups": groups}, sort_keys=True)
@@ -46,8 +46,8 @@ def claims_spec(config: dict) -> str:
 
 def claims_jobs(config: dict) -> list[str]:
     """Every job the claims read, each once."""
-    return list(dict.fromkeys(i for names in claim_groups(config).values() for run in names
-                              for i in claim_seed_jobs(config, run)))
+    return list(dict.fromkeys(job for names in claim_groups(config).values() for run in names
+                              for job in claim_seed_jobs(config, run)))
 
 
 def entry_references(section: str, where: str, spec: dict):
@@ -185,7 +185,7 @@ FILES = {"trajectory": trajectory_file, "analysis": analysis_file}  # what a fig
 def figure_inputs(config: dict, spec: dict) -> dict[str, list[str]]:
     """The files a figure reads (named inputs ``trajectory``, ``analysis``): those its kind reads, of each job."""
     jobs = figure_jobs(config, spec)
-    return {name: [FILES[name](config, i) for i in jobs] for name in kind_of(spec).reads}
+    return {name: [FILES[name](config, job) for job in jobs] for name in kind_of(spec).reads}
 
 
 FIGURE_EXTS = ("png", "pdf")  # the files of one figure (``zigzag figure --png --pdf``)
@@ -253,7 +253,7 @@ def figure_command(config: dict, spec: dict) -> str:
                      str(panel.get("step", "auto"))]
     else:
         for item in labelled_runs(spec):
-            args += ["--curve", item["label"], *(f for i in run_jobs(config, item["run"]) for f in files(i))]
+            args += ["--curve", item["label"], *(f for job in run_jobs(config, item["run"]) for f in files(job))]
     args += ["--title", spec["title"]]
     if kind.windows:
         steps = spec.get("steps", "auto")
@@ -266,7 +266,7 @@ def table_command(config: dict, spec: dict) -> str:
     ``{output}``): a row per label with one trajectory per seed."""
     args = [spec["kind"]]
     for item in spec["rows"]:
-        args += ["--row", item["label"], *(trajectory_file(config, i) for i in run_jobs(config, item["run"]))]
+        args += ["--row", item["label"], *(trajectory_file(config, job) for job in run_jobs(config, item["run"]))]
     return shlex.join([*args, "--caption", spec["caption"]])
 
 
@@ -317,7 +317,7 @@ def job_cost(config: dict, job: str) -> float:
 def quickest_figure(config: dict) -> str:
     """The figure whose jobs cost least to train (the first in the config among equals)."""
     return min(config["figures"],
-               key=lambda fid: sum(job_cost(config, i) for i in figure_jobs(config, config["figures"][fid])))
+               key=lambda fid: sum(job_cost(config, job) for job in figure_jobs(config, config["figures"][fid])))
 
 
 def train_priorities(config: dict) -> dict[str, int]:
@@ -325,7 +325,7 @@ def train_priorities(config: dict) -> dict[str, int]:
     figure's jobs first, then the others longest first, so that at the end only short jobs remain to share
     the cores; ``finishing_priority`` is above them all."""
     first = set(figure_jobs(config, config["figures"][quickest_figure(config)]))
-    by_cost = sorted(all_jobs(config), key=lambda i: (i not in first, -job_cost(config, i), i))
+    by_cost = sorted(all_jobs(config), key=lambda job: (job not in first, -job_cost(config, job), job))
     return {job: len(by_cost) - rank for rank, job in enumerate(by_cost)}
 
 
