@@ -197,8 +197,9 @@ def _claims_spec(text: str) -> dict:
 
 def _table(args) -> int:
     from zigzag import store, tables
+    from zigzag.pipeline import TABLE_EXTS
 
-    outputs = [f"{args.out}.{ext}" for ext in ("csv", "md", "tex")]
+    outputs = [f"{args.out}.{ext}" for ext in TABLE_EXTS]
     if args.kind == "schedules":
         rows = [(label, files) for label, *files in args.row]
         store.check_outputs(outputs, [path for _, files in rows for path in files])
