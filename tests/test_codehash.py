@@ -50,8 +50,9 @@ def stages_changed_by_editing(package, module: str) -> set[str]:
     ("pipeline", set()),  # the plan: Snakemake runs it, no job does; what it plans is in the rules' params
     ("configcheck", set()),
     ("runconfig", {"train"}),  # the run settings' one declaration
-    ("analysisconfig", {"analyze"}),  # the analysis settings' one declaration
-    ("settings", {"train", "analyze", "tables"}),  # the declaration machinery (claims declare their thresholds)
+    ("analysisconfig", {"analyze", "figures", "tables"}),  # the analysis settings' one declaration (and defaults)
+    ("settings", set(STAGES)),  # the declaration machinery: every reader of a trajectory reads schedule settings
+    ("scheduleconfig", set(STAGES)),  # the schedule settings' one declaration, which the store reads
 ])
 def test_editing_a_module_reruns_the_stages_that_import_it(package, module, stages):
     assert stages_changed_by_editing(package, module) == stages
@@ -59,10 +60,10 @@ def test_editing_a_module_reruns_the_stages_that_import_it(package, module, stag
 
 def test_every_module_is_run_by_some_stage_or_named(package):
     """No module drops out of every hash by accident: each is in a stage, is a standalone command, or is
-    the workflow's plan (run by Snakemake, not by a job)."""
+    the workflow's plan (run by Snakemake, not by a job, with the cost estimate it orders jobs by)."""
     modules = {module_name(package, path) for path in package.rglob("*.py")}
     covered = set().union(*(codehash.stage_modules(stage) for stage in STAGES))
-    assert modules - covered == {"zigzag.filesummary", "zigzag.pipeline", "zigzag.configcheck"}
+    assert modules - covered == {"zigzag.filesummary", "zigzag.pipeline", "zigzag.configcheck", "zigzag.estimate"}
 
 
 def module_name(package, path) -> str:
