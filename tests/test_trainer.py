@@ -405,3 +405,19 @@ def test_compiled_step_gives_the_same_gradient(tiny_dataset, tmp_path):
     (eager, loss), (compiled, compiled_loss) = grads[False], grads[True]
     assert (compiled - eager).abs().max().item() <= 1e-5 * eager.abs().max().item()
     assert compiled_loss == pytest.approx(loss, rel=1e-6)
+
+
+def test_the_trainer_only_wires_its_parts():
+    """``Trainer`` stays a class that wires the step, the recorder, the checkpoints and the schedule: at most
+    150 lines, and it holds no gradient arithmetic of its own (that is zigzag/step.py's)."""
+    import ast
+    import inspect
+
+    from zigzag import trainer
+
+    tree = ast.parse(inspect.getsource(trainer))
+    (cls,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Trainer"]
+    assert cls.end_lineno - cls.lineno + 1 <= 150
+    called = {node.func.attr for node in ast.walk(cls) if isinstance(node, ast.Call)
+              and isinstance(node.func, ast.Attribute)}
+    assert not called & {"backward", "cross_entropy"}
