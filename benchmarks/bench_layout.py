@@ -22,7 +22,7 @@ import yaml
 
 from zigzag.models import build_model
 from zigzag.sharpness import HessianOperator
-from zigzag.trainer import accumulate_gradient
+from zigzag.step import accumulate_gradient
 
 ROOT = Path(__file__).resolve().parents[1]
 # each model's width in config.yaml (the default's runs use one width per model)

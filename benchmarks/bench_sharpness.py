@@ -18,17 +18,18 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
+from timing import make_sync, median_time
 
 from zigzag import data, store
 from zigzag.runconfig import RunConfig
 from zigzag.sharpness import HessianOperator
-from zigzag.trainer import Trainer, accumulate_gradient
+from zigzag.step import accumulate_gradient
+from zigzag.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED_STEPS = {"cnn_lr0.1": 40, "resnet18_lr0.1": 30, "vgg16_lr0.01": 41}
@@ -62,30 +63,20 @@ def hvp_cost(name: str, run: dict, dataset: str, device: str, folder: Path, repe
     run's sharpness subset, at initialisation."""
     settings = {**run, "dataset": dataset, "device": device}
     trainer = Trainer(RunConfig.from_dict(settings), folder / f"{name}_hvp.h5", progress=False)
-    x, y = trainer.sharpness_data
+    x, y = trainer.sharpness.x, trainer.sharpness.y
     mb = trainer.config.micro_batch
     vector = torch.randn(trainer.n_params, generator=torch.Generator().manual_seed(0)).to(trainer.device)
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-
-    def clock(fn) -> float:
-        times = []
-        for _ in range(repeats + 1):  # the first is a warm-up
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t)
-        return float(np.median(times[1:]))
+    sync = make_sync(trainer.device)
 
     def gradient_pass():
         trainer.model.zero_grad()
         accumulate_gradient(trainer.model, x, y, mb)
 
     with trainer.precision.applied():
-        grad_s = clock(gradient_pass)
-        first_s = clock(lambda: HessianOperator(trainer.model, x, y, mb)(vector))
+        grad_s = median_time(gradient_pass, sync, repeats)
+        first_s = median_time(lambda: HessianOperator(trainer.model, x, y, mb)(vector), sync, repeats)
         operator = HessianOperator(trainer.model, x, y, mb)
-        hvp_s = clock(lambda: operator(vector))
+        hvp_s = median_time(lambda: operator(vector), sync, repeats)
     return {"run": name, "subset": len(x), "grad_s": grad_s, "hvp_s": hvp_s, "first_s": first_s}
 
 

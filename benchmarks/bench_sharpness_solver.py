@@ -35,7 +35,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from zigzag import analysis, data, store
 from zigzag.runconfig import RunConfig
-from zigzag.sharpness import hessian_vector_product
+from zigzag.sharpness import SharpnessTracker, hessian_vector_product
 from zigzag.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,26 +61,26 @@ def arpack(hvp, dim: int, v0: np.ndarray | None, tol: float, ncv: int, seed: int
         return (float(values[0]) if len(values) else float("nan")), start, count
 
 
-class ComparingTrainer(Trainer):
-    """A Trainer that, at each sharpness step, also runs ARPACK (and the tight reference) on its Hessian."""
+class ComparingTracker(SharpnessTracker):
+    """A run's sharpness solves, each also run by ARPACK (and the tight reference) on the same Hessian."""
 
-    def __init__(self, *args, run: str, with_arpack: bool, with_reference: bool, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, trainer: Trainer, run: str, with_arpack: bool, with_reference: bool):
+        super().__init__(trainer.config, trainer.data.train_x, trainer.data.train_y, trainer.total_steps, run)
+        self.config, self.device, self.n_params = trainer.config, trainer.device, trainer.n_params
         self.run_name, self.with_arpack, self.with_reference = run, with_arpack, with_reference
         self.arpack_vector: np.ndarray | None = None
         self.solves: list[dict] = []
 
-    def sharpness(self, k: int, lr: float, grad: torch.Tensor) -> dict:
-        row = super().sharpness(k, lr, grad)
-        x, y = self.sharpness_data
+    def measure(self, model: torch.nn.Module, k: int, lr: float, grad: torch.Tensor) -> dict:
+        row = super().measure(model, k, lr, grad)
 
         def hvp(v: torch.Tensor) -> torch.Tensor:
-            return hessian_vector_product(self.model, x, y, v.to(self.device), self.config.micro_batch)
+            return hessian_vector_product(model, self.x, self.y, v.to(self.device), self.config.micro_batch)
 
         solve = {"run": self.run_name, "seed": self.config.seed, "step": k, "lr": lr,
                  "zigzag": row["sharpness"], "zigzag_hvps": row["sharpness_hvps"],
                  "zigzag_residual": row["sharpness_residual"], "zigzag_converged": row["sharpness_converged"]}
-        if self.with_arpack and self.solve_steps.on_grid(k):  # where the grid alone would have solved
+        if self.with_arpack and self.steps.on_grid(k):  # where the grid alone would have solved
             cold = self.arpack_vector is None
             value, self.arpack_vector, count = arpack(hvp, self.n_params, self.arpack_vector, 1e-3,
                                                       20 if cold else 8, self.config.seed)
@@ -137,12 +137,12 @@ def main() -> None:
                             "checkpoint_every": 10**6}
                 settings.pop("seeds", None)
                 out = folder / f"{name}_{seed}.h5"
-                trainer = ComparingTrainer(RunConfig.from_dict(settings), out, progress=False, run=name,
-                                           with_arpack=not args.no_arpack, with_reference=args.reference)
+                trainer = Trainer(RunConfig.from_dict(settings), out, progress=False)
+                trainer.sharpness = tracker = ComparingTracker(trainer, name, not args.no_arpack, args.reference)
                 trainer.run()
                 store.read_trajectory(out)  # the run completed and its file reads back
-                solves += trainer.solves
-                report(trainer.solves, run["sharpness"]["every"])
+                solves += tracker.solves
+                report(tracker.solves, run["sharpness"]["every"])
     with open(args.out / "solves.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=sorted({key for s in solves for key in s}))
         writer.writeheader()

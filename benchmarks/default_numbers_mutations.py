@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # (what, file, line before, line after): each a plausible slip
 MUTATIONS = [
-    ("step: the mean over n + 1 images", "zigzag/trainer.py",
+    ("step: the mean over n + 1 images", "zigzag/step.py",
      "(loss / n).backward()", "(loss / (n + 1)).backward()"),
     ("lag statistics: lags counted forward in the ring", "zigzag/lagstats.py",
      "order = torch.tensor([(k - lag) % width", "order = torch.tensor([(k + lag) % width"),

@@ -174,8 +174,12 @@ def pytest_collection_modifyitems(items):
 
 
 def benchmark_script(name):
-    """benchmarks/<name>.py loaded as a module (the scripts are not a package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    """benchmarks/<name>.py loaded as a module (the scripts are not a package; they import their shared modules,
+    e.g. ``timing``, from their own folder, as ``python benchmarks/<name>.py`` does)."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

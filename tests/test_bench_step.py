@@ -1,7 +1,10 @@
-"""benchmarks/bench_step.py's paper case: the preset estimate's arithmetic, and the case runs on a CPU."""
+"""benchmarks/bench_step.py's cases run on a CPU at tiny sizes: the step overhead (each part timed through its own
+interface), the precisions and the paper estimate (whose arithmetic tests/test_estimate.py checks)."""
 
+import ast
 import math
 import types
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,45 +16,21 @@ def bench():
     return benchmark_script("bench_step")
 
 
-PRESET = {
-    "datasets": {"c": {"source": "cifar10"}},
-    "runs": {
-        "gd": {"dataset": "c", "model": "cnn", "batch_norm": False, "steps": 10, "eval_every": 5, "micro_batch": 100},
-        "sgd": {"dataset": "c", "model": "cnn", "batch_norm": False, "optimizer": "sgd", "batch_size": 20_000,
-                "epochs": 2, "seeds": [0, 1], "eval_every": 1, "micro_batch": 100},
-        "eos": {"dataset": "c", "model": "cnn", "batch_norm": False, "steps": 10, "micro_batch": 100,
-                "sharpness": {"every": "every:4", "subset": 5000}},
-    },
-}
-
-
-def test_preset_estimate_follows_the_preset(bench):
-    timings = {("cnn", False, 100): {"epoch_s": 2.0, "forward_s": 1.0, "hvp_s": 3.0}}
-    rows = {r["run"]: r for r in bench.preset_hours(PRESET, timings)}
-    # GD: 10 epochs x 2 s + evaluations at steps 0, 5, 9 over 10,000 test images (1 s per 50,000)
-    assert rows["gd"]["seconds"] == pytest.approx(10 * 2 + 3 * 0.2)
-    # SGD: 2 batches of 20,000 per epoch, 4 steps over 80,000 images, 4 evaluations, 2 seeds
-    assert rows["sgd"]["steps"] == 4 and rows["sgd"]["seconds"] == pytest.approx(2 * (80_000 / 50_000 * 2 + 4 * 0.2))
-    # sharpness at steps 0, 4, 8: one cold solve (21 products) and two warm ones (9 each) on 5,000 images
-    assert rows["eos"]["seconds"] == pytest.approx(10 * 2 + 2 * 0.2 + (21 + 2 * 9) * 0.1 * 3.0)
-
-
-def test_paper_case_runs_on_a_cpu_with_few_images(bench, tmp_path, monkeypatch, capsys):
+def test_paper_case_runs_on_a_cpu_with_few_images(bench, tmp_path, capsys):
     preset = {"datasets": {"cifar10": {"source": "cifar10"}},
-              "runs": {"cnn": {"dataset": "cifar10", "model": "cnn", "batch_norm": False, "steps": 3, "micro_batch": 4,
-                               "sharpness": {"every": "every:2"}}}}
+              "runs": {"cnn": {"dataset": "cifar10", "model": "cnn", "batch_norm": False, "lr": 0.1, "steps": 3,
+                               "micro_batch": 4, "sharpness": {"every": "every:2"}}}}
     path = tmp_path / "preset.yaml"
     path.write_text(yaml.safe_dump(preset))
-    monkeypatch.setattr(bench, "PRESET", path)
     args = types.SimpleNamespace(device="cpu", precision="tf32", paper_images=6, repeats=1)
-    hours = bench.run_paper(args, tmp_path)
+    hours = bench.run_paper(args, tmp_path, path)
     out = capsys.readouterr().out
     assert math.isfinite(hours) and hours > 0
     assert "cnn" in out and "s/epoch" in out and f"{hours:.2f} hours of this device" in out
 
 
 def test_precisions_case_times_each_mode_and_compares_its_gradient(bench, tmp_path, capsys):
-    args = types.SimpleNamespace(device="cpu", samples=8, repeats=1)
+    args = types.SimpleNamespace(device="cpu", samples=8, repeats=1, precision="tf32")
     rows = bench.run_precisions(args, tmp_path, model="cnn", width=0.25)
     assert [r["mode"] for r in rows] == ["fp32", "tf32", "bf16"]
     for r in rows:  # on a CPU every mode computes in float32: the same gradient, TF32 off
@@ -59,3 +38,40 @@ def test_precisions_case_times_each_mode_and_compares_its_gradient(bench, tmp_pa
         assert r["step_s"] > 0 and r["flags"]["cudnn.allow_tf32"] is False and r["flags"]["autocast"] == "none"
     out = capsys.readouterr().out
     assert "| bf16 |" in out and "gradient cosine with fp32" in out
+
+
+def test_step_overhead_times_every_variant_in_every_repeat(tmp_path, monkeypatch, capsys):
+    """A step-overhead case (an SGD one, as resnet18-sgd) with a narrow cnn on 8 images and batches of 4."""
+    overhead = benchmark_script("step_overhead")
+    dataset = overhead.random_dataset(tmp_path, 8)
+    settings = dict(dataset=str(dataset), model="cnn", width=0.25, micro_batch=4, optimizer="sgd", batch_size=4)
+    monkeypatch.setattr(overhead, "case_settings", lambda name, args, tmp: (settings, 2, "tiny"))
+    args = types.SimpleNamespace(device="cpu", precision="tf32", repeats=2, warmup_steps=3, samples=None)
+    result = overhead.run_case("tiny", args, tmp_path)
+    median, ratios = result["median"], result["ratios"]
+    assert set(median) == {"bare", "step", "push", "raw", "dump", "nostats", "run"}
+    assert all(median[key] > 0 for key in ("bare", "step", "push", "raw", "dump", "run"))
+    assert result["samples"] == 4 and result["micro_batch"] == 4
+    assert 0 < ratios["b"] < 1 and ratios["c_timer"] > 0 and ratios["a"] > 0
+    assert math.isfinite(ratios["c"]) and math.isfinite(ratios["run_vs_step"])
+    out = capsys.readouterr().out
+    assert "repeat 2/2" in out and "(b) LagRing.push / GD step" in out
+    assert not list(tmp_path.glob("tiny_*")), "the case removes its trajectory files"
+
+
+STEP_BENCHMARK = ("bench_step", "step_overhead", "precisions", "paper_estimate", "setups", "timing")
+
+
+@pytest.mark.parametrize("name", STEP_BENCHMARK)
+def test_the_step_benchmark_replaces_no_attribute_of_what_it_times(name):
+    """No assignment to an attribute (``tr.recorder.ring.push = ...``, ``module.function = ...``) anywhere in the
+    step benchmark's modules: each part is timed through its own interface."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    tree = ast.parse(path.read_text())
+    targets = [t for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+               for t in (node.targets if isinstance(node, ast.Assign) else [node.target])]
+    attributes = [ast.unparse(t) for target in targets for t in ast.walk(target) if isinstance(t, ast.Attribute)
+                  and not ast.unparse(t).startswith("args.")]  # the parsed command line, which nothing times
+    calls = [ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and ast.unparse(node.func) in ("setattr", "monkeypatch.setattr")]
+    assert attributes == [] and calls == []

@@ -1,10 +1,14 @@
 """The claims table on constructed runs whose verdicts are known."""
 
+import inspect
+import re
+
 import numpy as np
 import pytest
 
-from zigzag import analysis, store
+from zigzag import analysis, claims, store
 from zigzag.claims import FAILS, HOLDS, MIXED, NOT_RUN, claims_table, overall_verdict
+from zigzag.errors import ZigzagError
 
 THRESHOLDS = {"early_steps": 10, "smooth_start": 0.5, "zigzag_strong": -0.5, "sign_flip": 0.8,
               "late_smooth": 0.9, "late_fraction": 0.1, "loss_share": 0.25, "batch_gap": 0.3, "gawu_gap": 2,
@@ -210,3 +214,12 @@ def test_claims_cli_writes_a_verdict_per_seed(tmp_path):
     bad = zigzag_cli("table", "claims", "--spec", json.dumps({**spec, "overall": "most"}), "--out",
                      tmp_path / "bad", check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("zigzag: error: claims: invalid overall rule 'most'")
+
+
+def test_the_claims_read_exactly_the_declared_groups():
+    """Every group of ``claims.GROUPS`` is read by ``claims_table`` (which names them in its source) and a group
+    not declared is one error line, not a claim silently not run."""
+    read = set(re.findall(r'(?:at|first|loaded\.get)\("(\w+)"', inspect.getsource(claims.claims_table)))
+    assert read == set(claims.GROUPS)
+    with pytest.raises(ZigzagError, match="unknown group.*cnns"):
+        claims_table({"cnns": []}, THRESHOLDS, [0])

@@ -29,6 +29,8 @@ def stages_changed_by_editing(package, module: str) -> set[str]:
 
 @pytest.mark.parametrize("module, stages", [
     ("trainer", {"train"}),
+    ("step", {"train"}),
+    ("checkpoints", {"train"}),
     ("lagstats", {"train"}),
     ("precision", {"train"}),
     ("rawdump", {"train"}),

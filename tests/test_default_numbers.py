@@ -104,7 +104,7 @@ def run_default(tmp_path, env=None, pinned=True) -> dict[str, np.ndarray]:
         for key, value in changes.items():
             config["runs"][run][key] = ({**config["runs"][run][key], **value} if isinstance(value, dict)
                                         else value)
-        job = pipeline.instances(config, run)[0]
+        job = pipeline.run_jobs(config, run)[0]
         settings = json.loads(pipeline.run_settings(config, job, str(dataset)))
         trajectory, analysis = tmp_path / f"{job}.h5", tmp_path / f"{job}.analysis.h5"
         pinned_cli("train", "--settings", json.dumps(settings), "--threads", 1, "--quiet", "--out", trajectory,

@@ -26,17 +26,17 @@ import torch
 from conftest import built_once, write_synthetic_dataset, zigzag_cli, zigzag_main
 from packaging.requirements import Requirement
 
-from zigzag import cli, configcheck, data, store, trainer
+from zigzag import checkpoints, cli, configcheck, data, store
 
 ROOT = Path(__file__).resolve().parents[1]
 
 KILLED_AT = """
 import os, signal, sys
-from zigzag import store, trainer
+from zigzag import checkpoints, store
 
 where = sys.argv[1]
-owner, name = {"checkpoint": (trainer.Trainer, "_save_checkpoint"), "finish": (store.TrajectoryWriter, "finish"),
-               "replace": (os, "replace"), "cleanup": (trainer.Trainer, "_remove_resume_dir")}[where]
+owner, name = {"checkpoint": (checkpoints.Checkpoint, "save"), "finish": (store.TrajectoryWriter, "finish"),
+               "replace": (os, "replace"), "cleanup": (checkpoints.Checkpoint, "remove")}[where]
 original = getattr(owner, name)
 
 def killed(*args, **kwargs):
@@ -330,9 +330,9 @@ def test_resume_folder_with_foreign_files_is_never_deleted(files, tmp_path, caps
     assert not (tmp_path / "t.h5.lock").exists()
     (folder / "notes.txt").unlink()  # only the run's own files left: deleted, the run starts afresh
     assert cli.main(argv) == 0 and out.exists() and not folder.exists()
-    for name in trainer.RESUME_FILES:  # every file a run writes there is its own
+    for name in checkpoints.RESUME_FILES:  # every file a run writes there is its own
         (_mkdir(folder) if not folder.exists() else folder).joinpath(name).write_bytes(b"")
-    trainer.remove_resume_folder(folder)
+    checkpoints.remove_resume_folder(folder)
     assert not folder.exists()
 
 
@@ -341,10 +341,10 @@ def test_resume_folder_with_foreign_files_is_never_deleted(files, tmp_path, caps
 HELD_AFTER_FIRST_CHECKPOINT = """
 import sys, time
 from pathlib import Path
-from zigzag import trainer
+from zigzag import checkpoints
 
 held, release = Path(sys.argv[1]), Path(sys.argv[2])
-original = trainer.Trainer._save_checkpoint
+original = checkpoints.Checkpoint.save
 
 def save_then_wait(self, *args):
     original(self, *args)
@@ -354,7 +354,7 @@ def save_then_wait(self, *args):
         while not release.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
 
-trainer.Trainer._save_checkpoint = save_then_wait
+checkpoints.Checkpoint.save = save_then_wait
 from zigzag.cli import main
 sys.exit(main(sys.argv[3:]))
 """

@@ -6,17 +6,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from zigzag import cli, figures
+from zigzag import cli, configcheck, figures
 from zigzag.figurekinds import KINDS, RUNS_FORMS
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+SCHEMA = configcheck.load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 
 
 def schema_blocks() -> dict[str, dict]:
-    """Kind -> the ``then`` block of the schema that declares its fields."""
+    """Kind -> the ``then`` block of the schema (as the workflow loads it) that declares its fields."""
     blocks = {}
     for rule in SCHEMA["properties"]["figures"]["additionalProperties"]["allOf"]:
         condition = rule["if"]["properties"]["kind"]

@@ -30,7 +30,8 @@ def test_each_figure_command_reads_exactly_its_rule_inputs(configfile, monkeypat
         ("render", kind, title, png, options)))
     for fid, spec in config["figures"].items():
         calls.clear()
-        assert cli.main(["figure", *shlex.split(pipeline.figure_command(config, fid, spec))]) == 0
+        outputs = [arg for ext in pipeline.FIGURE_EXTS for arg in (f"--{ext}", pipeline.figure_file(config, fid, ext))]
+        assert cli.main(["figure", *shlex.split(pipeline.figure_command(config, spec)), *outputs]) == 0
         (_, read), (_, kind, title, png, options) = calls
         planned = pipeline.figure_inputs(config, spec)
         assert read == sorted(path for files in planned.values() for path in files), fid
@@ -107,17 +108,16 @@ def test_hostile_strings_reach_every_planned_command_literally(tmp_path):
     commands = {
         "prepare": pipeline.dataset_args(config, "tiny"),
         "analyze": pipeline.analysis_args(config, "cnn_a"),
-        **{fid: pipeline.figure_command(config, fid, spec) for fid, spec in config["figures"].items()},
-        "t1": pipeline.table_command(config, "t1", config["tables"]["t1"]),
+        **{fid: pipeline.figure_command(config, spec) for fid, spec in config["figures"].items()},
+        "t1": pipeline.table_command(config, config["tables"]["t1"]),
     }
     argv = {name: shlex.split(command) for name, command in commands.items()}
     assert after(argv["prepare"], "--data-root")[0] == DATA_ROOT
     assert after(argv["fig_a"], "--trajectory")[0] == traj and after(argv["fig_a"], "--title")[0] == TEXT
-    assert after(argv["fig_a"], "--png")[0] == f"{RESULTS}/figures/fig_a.png"
+    assert not {"--png", "--pdf", "--out"} & {arg for args in argv.values() for arg in args}  # the rules' {output}
     assert after(argv["fig_sign"], "--panel") == [f"{RESULTS}/analysis/cnn_a.h5", TEXT, "1"]
     assert after(argv["curves"], "--curve")[:2] == [TEXT, f"{RESULTS}/runs/cnn_b/trajectory.h5"]
     assert after(argv["t1"], "--row")[:2] == [TEXT, traj] and after(argv["t1"], "--caption")[0] == TEXT
-    assert after(argv["t1"], "--out")[0] == f"{RESULTS}/tables/t1"
     assert argv["analyze"][:2] == ["--h", "4"]
     # A real shell reads each command as these arguments and runs nothing.
     for name, command in commands.items():
@@ -193,12 +193,12 @@ def test_the_default_config_trains_the_quickest_figure_first_then_the_longest_jo
     """config.yaml: Figure 9's three short SGD runs are the cheapest figure and train first; the other jobs
     follow longest first (by estimated cost), and analyses and figures go before any training job."""
     config = configcheck.add_sharpness_figures(load("config.yaml"))
-    figure_costs = {fid: sum(pipeline.job_cost(config, i) for i in pipeline.figure_instances(config, spec))
+    figure_costs = {fid: sum(pipeline.job_cost(config, job) for job in pipeline.figure_jobs(config, spec))
                     for fid, spec in config["figures"].items()}
     assert pipeline.quickest_figure(config) == "fig9_batch_sizes" == min(figure_costs, key=figure_costs.get)
     priorities = pipeline.train_priorities(config)
     order = sorted(priorities, key=priorities.get, reverse=True)
-    assert set(priorities) == set(pipeline.all_instances(config))
+    assert set(priorities) == set(pipeline.all_jobs(config))
     assert sorted(order[:3]) == ["sgd_b125", "sgd_b250", "sgd_b50"]
     costs = [pipeline.job_cost(config, job) for job in order[3:]]
     assert costs == sorted(costs, reverse=True) and order[3] == "resnet18_lr0.1"

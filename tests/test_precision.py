@@ -11,7 +11,8 @@ from conftest import zigzag_cli, zigzag_main
 from zigzag import store
 from zigzag.precision import PRECISIONS, Precision
 from zigzag.runconfig import RunConfig
-from zigzag.trainer import Trainer, accumulate_gradient
+from zigzag.step import accumulate_gradient
+from zigzag.trainer import Trainer
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 

@@ -1,19 +1,22 @@
 """Settings declared once (zigzag/settings.py): the train/analyze flags, the checks and the config schema's
-``runs`` and ``analysis`` sections all come from ``RunConfig`` and ``AnalysisSettings``."""
+``runs`` and ``analysis`` sections all come from ``RunConfig`` and ``AnalysisConfig``."""
 
 import dataclasses
 import inspect
 from pathlib import Path
 
 import pytest
+import yaml
 
-from zigzag import configcheck, pipeline, sharpness
-from zigzag.analysisconfig import AnalysisSettings
-from zigzag.claims import THRESHOLDS
+from zigzag import analysis, configcheck, pipeline, sharpness
+from zigzag.analysisconfig import AnalysisConfig
+from zigzag.claims import GROUPS, OVERALL_RULES, THRESHOLDS
 from zigzag.cli import build_parser
-from zigzag.data import TRAIN_IMAGES
+from zigzag.data import SOURCES
 from zigzag.errors import ZigzagError
+from zigzag.figurekinds import KINDS
 from zigzag.runconfig import MAX_LAGS, MAX_WIDTH, SCHEDULE, SHARPNESS, RunConfig
+from zigzag.scheduleconfig import WINDOW_H
 from zigzag.settings import MAX_SEED, MAX_STEPS, specs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +69,39 @@ def test_the_lanczos_defaults_are_declared_once():
         assert f"(default {default})" in ncv["properties"][f"refine_{key}"]["description"]
 
 
+def test_the_window_h_and_the_eos_tolerance_are_declared_once():
+    """The paper's h = 5 is the default of the analysis's h, of GAWU's h (the scheduler, its monitor and a run's
+    schedule) and of the change point the analysis finds again; the sharpness is refined up to the analysis's
+    threshold of the edge of stability."""
+    from zigzag.schedules import GAWU, GradientCorrelationMonitor
+
+    assert WINDOW_H == 5
+    defaults = {AnalysisConfig().h, SCHEDULE["h"].default, analysis.change_point_rule({}, 1)["h"],
+                inspect.signature(GAWU).parameters["h"].default,
+                inspect.signature(GradientCorrelationMonitor).parameters["h"].default}
+    assert defaults == {WINDOW_H}
+    assert inspect.signature(analysis.analyze).parameters["eos_tolerance"].default == AnalysisConfig().eos_tolerance
+    assert sharpness.REFINE_UNTIL == pytest.approx(1 - AnalysisConfig().eos_tolerance)
+
+
+def test_the_schema_file_leaves_to_the_registries_what_they_declare():
+    """The YAML file names no dataset source, figure kind, claim group or overall rule: the workflow's schema takes
+    them from data.SOURCES, figurekinds.KINDS and claims (GROUPS, OVERALL_RULES, THRESHOLDS)."""
+    written = yaml.safe_load(SCHEMA.read_text())["properties"]
+    assert "enum" not in written["datasets"]["additionalProperties"]["properties"]["source"]
+    assert "allOf" not in written["figures"]["additionalProperties"]
+    assert set(written["claims"]["properties"]) == {"seeds", "overall", "thresholds"}
+    assert "enum" not in written["claims"]["properties"]["overall"]
+    loaded = configcheck.load_schema(SCHEMA)["properties"]
+    assert loaded["datasets"]["additionalProperties"]["properties"]["source"]["enum"] == list(SOURCES)
+    claims = loaded["claims"]["properties"]
+    assert set(claims) == {"seeds", "overall", "thresholds", *GROUPS}
+    assert claims["overall"]["enum"] == list(OVERALL_RULES)
+    kinds = [kind for block in loaded["figures"]["additionalProperties"]["allOf"]
+             for kind in block["if"]["properties"]["kind"]["enum"]]
+    assert sorted(kinds) == sorted(KINDS)
+
+
 def test_change_point_beyond_the_run_is_checked_once_for_every_unit():
     base = {"dataset": "d", "model": "cnn", "optimizer": "sgd", "epochs": 3, "batch_size": 10,
             "schedule": {"kind": "warmup_cosine", "eta0": 0.01, "omega": 0.1, "change_point": 3}}
@@ -95,7 +131,7 @@ def test_a_bad_run_entry_is_one_line_naming_it(run, message):
 
 
 def test_analysis_flags_checks_and_config_section_agree():
-    declared = specs(AnalysisSettings)
+    declared = specs(AnalysisConfig)
     schema = configcheck.load_schema(SCHEMA)["properties"]["analysis"]
     assert set(schema["properties"]) == set(declared) - {"windows"}  # windows: from the figures of each job
     analyze = flags("analyze")
@@ -103,8 +139,8 @@ def test_analysis_flags_checks_and_config_section_agree():
     checked = configcheck.checked_config({**config(), "analysis": {"h": 4, "zigzag_below": -0.7}}, SCHEMA)
     args = build_parser().parse_args(["analyze", "t.h5", "--out", "a.h5",
                                       *pipeline.analysis_args(checked, "r").split()])
-    assert AnalysisSettings(**{name: getattr(args, name) for name in declared}) == \
-        AnalysisSettings(**checked["analysis"], windows="none")
+    assert AnalysisConfig(**{name: getattr(args, name) for name in declared}) == \
+        AnalysisConfig(**checked["analysis"], windows="none")
     with pytest.raises(ZigzagError, match="^analysis: invalid thresholds: zigzag_below=0.6 > smooth_above=0.5$"):
         configcheck.checked_config({**config(), "analysis": {"zigzag_below": 0.6}}, SCHEMA)
     with pytest.raises(ZigzagError, match=r"^analysis.eos_tolerance: 1 is not allowed; must be < 1$"):
@@ -130,7 +166,7 @@ def test_every_bound_is_in_the_help_and_in_the_schema():
     assert run["seed"]["maximum"] == run["seeds"]["items"]["maximum"] == MAX_SEED
     dataset = schema["datasets"]["additionalProperties"]["properties"]
     assert dataset["seed"]["maximum"] == schema["claims"]["properties"]["seeds"]["items"]["maximum"] == MAX_SEED
-    assert dataset["train_size"]["maximum"] == max(TRAIN_IMAGES.values())
+    assert dataset["train_size"]["maximum"] == max(source.train_images for source in SOURCES.values())
     figure = schema["figures"]["additionalProperties"]["allOf"]
     assert figure[0]["then"]["properties"]["steps"]["oneOf"][1]["items"]["maximum"] == MAX_STEPS - 1
     assert figure[1]["then"]["properties"]["panels"]["items"]["properties"]["step"]["oneOf"][1]["maximum"] == \

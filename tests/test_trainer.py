@@ -18,7 +18,8 @@ from conftest import write_synthetic_dataset, zigzag_cli, zigzag_main
 from zigzag import store
 from zigzag.models import build_model
 from zigzag.runconfig import RunConfig
-from zigzag.trainer import Trainer, accumulate_gradient
+from zigzag.step import accumulate_gradient
+from zigzag.trainer import Trainer
 
 
 @pytest.mark.parametrize("micro_batch", [3, 7, 32, 50])
@@ -241,28 +242,32 @@ def test_sharpness_is_recorded_at_selected_steps_and_matches_a_direct_solve(tiny
     assert sharp[0] == pytest.approx(direct.eigenvalue, rel=1e-4)
 
 
-class DenseCheckedTrainer(Trainer):
-    """A Trainer that forms the whole Hessian (torch.func.hessian of the mean loss) at every solve."""
+def check_every_solve_densely(trainer: Trainer) -> list:
+    """Make every sharpness solve of ``trainer`` also form the whole Hessian (torch.func.hessian of the mean
+    loss); returns the list of (step, row, dense lambda_max, dense residual of the solve's pair) it fills."""
+    checks, tracker = [], trainer.sharpness
+    measure = tracker.measure
 
-    checks: list
-
-    def sharpness(self, k, lr, grad):
-        row = super().sharpness(k, lr, grad)
-        model = copy.deepcopy(self.model).double()  # the trainer's own model is left alone
+    def checked(model, k, lr, grad):
+        row = measure(model, k, lr, grad)
+        model = copy.deepcopy(model).double()  # the trainer's own model is left alone
         names = [name for name, _ in model.named_parameters()]
         shapes = [p.shape for p in model.parameters()]
         theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        x, y = self.sharpness_data
 
         def loss(flat):
             params = {n: t.view(s) for n, t, s in zip(names, flat.split([s.numel() for s in shapes]), shapes)}
-            return torch.nn.functional.cross_entropy(torch.func.functional_call(model, params, (x.double(),)), y)
+            return torch.nn.functional.cross_entropy(torch.func.functional_call(model, params, (tracker.x.double(),)),
+                                                     tracker.y)
 
         hessian = torch.func.hessian(loss)(theta)
-        v = self.eigenvector.double()
-        self.checks.append((k, row, float(torch.linalg.eigvalsh(hessian)[-1]),
-                            float((hessian @ v - row["sharpness"] * v).norm()) / row["sharpness"]))
+        v = tracker.eigenvector.double()
+        checks.append((k, row, float(torch.linalg.eigvalsh(hessian)[-1]),
+                       float((hessian @ v - row["sharpness"] * v).norm()) / row["sharpness"]))
         return row
+
+    tracker.measure = checked
+    return checks
 
 
 def test_every_solve_of_a_short_run_is_within_one_percent_of_a_dense_eigendecomposition(tmp_path):
@@ -272,18 +277,18 @@ def test_every_solve_of_a_short_run_is_within_one_percent_of_a_dense_eigendecomp
     dataset = write_synthetic_dataset(tmp_path / "small.h5", n_train=48, n_test=16, size=8)
     settings = dict(dataset=str(dataset), model="cnn", width=0.03125, lr=0.5, steps=6, lags=2, micro_batch=48,
                     batch_norm=False, eval_every=5, checkpoint_every=100, device="cpu", sharpness={"every": "every:1"})
-    trainer = DenseCheckedTrainer(RunConfig.from_dict(settings), tmp_path / "dense.h5", progress=False)
+    trainer = Trainer(RunConfig.from_dict(settings), tmp_path / "dense.h5", progress=False)
     assert trainer.n_params <= 2000
-    trainer.checks = []
+    checks = check_every_solve_densely(trainer)
     assert trainer.run() == "completed"
-    assert [k for k, *_ in trainer.checks] == list(range(6))
-    for k, row, dense, residual in trainer.checks:
+    assert [k for k, *_ in checks] == list(range(6))
+    for k, row, dense, residual in checks:
         assert row["sharpness_converged"] == 1
         assert row["sharpness"] == pytest.approx(dense, rel=1e-2), k
         assert row["sharpness_residual"] <= 1e-3
         assert row["sharpness_residual"] == pytest.approx(residual, rel=1e-2, abs=1e-4), k
     traj = store.read_trajectory(tmp_path / "dense.h5")
-    assert np.array_equal(traj.steps["sharpness"], [row["sharpness"] for _, row, *_ in trainer.checks])
+    assert np.array_equal(traj.steps["sharpness"], [row["sharpness"] for _, row, *_ in checks])
 
 
 def test_a_lanczos_solve_short_of_tol_is_recorded_and_warned(tiny_dataset, tmp_path):

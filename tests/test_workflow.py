@@ -150,9 +150,8 @@ def test_bad_config_fails_before_any_job_with_one_line(workdir):
 def test_config_strings_reach_every_rule_command_literally(tmp_path):
     """A config is data: payloads in results, data_root, a title, labels and a caption run nothing while
     Snakemake plans (a dry run), and a real shell reads every rule's printed command as the literal strings
-    (run with a stand-in ``zigzag`` that records its arguments); every file a rule names is planned."""
-    from zigzag import pipeline
-
+    (run with a stand-in ``zigzag`` that records its arguments), outputs named as the rules' ``{output}``; the
+    rules write exactly the files ``zigzag.pipeline`` plans."""
     results, data_root, text = "it's res$(touch PWNED2)", "$(touch PWNED)", "it's {x} `touch PWNED4` $(touch PWNED4)"
     config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
     trained = ["cnn_a", "cnn_b"]
@@ -166,15 +165,13 @@ def test_config_strings_reach_every_rule_command_literally(tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [".snakemake", "config.yaml"]  # planning ran nothing
 
-    commands, named, rule = {}, set(), None
+    commands, rule = {}, None
     for line in dry.stdout.splitlines():
         if match := re.match(r"(?:local)?rule (\w+):$", line):
             rule = match.group(1)
-        elif match := re.match(r"    (output|log|benchmark): (.+)$", line):
-            named.update(match.group(2).split(", "))
         elif line.startswith("Shell command: ") and rule != "all":
             commands.setdefault(rule, []).append(line.removeprefix("Shell command: "))
-    assert named <= set(pipeline.planned_outputs(configcheck_for(config)))
+    named = assert_writes_the_planned_files(dry.stdout, configcheck_for(config))
     argv = {}
     for path in named:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
@@ -195,12 +192,28 @@ def test_config_strings_reach_every_rule_command_literally(tmp_path):
     assert after("train", "--gpu-locks") == f"{results}/gpu-locks"
     assert sorted(args[1] for args in argv["analyze"]) == [f"{results}/runs/{job}/trajectory.h5" for job in trained]
     assert after("analyze", "--out") == f"{results}/analysis/cnn_a.h5" and after("figure_fig_a", "--title") == text
+    assert after("figure_fig_a", "--png") == f"{results}/figures/fig_a.png"
+    assert after("figure_fig_a", "--pdf") == f"{results}/figures/fig_a.pdf"
+    assert after("table_t1", "--out") == f"{results}/tables/t1"
+    assert after("table_claims", "--out") == f"{results}/tables/claims"
     assert after("figure_fig_sign", "--panel") == f"{results}/analysis/cnn_a.h5"
     assert after("table_t1", "--row") == text and after("table_t1", "--caption") == text
     spec = json.loads(after("table_claims", "--spec"))
     assert [args[0] for jobs in argv.values() for args in jobs].count("train") == len(trained)
     assert spec["groups"]["cnn"][0][0][1:] == [f"{results}/runs/cnn_a/trajectory.h5", f"{results}/analysis/cnn_a.h5"]
     assert not list(tmp_path.rglob("PWNED*")) and not list(ROOT.glob("PWNED*"))
+
+
+def assert_writes_the_planned_files(dry_run: str, config: dict) -> set[str]:
+    """The outputs, logs and benchmarks of every job of a dry run of ``all`` (from nothing) are exactly the files
+    ``pipeline.planned_outputs`` lists (less the GPU lock folder, a param): a rule whose path drifts from
+    ``zigzag.pipeline`` fails here. Returns them."""
+    from zigzag import pipeline
+
+    named = {path for kind, paths in re.findall(r"^    (output|log|benchmark): (.+)$", dry_run, re.M)
+             for path in paths.split(", ")}
+    assert named == set(pipeline.planned_outputs(config)) - {pipeline.gpu_locks_folder(config)}
+    return named
 
 
 def configcheck_for(config: dict) -> dict:
@@ -222,6 +235,7 @@ def test_default_and_paper_configs_dry_run(configfile, tmp_path):
 
     out, jobs = dry_run("all")
     figures_only = dry_run("all_figures")[1]
+    assert_writes_the_planned_files(out, configcheck_for(yaml.safe_load((ROOT / configfile).read_text())))
     if configfile == "presets/paper.yaml":
         assert re.search(r"^train\s+50$", jobs, re.M) and "figure_fig10_gawu " in jobs
         assert re.search(r"^train\s+28$", figures_only, re.M)
@@ -245,7 +259,7 @@ def assert_planned_order(dry_run: str, config: dict):
     blocks = [dict(re.findall(r"^    (\w+): (.*)$", block, re.M), rule=rule)
               for rule, block in re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", dry_run, re.M)]
     trains = {b["wildcards"].removeprefix("job="): b for b in blocks if b["rule"] == "train"}
-    assert set(trains) == set(pipeline.all_instances(config))
+    assert set(trains) == set(pipeline.all_jobs(config))
     for job, block in trains.items():
         assert int(block["priority"]) == pipeline.train_priority(config, job), job
         assert "train_cpus=1" in block["resources"].split(", ") and "threads" not in block, job

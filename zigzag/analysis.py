@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zigzag.analysisconfig import AnalysisConfig
+from zigzag.scheduleconfig import gawu_switches, schedule_setting
+
 SMOOTH, ZIGZAG, RANDOM, UNDEFINED = 0, 1, 2, -1
 PHASE_NAMES = {SMOOTH: "smooth", ZIGZAG: "zigzag", RANDOM: "random", UNDEFINED: "undefined"}
 
@@ -103,7 +106,8 @@ def zigzag_loss_share(loss: np.ndarray, phase: np.ndarray) -> float:
 
 def online_change_point(adjacent: np.ndarray, h: int, steps_per_unit: int = 1,
                         max_warmup: int | None = None) -> int | None:
-    """The unit t where GAWU switches (``zigzag.schedules.GAWU`` as the trainer feeds it): the same rule.
+    """The unit t where GAWU switches (``zigzag.schedules.GAWU`` as the trainer feeds it): the same rule,
+    ``zigzag.scheduleconfig.gawu_switches``.
 
     The monitor gets one adjacent cosine mu(k-1, k) per step; at the end of unit u, i.e. after step
     k = (u + 1) * steps_per_unit - 1, the scheduler reads the mean of the last h - 1 cosines,
@@ -116,18 +120,17 @@ def online_change_point(adjacent: np.ndarray, h: int, steps_per_unit: int = 1,
     for u in range(len(adjacent) // steps_per_unit):
         k = (u + 1) * steps_per_unit - 1
         m = float(np.mean(adjacent[k - h + 2:k + 1])) if k >= h - 1 else np.nan
-        if m > 0:
-            seen_positive = True
-        if (m < 0 and seen_positive) or u == max_warmup:
+        switch, seen_positive = gawu_switches(m, seen_positive, u, max_warmup)
+        if switch:
             return u
     return None
 
 
 def change_point_rule(schedule: dict, batches_per_epoch: int) -> dict:
     """GAWU's switch settings for a run with this ``schedule`` (its own for a GAWU run, GAWU's defaults
-    otherwise): window ``h`` (5), ``unit`` (epoch) as ``steps_per_unit``, ``max_warmup`` (none)."""
-    unit = schedule.get("unit", "epoch")
-    return {"h": int(schedule.get("h", 5)), "unit": unit,
+    otherwise, ``zigzag.scheduleconfig.SCHEDULE``): window ``h``, ``unit`` as ``steps_per_unit``, ``max_warmup``."""
+    unit = schedule_setting(schedule, "unit")
+    return {"h": int(schedule_setting(schedule, "h")), "unit": unit,
             "steps_per_unit": int(batches_per_epoch) if unit == "epoch" else 1,
             "max_warmup": schedule.get("max_warmup") if schedule.get("kind") == "gawu" else None}
 
@@ -206,7 +209,7 @@ class Analysis:
 
 
 def analyze(steps: dict[str, np.ndarray], h: int, window_steps: list[int], smooth_above: float,
-            zigzag_below: float, eos_tolerance: float = 0.1, schedule: dict | None = None,
+            zigzag_below: float, eos_tolerance: float = AnalysisConfig.eos_tolerance, schedule: dict | None = None,
             batches_per_epoch: int = 1, auto: bool = False) -> Analysis:
     """All the analysis of one trajectory's ``/steps`` series (``eos_step`` needs ``/steps/sharpness``);
     ``schedule`` and ``batches_per_epoch`` (the trajectory's) set the GAWU change point's rule.

@@ -8,14 +8,15 @@ import shlex
 from dataclasses import dataclass
 
 from zigzag.errors import ZigzagError
+from zigzag.scheduleconfig import WINDOW_H
 from zigzag.settings import json_schema, parse_step_selection, setting, specs
 
 
 @dataclass
-class AnalysisSettings:
+class AnalysisConfig:
     """Window size, phase thresholds and the windows whose h x h matrices are kept."""
 
-    h: int = setting(5, "window size of the mean correlation (eq. 3) and of the matrices; at most lags + 1",
+    h: int = setting(WINDOW_H, "window size of the mean correlation (eq. 3) and of the matrices; at most lags + 1",
                      low=2)
     windows: str = setting("auto", "steps k whose h x h matrices to keep: auto (a smooth, the deepest zigzag and "
                                     "the last window, found from mean_mu), 5,675,1490, auto,5,675, every:N or none; "

@@ -43,6 +43,20 @@ from zigzag.settings import MAX_STEPS, Spec
 HOLDS, FAILS, NOT_RUN, MIXED = "holds", "does not hold", "not run", "mixed"
 OVERALL_RULES = ("every_seed", "majority")
 COLUMNS = ["claim", "paper", "measured", "runs", "threshold", "verdict"]
+# The claim groups (config ``claims.<group>``: the runs a claim reads), declared once: ``claims_table`` reads them,
+# and the ``claims`` section of the workflow's config (zigzag.configcheck.load_schema) and its plan
+# (zigzag.pipeline.claim_groups) come from them.
+GROUPS = {
+    "cnn": "CNN lr 0.1 (smooth then zigzag)",
+    "resnet": "ResNet lr 0.1 (zigzag then smooth)",
+    "sign_flips": "further runs whose zigzag sign flips count",
+    "small_lr": "runs at a small lr that zigzag all the same",
+    "loss_share": "runs whose zigzag share of the loss decrease counts",
+    "batch_sizes": "SGD runs at several batch sizes (similar mean_mu curves)",
+    "gawu": "the GAWU run (Table 1)",
+    "wu": "the warm-up runs GAWU is compared with (Table 1)",
+    "sharpness": "runs recording sharpness (zigzag onset at the edge of stability)",
+}
 # The thresholds ``claims_table`` needs, declared once: the check below and the ``claims.thresholds`` section of
 # the workflow's config (zigzag.configcheck.load_schema) come from them. Every one is a finite number.
 THRESHOLDS = {
@@ -264,6 +278,9 @@ def claims_table(groups: dict[str, list[list[tuple[str, str, str] | None]]], thr
         raise ZigzagError(f"claims: invalid overall rule {overall!r}; must be one of {', '.join(OVERALL_RULES)}")
     if not seeds:
         raise ZigzagError("claims: no seeds given; name at least one")
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise ZigzagError(f"claims: unknown group(s) {', '.join(unknown)}; valid: {', '.join(GROUPS)}")
     check_thresholds(thresholds)
 
     def load(entry):

@@ -16,7 +16,7 @@ import re
 import sys
 import tempfile
 
-from zigzag.analysisconfig import AnalysisSettings
+from zigzag.analysisconfig import AnalysisConfig
 from zigzag.errors import Interrupted, ZigzagError
 from zigzag.settings import MAX_SEED, add_flags, specs
 
@@ -58,7 +58,8 @@ def _train(args) -> int:
     _set_threads(args.threads)
 
     from zigzag import gpulease, store
-    from zigzag.trainer import Trainer, check_run_paths
+    from zigzag.checkpoints import check_run_paths
+    from zigzag.trainer import Trainer
 
     check_run_paths(args.out, [config.dataset, *([args.config] if args.config else [])])
     with store.output_lock(args.out):  # before the GPU lease: a second writer of this output stops at once
@@ -90,9 +91,9 @@ def _inspect(args) -> int:
 def _analyze(args) -> int:
     from zigzag import store
     from zigzag.analysis import analyze
-    from zigzag.analysisconfig import AnalysisSettings
+    from zigzag.analysisconfig import AnalysisConfig
 
-    settings = AnalysisSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisSettings)})
+    settings = AnalysisConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisConfig)})
     settings.validate()
     store.check_outputs([args.out], [args.trajectory])
     traj = store.read_trajectory(args.trajectory)
@@ -196,8 +197,9 @@ def _claims_spec(text: str) -> dict:
 
 def _table(args) -> int:
     from zigzag import store, tables
+    from zigzag.pipeline import TABLE_EXTS
 
-    outputs = [f"{args.out}.{ext}" for ext in ("csv", "md", "tex")]
+    outputs = [f"{args.out}.{ext}" for ext in TABLE_EXTS]
     if args.kind == "schedules":
         rows = [(label, files) for label, *files in args.row]
         store.check_outputs(outputs, [path for _, files in rows for path in files])
@@ -230,10 +232,13 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     parser = Parser(prog="zigzag", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from zigzag.data import SOURCES, TORCHVISION_SOURCES
+
     p = sub.add_parser("prepare", help="write a dataset cache (zigzag-dataset HDF5)")
-    p.add_argument("--dataset", required=True, help="mnist5k (embedded), mnist, cifar10 or svhn")
+    p.add_argument("--dataset", required=True,
+                   help="; ".join(f"{name} ({source.origin})" for name, source in SOURCES.items()))
     p.add_argument("--out", required=True)
-    p.add_argument("--data-root", help="folder with the torchvision files (mnist, cifar10, svhn)")
+    p.add_argument("--data-root", help=f"folder with the torchvision files ({', '.join(TORCHVISION_SOURCES)})")
     p.add_argument("--download", action="store_true", help="download through torchvision (needs internet)")
     p.add_argument("--train-size", type=int, help="stratified subset of the training split")
     p.add_argument("--seed", type=int, default=0,
@@ -257,7 +262,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="mean correlation, windows, phases from a trajectory (zigzag-analysis)")
     p.add_argument("trajectory")
     p.add_argument("--out", required=True)
-    add_flags(p, AnalysisSettings, defaults=True)
+    add_flags(p, AnalysisConfig, defaults=True)
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("figure", help="render one figure (PNG and PDF)")

@@ -4,7 +4,7 @@ A stage's modules are its subcommand's entry modules and everything they import 
 found in the sources (``stage_modules``), so a new module or import is covered without editing a list.
 Modules are dotted names resolved to files under the package folder (``module_file``), so a subpackage
 (``zigzag/sub/x.py``, and the ``__init__.py`` of each package above it) is covered like a top-level module.
-Sources are parsed, never imported. ``zigzag/trainer.py`` binds a checkpoint to the ``train`` hash; the
+Sources are parsed, never imported. ``zigzag/checkpoints.py`` binds a checkpoint to the ``train`` hash; the
 workflow's rules carry each stage's hash as a param (``zigzag/pipeline.py``).
 """
 

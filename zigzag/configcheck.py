@@ -15,9 +15,9 @@ from pathlib import Path
 
 import jsonschema
 
-from zigzag.analysisconfig import AnalysisSettings
+from zigzag.analysisconfig import AnalysisConfig
 from zigzag.errors import ZigzagError
-from zigzag.figurekinds import KINDS
+from zigzag.figurekinds import KINDS, figure_schemas
 from zigzag.pipeline import claim_groups, entry_references, planned_outputs, single_seed_settings
 from zigzag.settings import keys_schema
 
@@ -74,19 +74,32 @@ def check_unique_keys(path) -> None:
 
 
 def load_schema(schema_path: str | Path) -> dict:
-    """The config's JSON schema: the YAML file, with a ``runs`` entry's settings and the ``analysis``
-    section taken from their one declaration (``RunConfig``, ``AnalysisSettings``)."""
+    """The config's JSON schema: the YAML file, with what has one declaration in the code added: a ``runs`` entry's
+    settings (``RunConfig``), the ``analysis`` section (``AnalysisConfig``), the dataset sources (``data.SOURCES``),
+    each figure kind's fields (``figurekinds.figure_schemas``) and the claims' groups, rules and thresholds
+    (``claims.GROUPS``, ``OVERALL_RULES``, ``THRESHOLDS``)."""
     import yaml
 
-    from zigzag.claims import THRESHOLDS
+    from zigzag.claims import GROUPS, OVERALL_RULES, THRESHOLDS
+    from zigzag.data import SOURCES
     from zigzag.runconfig import RunConfig
 
     schema = yaml.safe_load(Path(schema_path).read_text())
     run, sections = RunConfig.json_schema(), schema["properties"]
     entry = sections["runs"]["additionalProperties"]  # holds what is not a run setting (seeds)
     entry.update(required=run["required"], properties={**run["properties"], **entry.get("properties", {})})
-    sections["analysis"].update(AnalysisSettings.json_schema(), default={})
-    sections["claims"]["properties"]["thresholds"]["properties"] = keys_schema(THRESHOLDS)
+    sections["analysis"].update(AnalysisConfig.json_schema(), default={})
+    dataset = sections["datasets"]["additionalProperties"]["properties"]
+    dataset["source"]["enum"] = list(SOURCES)
+    sizes = ", ".join(f"{name} {source.train_images}" for name, source in SOURCES.items())
+    dataset["train_size"].update(maximum=max(source.train_images for source in SOURCES.values()),
+                                 description=f"stratified training subset; at most the source's training images "
+                                             f"({sizes})")
+    sections["figures"]["additionalProperties"]["allOf"] = figure_schemas()
+    claims = sections["claims"]["properties"]
+    claims["overall"]["enum"] = list(OVERALL_RULES)
+    claims["thresholds"]["properties"] = keys_schema(THRESHOLDS)
+    claims.update({group: {"$ref": "#/$defs/run_names", "description": runs} for group, runs in GROUPS.items()})
     return schema
 
 
@@ -144,10 +157,10 @@ def _check_kinds(config: dict) -> None:
 
 def _check_datasets(config: dict) -> None:
     """A training subset no larger than its source's training split (known without reading it)."""
-    from zigzag.data import TRAIN_IMAGES
+    from zigzag.data import SOURCES
 
     for name, dataset in config["datasets"].items():
-        size, available = dataset["train_size"], TRAIN_IMAGES[dataset["source"]]
+        size, available = dataset["train_size"], SOURCES[dataset["source"]].train_images
         if size is not None and size > available:
             raise ZigzagError(f"datasets.{name}.train_size: {size} is not allowed; {dataset['source']} has "
                               f"{available} training images")
@@ -170,7 +183,7 @@ def _check_texts(config: dict) -> None:
 
 def _check_references(config: dict) -> None:
     try:
-        AnalysisSettings(**config["analysis"]).validate()
+        AnalysisConfig(**config["analysis"]).validate()
     except ZigzagError as err:
         raise ZigzagError(f"analysis: {err}") from None
     datasets, runs, h = config["datasets"], config["runs"], config["analysis"]["h"]

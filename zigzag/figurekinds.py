@@ -5,9 +5,9 @@ first seed, or every seed), which files of each job (trajectory and/or analysis)
 ``zigzag/figures.py`` draws it. From these follow the config's reference checks and the windows the
 analysis keeps (``zigzag/configcheck.py``, ``zigzag/pipeline.py``), the inputs and the command of each
 ``figure_<id>`` rule (``pipeline.figure_inputs``, ``pipeline.figure_command``), the ``zigzag figure``
-subcommands (``zigzag/cli.py``) and the dispatch to the renderer (``FigureKind.builder``, which
-``figures.render`` calls). The schema (``workflow/schemas/config.schema.yaml``, ``figures``) declares each
-kind's fields.
+subcommands (``zigzag/cli.py``), the dispatch to the renderer (``FigureKind.builder``, which
+``figures.render`` calls) and each kind's fields in the config's schema (``figure_schemas``, which
+``zigzag.configcheck.load_schema`` adds to the ``figures`` section).
 
 How an entry names its runs (``runs``), and what the renderer receives:
 
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from zigzag.settings import MAX_STEPS
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,36 @@ KINDS = {kind.name: kind for kind in (
     FigureKind("lag1", "correlation of adjacent gradients at every step, one line per curve",
                runs="curves", seeds="all", reads=("trajectory",), renderer="build_lag1_figure"),
 )}
-RUNS_FORMS = ("run", "panels", "curves")
+_STEP = {"type": "integer", "minimum": 0, "maximum": MAX_STEPS - 1}
+# The fields of an entry of each form (``FigureKind.runs``) besides kind and title, as JSON schema; a kind with
+# ``windows`` also takes ``steps``.
+FORM_FIELDS = {
+    "run": {"run": {"type": "string", "description": "a key of runs"}},
+    "panels": {"panels": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "additionalProperties": False, "required": ["run", "label"], "properties": {
+            "run": {"type": "string", "description": "a key of runs"},
+            "step": {"description": "first step of the window, or auto (default): the deepest zigzag window",
+                     "oneOf": [{"const": "auto"}, _STEP]},
+            "label": {"type": "string"}}}}},
+    "curves": {"curves": {"$ref": "#/$defs/labelled_runs"}},
+}
+WINDOWS_FIELD = {"steps": {
+    "description": "first steps of the h x h matrices, or auto (default): a smooth, the deepest zigzag and the last "
+                   "window, found from mean_mu (zigzag.analysis.auto_windows)",
+    "oneOf": [{"const": "auto"}, {"type": "array", "items": _STEP, "minItems": 1}]}}
+RUNS_FORMS = tuple(FORM_FIELDS)
+
+
+def figure_schemas() -> list[dict]:
+    """The fields of a ``figures`` entry of each kind, as the config schema's ``if kind ... then fields`` blocks:
+    one block per form (and ``windows``), naming its kinds."""
+    forms: dict[tuple[str, bool], list[str]] = {}
+    for kind in KINDS.values():
+        forms.setdefault((kind.runs, kind.windows), []).append(kind.name)
+    return [{"if": {"properties": {"kind": {"enum": names}}},
+             "then": {"required": [form], "additionalProperties": False, "properties": {
+                 "kind": {}, "title": {}, **FORM_FIELDS[form], **(WINDOWS_FIELD if windows else {})}}}
+            for (form, windows), names in forms.items()]
 
 
 def kind_of(spec: dict) -> FigureKind:

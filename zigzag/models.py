@@ -154,3 +154,11 @@ def build_model(
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters (entries of tensors with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def batch_norm_semantics(model: nn.Module, micro_batch: int) -> str:
+    """What g_k is for this model, in words: the one-giant-batch gradient, or one over ghost batches."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return "no batch normalisation: g_k equals the one-giant-batch gradient"
+    return (f"ghost batches: BatchNorm in train mode normalises each micro-batch of {micro_batch} by its own "
+            f"statistics; running statistics updated once per micro-batch")

@@ -2,11 +2,13 @@
 
 ``zigzag/configcheck.py`` checks the config first. The functions below turn it into plain-typed rule
 inputs and params (dicts as sorted JSON, commands as strings), so that a changed setting re-runs exactly
-the stages that depend on it; the rules in ``workflow/rules/`` only call them. A config is data, never code:
-every command is built with ``shlex.join`` and the rules quote every path and value they add (``{output:q}``),
-so a shell takes each string of the config literally; ``planned_outputs`` lists every file the rules write
-(``configcheck`` keeps them inside ``results``). A job is one run on one
-seed (``instances``); figures are planned from their kind's declaration (``zigzag/figurekinds.py``).
+the stages that depend on it; the rules in ``workflow/rules/`` only call them. Every path pattern of the
+results is written once, in the file functions below: the rules take their outputs, logs and benchmarks from
+them and their commands name those outputs through Snakemake's ``{output}``; ``planned_outputs`` lists every
+file the rules write (``configcheck`` keeps them inside ``results``; a test checks a dry run plans exactly
+these). A config is data, never code: every command is built with ``shlex.join`` and the rules quote every
+path and value they add (``{output:q}``), so a shell takes each string of the config literally. A job is one
+run on one seed (``run_jobs``); figures are planned from their kind's declaration (``zigzag/figurekinds.py``).
 """
 
 from __future__ import annotations
@@ -15,37 +17,38 @@ import json
 import os
 import shlex
 
-from zigzag.analysisconfig import AnalysisSettings
+from zigzag.analysisconfig import AnalysisConfig
+from zigzag.estimate import run_work, train_images
 from zigzag.figurekinds import kind_of, labelled_runs, references
-
-CLAIM_SETTINGS = ("thresholds", "seeds", "overall")  # the keys of ``claims`` that are not run groups
 
 
 def claim_groups(config: dict) -> dict[str, list[str]]:
-    """Claim group -> the runs it reads."""
-    return {group: names for group, names in config["claims"].items() if group not in CLAIM_SETTINGS}
+    """Claim group -> the runs it reads, for the groups the config names (``zigzag.claims.GROUPS``)."""
+    from zigzag.claims import GROUPS  # imported here: importing the plan stays light
+
+    return {group: names for group, names in config["claims"].items() if group in GROUPS}
 
 
-def claim_seed_instances(config: dict, run: str) -> list[str]:
+def claim_seed_jobs(config: dict, run: str) -> list[str]:
     """The jobs of ``run`` that the claims read: one per seed of ``claims.seeds``, in that order."""
-    return [instance_name(config, run, seed) for seed in config["claims"]["seeds"]]
+    return [job_name(config, run, seed) for seed in config["claims"]["seeds"]]
 
 
 def claims_spec(config: dict) -> str:
     """What ``zigzag table claims --spec`` takes: thresholds, seeds, the overall rule and, per claim
     group, every run's jobs (one per claims seed) with their files."""
     claims = config["claims"]
-    groups = {group: [[[i, trajectory_file(config, i), analysis_file(config, i)]
-                       for i in claim_seed_instances(config, run)] for run in names]
+    groups = {group: [[[job, trajectory_file(config, job), analysis_file(config, job)]
+                       for job in claim_seed_jobs(config, run)] for run in names]
               for group, names in claim_groups(config).items()}
     return json.dumps({"thresholds": claims["thresholds"], "seeds": claims["seeds"], "overall": claims["overall"],
                        "groups": groups}, sort_keys=True)
 
 
-def claims_instances(config: dict) -> list[str]:
+def claims_jobs(config: dict) -> list[str]:
     """Every job the claims read, each once."""
-    return list(dict.fromkeys(i for names in claim_groups(config).values() for run in names
-                              for i in claim_seed_instances(config, run)))
+    return list(dict.fromkeys(job for names in claim_groups(config).values() for run in names
+                              for job in claim_seed_jobs(config, run)))
 
 
 def entry_references(section: str, where: str, spec: dict):
@@ -58,33 +61,33 @@ def entry_references(section: str, where: str, spec: dict):
 
 
 # ---------------------------------------------------------------------------------------------
-# Run instances: one training job per (run, seed).
+# Jobs: one training job per (run, seed), named by ``job_name``.
 
 
 def seeds(run: dict) -> list[int]:
     return list(run.get("seeds", [run["seed"]]))
 
 
-def instance_name(config: dict, run: str, seed: int) -> str:
+def job_name(config: dict, run: str, seed: int) -> str:
     """The job of ``run`` on ``seed``: the run's name for its own single seed, else ``<run>-seed<s>``."""
     spec = config["runs"][run]
     return run if "seeds" not in spec and seed == spec["seed"] else f"{run}-seed{seed}"
 
 
-def instances(config: dict, run: str) -> list[str]:
+def run_jobs(config: dict, run: str) -> list[str]:
     """Job names of a run (what its figures and tables read): the run's name, or ``<run>-seed<s>`` for
     each of several seeds."""
-    return [instance_name(config, run, s) for s in seeds(config["runs"][run])]
+    return [job_name(config, run, s) for s in seeds(config["runs"][run])]
 
 
-def all_instances(config: dict) -> dict[str, tuple[str, int]]:
+def all_jobs(config: dict) -> dict[str, tuple[str, int]]:
     """Every job name -> (run, seed): each run's own seeds, and the seeds of ``claims.seeds`` for the
     runs the claims read."""
-    jobs = {instance_name(config, run, seed): (run, seed)
+    jobs = {job_name(config, run, seed): (run, seed)
             for run in config["runs"] for seed in seeds(config["runs"][run])}
     for names in claim_groups(config).values():
         for run in names:
-            jobs.update({instance_name(config, run, seed): (run, seed) for seed in config["claims"]["seeds"]})
+            jobs.update({job_name(config, run, seed): (run, seed) for seed in config["claims"]["seeds"]})
     return jobs
 
 
@@ -96,33 +99,33 @@ def single_seed_settings(run: dict, seed: int, dataset_path: str) -> dict:
     return settings
 
 
-def run_settings(config: dict, instance: str, dataset_path: str) -> str:
+def run_settings(config: dict, job: str, dataset_path: str) -> str:
     """One job's training settings as sorted JSON (what ``zigzag train --settings`` takes)."""
-    run, seed = all_instances(config)[instance]
+    run, seed = all_jobs(config)[job]
     return json.dumps(single_seed_settings(config["runs"][run], seed, dataset_path), sort_keys=True)
 
 
-def run_of(config: dict, instance: str) -> str:
-    return all_instances(config)[instance][0]
+def run_of(config: dict, job: str) -> str:
+    return all_jobs(config)[job][0]
 
 
-def figure_instances(config: dict, spec: dict) -> list[str]:
+def figure_jobs(config: dict, spec: dict) -> list[str]:
     """The jobs a figure reads: the first or every seed of each run it names (its kind says which)."""
     first_only = kind_of(spec).seeds == "first"
     runs = sorted({run for _, run, _ in references("", spec)})
-    return [name for run in runs for name in instances(config, run)[: 1 if first_only else None]]
+    return [name for run in runs for name in run_jobs(config, run)[: 1 if first_only else None]]
 
 
-def table_instances(config: dict, spec: dict) -> list[str]:
+def table_jobs(config: dict, spec: dict) -> list[str]:
     """The jobs a table reads: every seed of each of its rows' runs."""
-    return [name for run in sorted({item["run"] for item in spec["rows"]}) for name in instances(config, run)]
+    return [name for run in sorted({item["run"] for item in spec["rows"]}) for name in run_jobs(config, run)]
 
 
-def run_windows(config: dict, instance: str) -> list[int | str]:
+def run_windows(config: dict, job: str) -> list[int | str]:
     """Every window step any figure draws from this job, "auto" first when one lets the analysis find them
     (the analysis keeps exactly these matrices)."""
-    run = run_of(config, instance)
-    if instance != instances(config, run)[0]:
+    run = run_of(config, job)
+    if job != run_jobs(config, run)[0]:
         return []
     wanted = {step for fid, fig in config["figures"].items()
               for _, r, step in references(fid, fig) if r == run and step is not None}
@@ -142,17 +145,17 @@ def dataset_args(config: dict, name: str) -> str:
     return shlex.join(args)
 
 
-def analysis_args(config: dict, instance: str) -> str:
+def analysis_args(config: dict, job: str) -> str:
     """``zigzag analyze`` flags of a job: the config's analysis settings and the windows its figures draw."""
-    windows = ",".join(map(str, run_windows(config, instance))) or "none"
-    return AnalysisSettings(**config["analysis"], windows=windows).args()
+    windows = ",".join(map(str, run_windows(config, job))) or "none"
+    return AnalysisConfig(**config["analysis"], windows=windows).args()
 
 
-def uses_gpu(config: dict, instance: str) -> int:
+def uses_gpu(config: dict, job: str) -> int:
     """1 when the job trains on CUDA (device cuda, or auto on a machine that has nvidia-smi)."""
     import shutil
 
-    device = config["runs"][run_of(config, instance)]["device"]
+    device = config["runs"][run_of(config, job)]["device"]
     return int(device == "cuda" or (device == "auto" and shutil.which("nvidia-smi") is not None))
 
 
@@ -164,17 +167,17 @@ def data_file(config: dict, dataset: str) -> str:
     return f"{config['results']}/data/{dataset}.h5"
 
 
-def dataset_file(config: dict, instance: str) -> str:
+def dataset_file(config: dict, job: str) -> str:
     """The dataset cache a job trains on."""
-    return data_file(config, config["runs"][run_of(config, instance)]["dataset"])
+    return data_file(config, config["runs"][run_of(config, job)]["dataset"])
 
 
-def trajectory_file(config: dict, instance: str) -> str:
-    return f"{config['results']}/runs/{instance}/trajectory.h5"
+def trajectory_file(config: dict, job: str) -> str:
+    return f"{config['results']}/runs/{job}/trajectory.h5"
 
 
-def analysis_file(config: dict, instance: str) -> str:
-    return f"{config['results']}/analysis/{instance}.h5"
+def analysis_file(config: dict, job: str) -> str:
+    return f"{config['results']}/analysis/{job}.h5"
 
 
 FILES = {"trajectory": trajectory_file, "analysis": analysis_file}  # what a figure kind reads -> its file
@@ -182,8 +185,12 @@ FILES = {"trajectory": trajectory_file, "analysis": analysis_file}  # what a fig
 
 def figure_inputs(config: dict, spec: dict) -> dict[str, list[str]]:
     """The files a figure reads (named inputs ``trajectory``, ``analysis``): those its kind reads, of each job."""
-    jobs = figure_instances(config, spec)
-    return {name: [FILES[name](config, i) for i in jobs] for name in kind_of(spec).reads}
+    jobs = figure_jobs(config, spec)
+    return {name: [FILES[name](config, job) for job in jobs] for name in kind_of(spec).reads}
+
+
+FIGURE_EXTS = ("png", "pdf")  # the files of one figure (``zigzag figure --png --pdf``)
+TABLE_EXTS = ("csv", "md", "tex")  # the files of one table (``zigzag table --out PREFIX`` writes PREFIX.<ext>)
 
 
 def figure_file(config: dict, fid: str, ext: str) -> str:
@@ -191,8 +198,12 @@ def figure_file(config: dict, fid: str, ext: str) -> str:
 
 
 def table_file(config: dict, tid: str, ext: str) -> str:
-    """A table's file; ``ext`` "" gives the stem ``zigzag table --out`` takes."""
-    return f"{config['results']}/tables/{tid}" + (f".{ext}" if ext else "")
+    return f"{config['results']}/tables/{tid}.{ext}"
+
+
+def table_prefix(csv: str) -> str:
+    """What ``zigzag table --out`` takes, from the table's CSV output: its path without ``.csv``."""
+    return csv.removesuffix(".csv")
 
 
 def log_file(config: dict, stage: str, name: str) -> str:
@@ -208,27 +219,25 @@ def gpu_locks_folder(config: dict) -> str:
     return f"{config['results']}/gpu-locks"
 
 
-TABLE_EXTS = ("csv", "md", "tex")
-
-
 def planned_outputs(config: dict) -> list[str]:
     """Every file and folder the rules write, for the config as the workflow runs it (with its sharpness
     figures): what ``configcheck`` keeps inside ``results``."""
     paths = [gpu_locks_folder(config)]
     for name in config["datasets"]:
         paths += [data_file(config, name), log_file(config, "prepare_dataset", name)]
-    for job in all_instances(config):
+    for job in all_jobs(config):
         paths += [trajectory_file(config, job), log_file(config, "train", job), benchmark_file(config, job),
                   analysis_file(config, job), log_file(config, "analyze", job)]
     for fid in config["figures"]:
-        paths += [figure_file(config, fid, "png"), figure_file(config, fid, "pdf"), log_file(config, "figures", fid)]
+        paths += [figure_file(config, fid, ext) for ext in FIGURE_EXTS] + [log_file(config, "figures", fid)]
     for tid in [*config["tables"], "claims"]:
         paths += [table_file(config, tid, ext) for ext in TABLE_EXTS] + [log_file(config, "tables", tid)]
     return paths
 
 
-def figure_command(config: dict, fid: str, spec: dict) -> str:
-    """The ``zigzag figure`` arguments of one figure (a plain string: a change re-runs the rule)."""
+def figure_command(config: dict, spec: dict) -> str:
+    """The ``zigzag figure`` arguments of one figure but its outputs (``--png``, ``--pdf``: the rule's
+    ``{output}``); a plain string: a change re-runs the rule."""
     kind = kind_of(spec)
 
     def files(job: str) -> list[str]:
@@ -236,30 +245,30 @@ def figure_command(config: dict, fid: str, spec: dict) -> str:
 
     args = [kind.command]
     if kind.seeds == "first" and kind.runs == "run":
-        first = instances(config, spec["run"])[0]
+        first = run_jobs(config, spec["run"])[0]
         for name in kind.reads:
             args += [f"--{name}", FILES[name](config, first)]
     elif kind.runs == "panels":
         for panel in spec["panels"]:
-            args += ["--panel", *files(instances(config, panel["run"])[0]), panel["label"],
+            args += ["--panel", *files(run_jobs(config, panel["run"])[0]), panel["label"],
                      str(panel.get("step", "auto"))]
     else:
         for item in labelled_runs(spec):
-            args += ["--curve", item["label"], *(f for i in instances(config, item["run"]) for f in files(i))]
+            args += ["--curve", item["label"], *(f for job in run_jobs(config, item["run"]) for f in files(job))]
     args += ["--title", spec["title"]]
-    args += [token for ext in ("png", "pdf") for token in (f"--{ext}", figure_file(config, fid, ext))]
     if kind.windows:
         steps = spec.get("steps", "auto")
         args += ["--steps", steps if steps == "auto" else ",".join(map(str, steps))]
     return shlex.join(args)
 
 
-def table_command(config: dict, tid: str, spec: dict) -> str:
-    """The ``zigzag table`` arguments of one table: a row per label with one trajectory per seed."""
+def table_command(config: dict, spec: dict) -> str:
+    """The ``zigzag table`` arguments of one table but its output prefix (``--out``, from the rule's
+    ``{output}``): a row per label with one trajectory per seed."""
     args = [spec["kind"]]
     for item in spec["rows"]:
-        args += ["--row", item["label"], *(trajectory_file(config, i) for i in instances(config, item["run"]))]
-    return shlex.join([*args, "--caption", spec["caption"], "--out", table_file(config, tid, "")])
+        args += ["--row", item["label"], *(trajectory_file(config, job) for job in run_jobs(config, item["run"]))]
+    return shlex.join([*args, "--caption", spec["caption"]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,62 +282,39 @@ HVP_GRADIENTS = 4.5  # gradient passes per Hessian-vector product (measured: 4.6
 HVPS_PER_SOLVE = 10  # Hessian-vector products of a typical warm-started sharpness solve
 
 
-def train_images(config: dict, dataset: str) -> int:
-    """The training images of a dataset of the config: its subset, else its source's training split."""
-    from zigzag.data import TRAIN_IMAGES
-
-    spec = config["datasets"][dataset]
-    return spec["train_size"] or TRAIN_IMAGES[spec["source"]]
-
-
-def sharpness_solves(run: dict, steps: int) -> int:
-    """How many sharpness solves a run of ``steps`` steps makes (its ``sharpness.every``)."""
-    from zigzag.settings import parse_step_selection
-
-    selection = parse_step_selection(run["sharpness"].get("every", "none"), steps, "sharpness.every")
-    if selection is None:
-        return 0
-    return len(range(0, steps, selection)) if isinstance(selection, int) else len(selection)
-
-
-def job_cost(config: dict, instance: str) -> float:
+def job_cost(config: dict, job: str) -> float:
     """A training job's expected cost, in 10^9 multiply-adds, from its settings: the images its steps take
-    gradients of, plus its sharpness solves' Hessian-vector products, times the model's cost per image.
-    Evaluations (a forward pass of the test set every ``eval_every`` steps) are left out."""
-    run = config["runs"][run_of(config, instance)]
-    images = train_images(config, run["dataset"])
-    if run["optimizer"] == "sgd":
-        steps, per_step = run["epochs"] * (images // run["batch_size"]), run["batch_size"]
-    else:
-        steps, per_step = run["steps"], images
-    subset = run["sharpness"].get("subset") or images
-    gradients = steps * per_step + sharpness_solves(run, steps) * HVPS_PER_SOLVE * HVP_GRADIENTS * subset
+    gradients of, plus its sharpness solves' Hessian-vector products, times the model's cost per image
+    (``estimate.run_work``). Evaluations (a forward pass of the test set every ``eval_every`` steps) are left out."""
+    run = config["runs"][run_of(config, job)]
+    work = run_work(run, train_images(config, run["dataset"]))
+    gradients = work.images + work.solves * HVPS_PER_SOLVE * HVP_GRADIENTS * work.subset
     return gradients * GRADIENT_FORWARDS * MODEL_MMACS[run["model"]] * run["width"] ** 2 / 1e3
 
 
 def quickest_figure(config: dict) -> str:
     """The figure whose jobs cost least to train (the first in the config among equals)."""
     return min(config["figures"],
-               key=lambda fid: sum(job_cost(config, i) for i in figure_instances(config, config["figures"][fid])))
+               key=lambda fid: sum(job_cost(config, job) for job in figure_jobs(config, config["figures"][fid])))
 
 
 def train_priorities(config: dict) -> dict[str, int]:
     """Job -> its training job's Snakemake priority (higher starts first among ready jobs): the quickest
     figure's jobs first, then the others longest first, so that at the end only short jobs remain to share
     the cores; ``finishing_priority`` is above them all."""
-    first = set(figure_instances(config, config["figures"][quickest_figure(config)]))
-    by_cost = sorted(all_instances(config), key=lambda i: (i not in first, -job_cost(config, i), i))
+    first = set(figure_jobs(config, config["figures"][quickest_figure(config)]))
+    by_cost = sorted(all_jobs(config), key=lambda job: (job not in first, -job_cost(config, job), job))
     return {job: len(by_cost) - rank for rank, job in enumerate(by_cost)}
 
 
-def train_priority(config: dict, instance: str) -> int:
-    return train_priorities(config)[instance]
+def train_priority(config: dict, job: str) -> int:
+    return train_priorities(config)[job]
 
 
 def finishing_priority(config: dict) -> int:
     """The priority of analyses and figures: above every training job, so a finished run becomes its figures
     before the next training job takes the core (they take seconds)."""
-    return len(all_instances(config)) + 1
+    return len(all_jobs(config)) + 1
 
 
 def usable_cpus() -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from zigzag.errors import ZigzagError
 from zigzag.models import MODELS
 from zigzag.precision import PRECISIONS
-from zigzag.schedules import GROWTHS
+from zigzag.scheduleconfig import SCHEDULE, SCHEDULE_KEYS, schedule_setting
 from zigzag.settings import MAX_SEED, MAX_STEPS, Spec, json_schema, parse_step_selection, setting, specs
 from zigzag.sharpness import MAX_ITER, NCV_COLD, NCV_WARM, REFINE_EVERY, REFINE_FROM, REFINE_UNTIL, TOL
 
@@ -16,7 +16,6 @@ OPTIMIZERS = ("gd", "sgd")
 RAW_DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "gzip", "lzf")
 DEVICES = ("auto", "cpu", "cuda")
-SCHEDULES = ("constant", "warmup_cosine", "gawu")
 # Wider than this no machine holds a model: even the cnn has 7.7e10 parameters at width 1024 (over 4 TB with its
 # gradient and lag ring; VGG-16 and the ResNets 30 times more). Below it the trainer estimates what the model and
 # its lag ring need and compares that with the device's available memory before allocating anything.
@@ -45,24 +44,6 @@ SHARPNESS = {
     "ncv": Spec(f"Lanczos basis size, products per cycle (default {NCV_COLD} for the first solve, {NCV_WARM} for "
                 "the next, warm-started ones)", "int", None, low=3, fill=False),
 }
-# The keys of a run's ``schedule`` mapping, and which of them each kind takes.
-SCHEDULE = {
-    "kind": Spec("constant lr, warm-up then cosine decay at a fixed change point, or GAWU", "str", "constant",
-                 choices=SCHEDULES),
-    "eta0": Spec("initial warm-up lr (scaled by the linear scaling rule)", "float", None, low=0, low_open=True,
-                 fill=False),
-    "omega": Spec("warm-up rate: eta_u = exp(omega u) eta_(u-1) (growth paper) or exp(omega) eta_(u-1) "
-                  "(growth constant)", "float", None, low=0, low_open=True, fill=False),
-    "growth": Spec("warm-up rule: paper (Section 5.2: eta_u = eta0 exp(omega u (u+1) / 2)) or constant "
-                   "(eta0 exp(omega u))", "str", "paper", choices=GROWTHS, fill=False),
-    "change_point": Spec("warmup_cosine: unit t where the cosine decay starts", "int", None, low=0, fill=False),
-    "unit": Spec("what a schedule step is", "str", "epoch", choices=("epoch", "iteration"), fill=False),
-    "h": Spec("gawu: window of the online mean correlation", "int", 5, low=2, fill=False),
-    "max_warmup": Spec("gawu: start the decay here at the latest", "int", None, low=0, fill=False),
-}
-SCHEDULE_KEYS = {"constant": {"kind"},
-                 "warmup_cosine": {"kind", "eta0", "omega", "change_point", "unit", "growth"},
-                 "gawu": {"kind", "eta0", "omega", "unit", "h", "max_warmup", "growth"}}
 
 
 @dataclass
@@ -126,14 +107,14 @@ class RunConfig:
             if name in values and spec.type != "steps" and values[name] is not None:
                 spec.check(name, values[name])
         schedule = values.get("schedule") or {}
-        needed = ["dataset", "model"] + (["lr"] if schedule.get("kind", "constant") == "constant" else [])
+        needed = ["dataset", "model"] + (["lr"] if schedule_setting(schedule, "kind") == "constant" else [])
         needed += ["epochs", "batch_size"] if values.get("optimizer") == "sgd" else ["steps"]
         missing = [name for name in needed if values.get(name) is None]
         if missing:
             optimizer = values.get("optimizer", "gd")
             raise ZigzagError(f"missing run setting(s) {', '.join(missing)} (optimizer {optimizer}"
                               f"{', constant lr' if 'lr' in missing else ''})")
-        if schedule.get("kind", "constant") != "constant" and "growth" not in schedule:
+        if schedule_setting(schedule, "kind") != "constant" and "growth" not in schedule:
             values = {**values, "schedule": {**schedule, "growth": "paper"}}  # recorded: the default spelt out
         config = cls(**values)
         config.validate()
@@ -161,7 +142,7 @@ class RunConfig:
 
         for name, spec in specs(type(self)).items():
             spec.check(name, getattr(self, name))
-        constant = self.schedule.get("kind", "constant") == "constant"
+        constant = self.schedule_setting("kind") == "constant"
         if constant and not self.lr > 0:
             bad("lr", self.lr, "a number > 0")
         if self.optimizer == "gd" and self.steps < 1:
@@ -207,7 +188,7 @@ class RunConfig:
 
     def schedule_setting(self, key: str):
         """``schedule.<key>`` as given, else its declared default."""
-        return self.schedule.get(key, SCHEDULE[key].default)
+        return schedule_setting(self.schedule, key)
 
     @property
     def has_batch_norm(self) -> bool:
@@ -216,7 +197,7 @@ class RunConfig:
 
     def _validate_schedule(self) -> None:
         s = self.schedule
-        kind = s.get("kind", "constant")
+        kind = schedule_setting(s, "kind")
         SCHEDULE["kind"].check("schedule.kind", kind)
         unknown = sorted(set(s) - SCHEDULE_KEYS[kind])
         if unknown:

@@ -52,10 +52,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from zigzag.errors import ZigzagError
+from zigzag.scheduleconfig import GROWTHS, WINDOW_H, gawu_switches
 
 __all__ = ["GAWU", "GROWTHS", "GradientCorrelationMonitor", "WarmupCosine"]
-
-GROWTHS = ("paper", "constant")  # warm-up exponent e(u): u (u + 1) / 2, or u
 
 
 def _check_positive(owner: str, name: str, value: Any) -> float:
@@ -153,7 +152,7 @@ class GradientCorrelationMonitor:
     ``h - 1`` cosines. A parameter whose ``.grad`` is None counts as zeros.
     """
 
-    def __init__(self, h: int = 5) -> None:
+    def __init__(self, h: int = WINDOW_H) -> None:
         self.h = _check_int("GradientCorrelationMonitor", "h", h, 2)
         self._previous: torch.Tensor | None = None
         self._previous_sqnorm = math.nan
@@ -211,7 +210,8 @@ class GAWU(LRScheduler):
     Per unit ``u``: feed the gradient with ``observe(...)`` (or update your own ``monitor``), then
     ``step()``. ``step()`` reads ``m_u = monitor.mean_correlation`` and sets ``change_point = u`` at
     the first unit ``u < total`` with ``m_u < 0`` after some earlier ``m_j > 0`` (NaN and exact 0
-    neither arm nor trigger; negative values before any positive one do not switch). Unit ``u``
+    neither arm nor trigger; negative values before any positive one do not switch;
+    ``zigzag.scheduleconfig.gawu_switches``, which the analysis applies too). Unit ``u``
     already ran at the warm-up lr ``w(u)``, which is the peak of the decay, so every lr equals
     ``WarmupCosine(change_point=u, growth=growth)`` and the decay spans the remaining ``total - u`` units.
     If never detected, the warm-up continues to ``total - 1`` (``change_point`` stays None) unless
@@ -228,7 +228,7 @@ class GAWU(LRScheduler):
         eta0: float,
         omega: float,
         total: int,
-        h: int = 5,
+        h: int = WINDOW_H,
         monitor: GradientCorrelationMonitor | None = None,
         max_warmup: int | None = None,
         growth: str = "paper",
@@ -258,10 +258,9 @@ class GAWU(LRScheduler):
     def step(self) -> None:  # type: ignore[override]
         u = self.last_epoch  # the unit that just ran (-1 during construction)
         if self.change_point is None and 0 <= u < self.total:
-            m = self.monitor.mean_correlation
-            if m > 0:
-                self._seen_positive = True
-            if (m < 0 and self._seen_positive) or u == self.max_warmup:
+            switch, self._seen_positive = gawu_switches(self.monitor.mean_correlation, self._seen_positive, u,
+                                                        self.max_warmup)
+            if switch:
                 self.change_point = u
         super().step()
 

@@ -1,7 +1,7 @@
 """Settings declared once: each is a ``Spec`` (help, type, choices, bounds, default) from which come its
 command-line flag, its check and its part of the workflow config's JSON schema.
 
-A dataclass of settings (``RunConfig``, ``AnalysisSettings``) carries one ``Spec`` per field in the field's
+A dataclass of settings (``RunConfig``, ``AnalysisConfig``) carries one ``Spec`` per field in the field's
 metadata (``setting``); a mapping setting (a run's ``sharpness``, ``schedule``) carries the ``Spec`` of
 each of its keys. Adding a setting is one ``setting(...)`` line plus the code that uses it.
 """

@@ -31,12 +31,16 @@ a grid, refined where the sharpness nears 2/lr. The defaults below are the run s
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zigzag.errors import ZigzagError
+from zigzag.settings import parse_step_selection
 
 TOL = 1e-3  # relative residual |H v - lambda v| / lambda at which a solve stops: lambda within 0.1 % of an eigenvalue
 MAX_ITER = 100  # cycles of ncv basis vectors at most
@@ -300,3 +304,57 @@ def gradient_eigenvector_cosine(grad: torch.Tensor, eigvec: torch.Tensor) -> flo
     if denominator == 0.0:
         return float("nan")
     return abs((g @ v).item()) / denominator
+
+
+class SharpnessTracker:
+    """lambda_max at the steps a run's ``sharpness`` settings select (``SolveSteps``), on a fixed seeded
+    subset of the training set (in its order, so its micro-batches stay the same), each solve warm-started
+    from the last eigenvector."""
+
+    def __init__(self, config, train_x: torch.Tensor, train_y: torch.Tensor, total_steps: int, name: str = ""):
+        """``config``: a ``zigzag.runconfig.RunConfig``; ``name``: the run, for its warnings."""
+        self.name, self.setting = name, config.sharpness_setting
+        self.micro_batch, self.seed = config.micro_batch, config.seed
+        self.steps = SolveSteps(parse_step_selection(self.setting("every"), total_steps, "sharpness.every"),
+                                *(self.setting(f"refine_{key}") for key in ("every", "from", "until")))
+        n = len(train_x)
+        subset = self.setting("subset") or n
+        if subset > n:
+            raise ZigzagError(f"invalid sharpness.subset={subset}: larger than the training set ({n})")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:subset].sort().values
+        self.x, self.y = train_x[order.to(train_x.device)], train_y[order.to(train_x.device)]
+        self.eigenvector: torch.Tensor | None = None  # the warm start of the next solve
+
+    @property
+    def enabled(self) -> bool:
+        return self.steps.selection is not None
+
+    def due(self, k: int) -> bool:
+        return self.steps.due(k)
+
+    def measure(self, model: nn.Module, k: int, lr: float, grad: torch.Tensor) -> dict:
+        """The sharpness row of step k at theta_k (learning rate ``lr``, gradient ``grad`` = g_k)."""
+        pair = top_eigenpair(model, self.x, self.y, self.micro_batch, v0=self.eigenvector, tol=self.setting("tol"),
+                             max_iter=self.setting("max_iter"), ncv=self.setting("ncv"), seed=self.seed)
+        self.eigenvector = pair.eigenvector
+        self.steps.record(k, pair.eigenvalue, lr)
+        if not pair.converged:
+            print(f"warning: {self.name}: the Lanczos solve at step {k} stopped after "
+                  f"max_iter={self.setting('max_iter')} cycles short of tol={self.setting('tol')}; its sharpness "
+                  f"{pair.eigenvalue:.6g} is a lower bound (sharpness_converged 0)", file=sys.stderr)
+        return {"sharpness": pair.eigenvalue, "sharpness_hvps": pair.n_hvp,
+                "sharpness_converged": float(pair.converged), "sharpness_residual": pair.residual,
+                "grad_eigvec_cosine": gradient_eigenvector_cosine(grad, pair.eigenvector)}
+
+    def attrs(self) -> dict:
+        """The sample the sharpness is taken on and the batches its loss is split into (none: no sharpness)."""
+        if not self.enabled:
+            return {}
+        return {"sharpness_subset": len(self.x), "sharpness_batch": min(self.micro_batch, len(self.x))}
+
+    def state_dict(self) -> dict:
+        return {"eigenvector": self.eigenvector, "steps": self.steps.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.eigenvector = state["eigenvector"]
+        self.steps.load_state_dict(state["steps"])

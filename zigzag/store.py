@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from zigzag.errors import ZigzagError
+from zigzag.scheduleconfig import schedule_setting
 
 FORMAT_VERSION = 2  # 2: the change point is ``change_point_step`` and ``change_point_epoch`` (1: ``change_point``)
 DATASET = "zigzag-dataset"
@@ -689,7 +690,7 @@ def schedule_change_point(traj: Trajectory) -> int | None:
     """The schedule's change point t in its own unit (``schedule.unit``: epoch or iteration = step), None if
     none: from the trajectory's ``change_point_epoch`` / ``change_point_step`` (format_version 1 stored it
     in schedule units as ``change_point``)."""
-    unit = (traj.config.get("schedule") or {}).get("unit", "epoch")
+    unit = schedule_setting(traj.config.get("schedule"), "unit")
     key = "change_point_epoch" if unit == "epoch" else "change_point_step"
     return _none_if_negative(traj.attrs.get(key, traj.attrs.get("change_point", -1)))
 

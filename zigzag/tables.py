@@ -18,6 +18,7 @@ import pandas as pd
 
 from zigzag import store
 from zigzag.errors import ZigzagError
+from zigzag.scheduleconfig import schedule_setting
 
 SCHEDULE, SEEDS, CHANGE_POINT = "schedule", "seeds", "change point t"
 MEAN, SD, ACCURACY, NOTE = "test accuracy mean (%)", "test accuracy sd (%)", "test accuracy (%)", "note"
@@ -38,7 +39,7 @@ def final_test_accuracy(traj: store.Trajectory) -> float:
 def _change_points(trajs: list[store.Trajectory]) -> str:
     """GAWU: the detected t of every seed ("10, 11, 11"); WU: its t; "-" where there is none."""
     schedule = trajs[0].config.get("schedule") or {}
-    suffix = " (iterations)" if schedule.get("unit", "epoch") == "iteration" else ""
+    suffix = " (iterations)" if schedule_setting(schedule, "unit") == "iteration" else ""
     ts = [store.schedule_change_point(t) for t in trajs]
     if schedule.get("kind") != "gawu":
         ts = sorted(set(ts), key=lambda t: -1 if t is None else t)

@@ -22,7 +22,7 @@ configcheck.add_sharpness_figures(config)
 if workflow.nodes is None and "train_cpus" not in workflow.global_resources:
     workflow.register_resource("train_cpus", pipeline.usable_cpus())
 
-JOBS = pipeline.all_instances(config)  # job name -> (run, seed): one training job each
+JOBS = pipeline.all_jobs(config)  # job name -> (run, seed): one training job each
 
 # `zigzag` in a rule's shell command: the package's command line, run by the interpreter that runs
 # Snakemake (a shell function, so neither a param nor the command text names the interpreter's path).

@@ -24,11 +24,11 @@ for fid, spec in config["figures"].items():
         params:
             spec=lambda w, spec=spec: json.dumps(spec, sort_keys=True),
             code=codehash.code_hash("figures"),
-            command=lambda w, fid=fid, spec=spec: pipeline.figure_command(config, fid, spec),
+            command=lambda w, spec=spec: pipeline.figure_command(config, spec),
         shell:
-            "zigzag figure {params.command} > {log:q} 2>&1"
+            "zigzag figure {params.command} --png {output.png:q} --pdf {output.pdf:q} > {log:q} 2>&1"
 
 
 rule all_figures:
     input:
-        [pipeline.figure_file(config, fid, ext) for fid in config["figures"] for ext in ("png", "pdf")],
+        [pipeline.figure_file(config, fid, ext) for fid in config["figures"] for ext in pipeline.FIGURE_EXTS],

@@ -8,7 +8,7 @@ for tid, spec in config["tables"].items():
         name:
             f"table_{tid}"
         input:
-            [pipeline.trajectory_file(config, i) for i in pipeline.table_instances(config, spec)],
+            [pipeline.trajectory_file(config, job) for job in pipeline.table_jobs(config, spec)],
         output:
             csv=report(pipeline.table_file(config, tid, "csv"), caption="../report/table.rst", category="Tables"),
             md=pipeline.table_file(config, tid, "md"),
@@ -18,9 +18,10 @@ for tid, spec in config["tables"].items():
         params:
             spec=lambda w, spec=spec: json.dumps(spec, sort_keys=True),
             code=codehash.code_hash("tables"),
-            command=lambda w, tid=tid, spec=spec: pipeline.table_command(config, tid, spec),
+            command=lambda w, spec=spec: pipeline.table_command(config, spec),
+            out=lambda w, output: pipeline.table_prefix(output.csv),
         shell:
-            "zigzag table {params.command} > {log:q} 2>&1"
+            "zigzag table {params.command} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule all_tables:

@@ -22,6 +22,7 @@ rule train:
         gpu=lambda w: pipeline.uses_gpu(config, w.job),
         train_cpus=lambda w, threads: threads,
     params:
+        # Not a function of input: Snakemake compares only the params that take neither input nor output.
         settings=lambda w: pipeline.run_settings(config, w.job, pipeline.dataset_file(config, w.job)),
         code=codehash.code_hash("train"),
         gpu_locks=pipeline.gpu_locks_folder(config),

@@ -1,0 +1,106 @@
+"""The training device: choosing it, putting the dataset on it, and checking that a run fits in its memory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from zigzag import store
+from zigzag.errors import ZigzagError
+from zigzag.models import build_model, count_parameters
+from zigzag.runconfig import RunConfig
+from zigzag.sharpness import NCV_COLD
+
+
+@dataclass
+class DeviceData:
+    """Normalised float32 images and int64 labels, resident on the training device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    dataset_config: dict
+
+
+def resolve_device(name: str, gpu: int | None = None) -> torch.device:
+    """The training device; on CUDA, pinned to GPU ``gpu`` when a lease chose one (zigzag/gpulease.py)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ZigzagError("device=cuda but no CUDA GPU is visible; use device auto or cpu")
+    if name == "cuda" and gpu is not None:
+        torch.cuda.set_device(gpu)
+        return torch.device("cuda", gpu)
+    return torch.device(name)
+
+
+def load_data(path: str, device: torch.device, channels_last: bool = False) -> DeviceData:
+    """The prepared dataset at ``path`` on ``device``: images as (x / 255 - mean) / std per channel, in
+    channels_last memory layout if asked (the values and shapes are the same)."""
+    arrays = store.read_dataset(path)
+    mean = torch.tensor(arrays.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(arrays.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+
+    def images(a: np.ndarray) -> torch.Tensor:
+        return ((torch.from_numpy(a).to(device).float().div_(255.0) - mean) / std).contiguous(memory_format=layout)
+
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(device)
+
+    return DeviceData(images(arrays.train_images), labels(arrays.train_labels),
+                      images(arrays.test_images), labels(arrays.test_labels),
+                      arrays.num_classes, arrays.config)
+
+
+def available_memory() -> int:
+    """Bytes of RAM the kernel can hand out without swapping (MemAvailable), else the free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(config: RunConfig, n_params: int, device: torch.device, failed: bool = False) -> None:
+    """One line, before anything is allocated, if the model and its lag ring cannot fit in the device's
+    available memory (or, ``failed``, because an allocation failed).
+
+    Per parameter a run keeps at least, in float32, the parameter, its gradient, the momentum buffer and the
+    lag ring's lags + 1 gradients with their int8 signs, and the Lanczos basis in float64 when sharpness is
+    recorded; activations come on top.
+    """
+    per_param = 4 * (2 + (config.momentum > 0)) + (config.lags + 1) * (4 + 1)
+    if config.sharpness_setting("every") != "none":
+        per_param += 8 * ((config.sharpness_setting("ncv") or NCV_COLD) + 1)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    if n_params * per_param > free or failed:
+        need = n_params * per_param / 2**30
+        available = f"{free / 2**30:,.1f} GiB available"
+        raise ZigzagError(f"invalid width={config.width:g} or lags={config.lags}: the {config.model} at width "
+                          f"{config.width:g} has {n_params:,} parameters; with its gradient and a lag ring of lags + 1 "
+                          f"= {config.lags + 1} gradients it needs {need:,.1f} GiB, but {device.type} "
+                          + (f"could not allocate it ({available})" if failed else f"has {available}")
+                          + "; lower width or lags")
+
+
+def build_on_device(config: RunConfig, data: DeviceData, device: torch.device, channels_last: bool) -> nn.Module:
+    """The run's model for ``data``, initialised from ``config.seed``, on ``device`` in train mode, once
+    ``check_memory`` says it fits; on a CPU with ``channels_last`` its weights in that layout (the gradient
+    views the recorder makes keep the default one)."""
+    shape = data.train_x.shape
+    args = dict(width=config.width, in_channels=shape[1], image_size=shape[2], num_classes=data.num_classes,
+                batch_norm=config.batch_norm)
+    with torch.device("meta"):  # shapes only: the parameters are counted before anything is allocated
+        check_memory(config, count_parameters(build_model(config.model, **args)), device)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, **args).to(device)
+    if channels_last and device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model.train()
