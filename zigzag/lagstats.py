@@ -26,6 +26,7 @@ of a single float32 product, with no float64 copy of the ring.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -170,12 +171,13 @@ class LagRing:
                 scratch = torch.abs(self.values[:, start:stop], out=self._abs[:, :stop - start])
                 torch.bmm(scratch.view(width, blocks, CHUNK).transpose(0, 1),
                           scratch[row].view(blocks, CHUNK, 1), out=abs_partials[out].unsqueeze(-1))
-        else:  # CPU: one matrix-vector product per block, straight into its row of partial sums
-            for i, start in enumerate(range(0, main, CHUNK)):
-                block = self.values[:, start:start + CHUNK]
-                torch.mv(block, grad[start:start + CHUNK], out=partials[i])
-                scratch = torch.abs(block, out=self._abs)
-                torch.mv(scratch, scratch[row], out=abs_partials[i])
+        else:  # CPU: per block, straight into its row of partial sums, on one thread (see ``_one_thread``)
+            with _one_thread():
+                for i, start in enumerate(range(0, main, CHUNK)):
+                    block = self.values[:, start:start + CHUNK]
+                    torch.mv(block, grad[start:start + CHUNK], out=partials[i])
+                    scratch = torch.abs(block, out=self._abs)
+                    torch.mv(scratch, scratch[row], out=abs_partials[i])
         if main < n:
             torch.mv(self.values[:, main:], grad[main:], out=partials[-1])
             scratch = torch.abs(self.values[:, main:], out=self._abs[:, :n - main])
@@ -190,3 +192,19 @@ class LagRing:
         self.signs.copy_(state["signs"])
         self.zeros = (self.signs == ZERO_CODE).sum(1).cpu()
         self.step = int(state["step"])
+
+
+@contextmanager
+def _one_thread():
+    """Run the block loop's small operations on one CPU thread. Each block's ops touch 9 x 16,384 entries that are
+    in cache: split over threads, every op ends in a barrier, and on a busy machine the threads wait for each
+    other at each of a ResNet-18's 682 blocks (measured: 13 times slower with 2 threads, BENCHMARKS.md)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
