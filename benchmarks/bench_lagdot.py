@@ -4,7 +4,9 @@ Compares, in one run on the same data (a ring of L + 1 rows correlated with g, a
 one float32 matrix-vector product (the old code), the whole ring converted to float64 chunk by chunk,
 and ``LagRing._dot64`` (float32 partial sums over blocks of ``CHUNK`` entries, added in float64).
 Prints milliseconds per product, the ratio to the float32 product, and the largest error relative to
-the float64 reference. Usage: python benchmarks/bench_lagdot.py [--params N] [--lags L] [--repeats R]
+the float64 reference. With ``--push``: the whole ``LagRing.push`` (three sign-flip counts) against the
+push that counted one (dot and opposite only, the code before), on the same ring, and the ratio new/old.
+Usage: python benchmarks/bench_lagdot.py [--params N] [--lags L] [--repeats R] [--push] [--threads T]
 """
 
 import argparse
@@ -12,7 +14,55 @@ import time
 
 import torch
 
-from zigzag.lagstats import LagRing
+from zigzag.lagstats import CHUNK, ZERO_CODE, LagRing
+
+
+def push_one_count(ring: LagRing, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``LagRing.push`` as it was with one sign-flip count: the float32 blocks of <g_j, g_k> and the opposite signs
+    of all entries (the ring's state advances the same way)."""
+    k, width = ring.step, ring.lags + 1
+    row = k % width
+    ring.values[row].copy_(grad)
+    code = torch.sign(grad, out=ring._sign).addcmul_(ring._sign, ring._sign, value=-ZERO_CODE).add_(ZERO_CODE)
+    ring.signs[row].copy_(code)
+    target = torch.neg(ring.signs[row], out=ring._target)
+    n, partials = grad.numel(), ring._partials
+    main = n - n % CHUNK
+    for i, start in enumerate(range(0, main, CHUNK)):
+        torch.mv(ring.values[:, start:start + CHUNK], grad[start:start + CHUNK], out=partials[i])
+    if main < n:
+        torch.mv(ring.values[:, main:], grad[main:], out=partials[-1])
+    ring_dot = partials.double().sum(0)
+    ring_opposite = torch.stack([torch.count_nonzero(torch.eq(ring.signs[i], target, out=ring._match))
+                                 for i in range(width)])
+    order = torch.tensor([(k - lag) % width for lag in range(width)])
+    ring.step = k + 1
+    return ring_dot[order], ring_opposite[order].double() / n
+
+
+def bench_push(args) -> None:
+    """Milliseconds per push, old (one count) and new (three), alternating on one ring of gradient-like vectors
+    with a quarter of exact zeros (as the CNN's), and the ratio new/old."""
+    torch.manual_seed(0)
+    common = torch.randn(args.params)
+    grads = []
+    for k in range(args.lags + 2):
+        g = (-1) ** k * 0.7 * common + 0.3 * torch.randn(args.params)
+        grads.append(g.masked_fill_(torch.rand(args.params) < 0.25, 0.0))
+    ring = LagRing(args.params, args.lags)
+    for g in grads[:args.lags + 1]:
+        ring.push(g)
+    times = {"one count (before)": [], "three counts (LagRing.push)": []}
+    for r in range(args.repeats):
+        for name, way in (("one count (before)", push_one_count), ("three counts (LagRing.push)", LagRing.push)):
+            t0 = time.perf_counter()
+            way(ring, grads[r % len(grads)])
+            times[name].append(time.perf_counter() - t0)
+    ms = {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
+    for name, value in ms.items():
+        print(f"{name:28s} {value:8.1f} ms (median of {args.repeats})")
+    old, new = ms.values()
+    print(f"new / old = {new / old:.2f}", flush=True)
 
 
 def main() -> None:
@@ -20,7 +70,13 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=21_282_122, help="gradient entries (default: ResNet-34)")
     parser.add_argument("--lags", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--push", action="store_true", help="time the whole push, three sign-flip counts vs one")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.push:
+        bench_push(args)
+        return
     torch.manual_seed(0)
     g = torch.randn(args.params)
     ring = LagRing(args.params, args.lags)

@@ -4,27 +4,31 @@ import numpy as np
 import pytest
 import torch
 
-from zigzag.lagstats import FlatGradients, LagRing
+from zigzag.lagstats import CHUNK, FlatGradients, LagRing
 from zigzag.models import build_model
 
 
 def brute_force(grads: np.ndarray, lags: int):
-    """dot[k, l] = <g_k, g_{k-l}>, opposite[k, l] = share of entries with g_k * g_{k-l} < 0."""
+    """In float64: dot[k, l] = <g_k, g_{k-l}>; the share of entries with g_k * g_{k-l} < 0 among all entries, among
+    those non-zero in both, and weighted by |g_k * g_{k-l}| (the flipped entries' share of sum |g_k * g_{k-l}|)."""
     k_steps = len(grads)
-    dot = np.full((k_steps, lags + 1), np.nan)
-    opp = np.full((k_steps, lags + 1), np.nan)
+    dot, opp, opp_nonzero, opp_weight = (np.full((k_steps, lags + 1), np.nan) for _ in range(4))
     for k in range(k_steps):
         for lag in range(min(k, lags) + 1):
             a, b = grads[k].astype(np.float64), grads[k - lag].astype(np.float64)
-            dot[k, lag] = a @ b
-            opp[k, lag] = np.mean(a * b < 0)
-    return dot, opp
+            product = a * b
+            dot[k, lag] = product.sum()
+            opp[k, lag] = np.mean(product < 0)
+            with np.errstate(invalid="ignore"):  # 0 / 0 where a gradient is zero everywhere: NaN
+                opp_nonzero[k, lag] = np.sum(product < 0) / np.sum((a != 0) & (b != 0))
+                opp_weight[k, lag] = np.abs(product[product < 0]).sum() / np.abs(product).sum()
+    return dot, opp, opp_nonzero, opp_weight
 
 
 def run_ring(grads: np.ndarray, lags: int):
     ring = LagRing(grads.shape[1], lags)
     rows = [ring.push(torch.from_numpy(g)) for g in grads]
-    return np.stack([r[0].numpy() for r in rows]), np.stack([r[1].numpy() for r in rows])
+    return tuple(np.stack([r[i].numpy() for r in rows]) for i in range(4))
 
 
 @pytest.mark.parametrize("lags", [1, 3, 8])
@@ -33,21 +37,47 @@ def test_random_sequence_matches_brute_force(lags):
     grads = rng.standard_normal((13, 257)).astype(np.float32)
     grads[:, :20] = 0.0  # exact zeros never count as opposite
     grads[3, 50:60] = 0.0
-    dot, opp = run_ring(grads, lags)
-    ref_dot, ref_opp = brute_force(grads, lags)
+    grads[rng.random(grads.shape) < 0.25] = 0.0  # and zeros that differ from step to step
+    dot, opp, opp_nonzero, opp_weight = run_ring(grads, lags)
+    ref_dot, ref_opp, ref_nonzero, ref_weight = brute_force(grads, lags)
     np.testing.assert_array_equal(np.isnan(dot), np.isnan(ref_dot))
     np.testing.assert_allclose(dot, ref_dot, rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(opp, ref_opp)
+    np.testing.assert_array_equal(np.isnan(opp_nonzero), np.isnan(ref_nonzero))
+    np.testing.assert_allclose(opp_nonzero, ref_nonzero, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.isnan(opp_weight), np.isnan(ref_weight))
+    np.testing.assert_allclose(opp_weight, ref_weight, rtol=1e-6, atol=0)
+
+
+def test_sign_flip_counts_match_brute_force_across_blocks_with_a_zero_block():
+    """Several blocks of CHUNK entries and a tail, a whole block zero at one step, zeros at a quarter of the
+    entries, and a step that is zero everywhere (its shares among non-zero entries and by weight are NaN)."""
+    lags, n = 3, 2 * CHUNK + 1000
+    rng = np.random.default_rng(7)
+    grads = (rng.standard_normal((7, n)) * rng.random(n) ** 3).astype(np.float32)
+    grads[rng.random(grads.shape) < 0.25] = 0.0
+    grads[2, CHUNK:2 * CHUNK] = 0.0
+    grads[5] = 0.0
+    dot, opp, opp_nonzero, opp_weight = run_ring(grads, lags)
+    ref_dot, ref_opp, ref_nonzero, ref_weight = brute_force(grads, lags)
+    np.testing.assert_allclose(dot, ref_dot, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(opp, ref_opp, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.isnan(opp_nonzero), np.isnan(ref_nonzero))
+    np.testing.assert_allclose(opp_nonzero, ref_nonzero, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.isnan(opp_weight), np.isnan(ref_weight))
+    assert np.isnan(opp_weight[5, :4]).all() and np.isnan(opp_nonzero[5, :4]).all()
+    np.testing.assert_allclose(opp_weight, ref_weight, rtol=1e-6, atol=0)
 
 
 def test_alternating_sequence_gives_minus_one_and_full_sign_shift():
     g = torch.tensor([1.0, -2.0, 3.0, 0.5])
     ring = LagRing(4, 3)
     for k, grad in enumerate([g, -g, g, -g]):
-        dot, opp = ring.push(grad)
+        dot, opp, opp_nonzero, opp_weight = ring.push(grad)
     cos1 = dot[1] / torch.sqrt(dot[0] * dot[0])
     assert cos1.item() == pytest.approx(-1.0)
     assert opp[1].item() == 1.0 and opp[2].item() == 0.0 and opp[3].item() == 1.0
+    assert opp_nonzero.tolist() == [0.0, 1.0, 0.0, 1.0] and opp_weight.tolist() == [0.0, 1.0, 0.0, 1.0]
     assert dot[2].item() == pytest.approx(dot[0].item())
 
 
@@ -55,9 +85,10 @@ def test_constant_sequence_gives_plus_one_and_no_sign_shift():
     g = torch.tensor([1.0, -2.0, 0.0])
     ring = LagRing(3, 2)
     rows = [ring.push(g) for _ in range(3)]
-    dot, opp = rows[-1]
+    dot, opp, opp_nonzero, opp_weight = rows[-1]
     assert (dot[1:] / dot[0]).tolist() == [1.0, 1.0]
     assert opp.tolist() == [0.0, 0.0, 0.0]
+    assert opp_nonzero.tolist() == [0.0, 0.0, 0.0] and opp_weight.tolist() == [0.0, 0.0, 0.0]
     assert torch.isnan(rows[0][0][1:]).all() and torch.isnan(rows[1][0][2])
 
 
@@ -71,7 +102,7 @@ def test_state_dict_round_trip_continues_identically():
     resumed.load_state_dict(ring.state_dict())
     for g in grads[5:]:
         a, b = ring.push(torch.from_numpy(g)), resumed.push(torch.from_numpy(g))
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_flat_gradients_are_views_filled_by_backward():
@@ -99,7 +130,7 @@ def test_dot_products_match_float64_at_resnet34_size():
              for k in range(lags + 1)]
     ring = LagRing(n, lags)
     for k, g in enumerate(grads):
-        dot, _ = ring.push(torch.from_numpy(g))
+        dot = ring.push(torch.from_numpy(g)).dot
     ref = np.array([grads[-1].astype(np.float64) @ grads[-1 - lag].astype(np.float64) for lag in range(lags + 1)])
     rel = np.abs(dot.numpy() - ref) / np.abs(ref)
     assert rel.max() <= 1e-6, rel

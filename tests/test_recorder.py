@@ -39,10 +39,16 @@ def test_a_loop_of_ones_own_gets_the_lag_statistics_of_its_gradients(tmp_path, s
         assert traj.steps["grad_norm"][k] == pytest.approx(np.linalg.norm(g[k]), rel=1e-6)
         for lag in range(lags + 1):
             if lag > k:
-                assert np.isnan(traj.steps["dot"][k, lag]) and np.isnan(traj.steps["opposite"][k, lag])
+                assert all(np.isnan(traj.steps[name][k, lag]) for name in store.LAG_SERIES)
                 continue
+            product = g[k] * g[k - lag]
             assert traj.steps["dot"][k, lag] == pytest.approx(g[k] @ g[k - lag], rel=1e-6)
-            assert traj.steps["opposite"][k, lag] == np.mean(g[k] * g[k - lag] < 0)
+            assert traj.steps["opposite"][k, lag] == np.mean(product < 0)
+            assert traj.steps["opposite_nonzero"][k, lag] == pytest.approx(
+                np.sum(product < 0) / np.sum((g[k] != 0) & (g[k - lag] != 0)), abs=1e-12)
+            assert traj.steps["opposite_weight"][k, lag] == pytest.approx(  # float32 blocks: 1e-6 of the overlap
+                np.abs(product[product < 0]).sum() / np.abs(product).sum(), rel=1e-6, abs=1e-6)
+    assert (g == 0).mean() > 0.05, "the ReLU network's gradient has exact zeros: the counts differ"
     with store.open_file(tmp_path / "run.h5", store.TRAJECTORY) as f:
         assert list(f["raw/steps"][()]) == [2, 5]
         np.testing.assert_allclose(f["raw/gradients"][()], g[[2, 5]], rtol=1e-6)

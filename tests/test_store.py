@@ -60,6 +60,26 @@ def test_rows_are_written_in_blocks_at_flush_and_hold_every_value(tmp_path, monk
     assert np.isnan(traj.steps["test_accuracy"]).all()
 
 
+def test_a_trajectory_written_before_the_later_lag_series_still_reads(tmp_path):
+    """A file without ``/steps/opposite_nonzero`` and ``/steps/opposite_weight`` reads (they are absent); a share
+    outside [0, 1] in one that has them is refused."""
+    path = tmp_path / "t.h5"
+    writer = store.TrajectoryWriter.create(path, {}, n_params=10, n_train=4, lags=2)
+    for row in rows(4):
+        writer.append({**row, "opposite_nonzero": np.full(3, 0.5), "opposite_weight": np.full(3, 0.5)})
+    writer.finish("completed")
+    assert store.read_trajectory(path).steps["opposite_weight"][3].tolist() == [0.5] * 3
+    with h5py.File(path, "a") as f:
+        f["steps/opposite_weight"][1, 1] = 1.5
+    with pytest.raises(store.ZigzagError, match="/steps/opposite_weight holds 1.5, outside"):
+        store.read_trajectory(path)
+    with h5py.File(path, "a") as f:
+        for name in store.LATER_LAG_SERIES:
+            del f[f"steps/{name}"]
+    traj = store.read_trajectory(path)
+    assert len(traj) == 4 and not set(store.LATER_LAG_SERIES) & set(traj.steps)
+
+
 def test_rows_reach_the_file_within_flush_seconds(tmp_path, monkeypatch):
     clock = {"now": 100.0}
     monkeypatch.setattr(store.time, "monotonic", lambda: clock["now"])

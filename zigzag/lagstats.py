@@ -1,16 +1,21 @@
 """Gradient lag statistics: pure tensor code, no I/O (docs/design.md, "Lag statistics, and why they are sufficient").
 
-At step k, for lags l = 0..L:
+At step k, for lags l = 0..L, with j = k - l:
 
-    dot[k, l]      = <g_k, g_{k-l}>
-    opposite[k, l] = s(k, k-l) = #{i : g_k[i] * g_{k-l}[i] < 0} / P     (an exact 0 is never opposite)
+    dot[k, l]              = <g_k, g_j>
+    opposite[k, l]         = s(k, j) = #{i : g_k[i] g_j[i] < 0} / P               (an exact 0 is never opposite)
+    opposite_nonzero[k, l] = #{i : g_k[i] g_j[i] < 0} / #{i : g_k[i] != 0 != g_j[i]}
+    opposite_weight[k, l]  = (sum_i |g_k[i] g_j[i]| - <g_k, g_j>) / (2 sum_i |g_k[i] g_j[i]|)
 
-both NaN where k - l < 0. They are sufficient statistics: every mu(j, k) = dot / sqrt(dot_jj dot_kk)
-(paper eq. 2) with |j - k| <= L, every h x h window matrix with h <= L + 1 and every mean_mu (eq. 3)
-follow from them exactly.
+all NaN where k - l < 0 (and the last two where their denominator is 0). The first two are sufficient
+statistics: every mu(j, k) = dot / sqrt(dot_jj dot_kk) (paper eq. 2) with |j - k| <= L, every h x h window
+matrix with h <= L + 1 and every mean_mu (eq. 3) follow from them exactly. The last two count the same
+sign flips two other ways: among the entries non-zero in both gradients, and weighted by |g_k[i] g_j[i]|
+(the flipped entries' share of the overlap sum_i |g_k[i] g_j[i]|, which is what the correlation sees).
 
-``LagRing`` keeps the last L + 1 gradients (values and int8 signs) in ring buffers on the training
-device; one step costs one matrix-vector product and one sign comparison against the buffer.
+``LagRing`` keeps the last L + 1 gradients (values and int8 sign codes) in ring buffers on the training
+device; one step costs one matrix-vector product, one more on the block's absolute values while the block
+is in cache, and one or two sign comparisons per ring row.
 
 The dot products are summed in two levels: float32 partial sums over blocks of ``CHUNK`` entries
 (one matrix-vector product per block), and the partial sums added in float64. One float32 sum over
@@ -21,10 +26,24 @@ of a single float32 product, with no float64 copy of the ring.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 CHUNK = 1 << 14  # entries per float32 partial dot product; the partials are summed in float64
+GPU_SPAN = 1 << 6  # blocks of CHUNK entries per batched product on a GPU (the span's |ring| scratch: 37 MB at L = 8)
+ZERO_CODE = 3  # sign code of an exact 0
+
+
+class LagStats(NamedTuple):
+    """One step's lag statistics, float64 on the CPU, each [L+1] (lag l = index; NaN where undefined)."""
+
+    dot: torch.Tensor
+    opposite: torch.Tensor
+    opposite_nonzero: torch.Tensor
+    opposite_weight: torch.Tensor
 
 
 class FlatGradients:
@@ -68,7 +87,7 @@ class FlatGradients:
 
 
 class LagRing:
-    """Ring buffer of the last ``lags + 1`` gradients; ``push(g)`` returns the step's lag statistics."""
+    """Ring buffer of the last ``lags + 1`` gradients; ``push(g)`` returns the step's ``LagStats``."""
 
     def __init__(self, n_params: int, lags: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32):
@@ -76,54 +95,94 @@ class LagRing:
             raise ValueError("lags must be >= 1")
         self.lags = lags
         self.values = torch.zeros(lags + 1, n_params, dtype=dtype, device=device)
-        # Sign codes: sign(g) with an exact 0 stored as 3, so that the negated code of the newest gradient
+        # Sign codes: sign(g) with an exact 0 stored as ZERO_CODE, so that the negated code of the newest gradient
         # (1, -1 or -3) equals an older code exactly where the two signs are opposite and neither is 0.
         self.signs = torch.zeros(lags + 1, n_params, dtype=torch.int8, device=device)
+        self.zeros = torch.zeros(lags + 1, dtype=torch.int64)  # exact zeros in each ring row
         # reused buffers: the sign in float, the negated code, one comparison
         self._sign = torch.empty(n_params, dtype=dtype, device=device)
         self._target = torch.empty(n_params, dtype=torch.int8, device=device)
         self._match = torch.empty(n_params, dtype=torch.bool, device=device)
-        # reused float32 partial sums of the blocked dot products: one row per block of CHUNK entries
-        self._partials = torch.empty(-(-n_params // CHUNK), lags + 1, dtype=dtype, device=device)
+        # reused float32 partial sums of the blocked products (<g_j, g_k> and <|g_j|, |g_k|>): one row per block of
+        # CHUNK entries; the absolute values of one span of the ring go through a small scratch buffer
+        blocks = -(-n_params // CHUNK)
+        self._partials = torch.empty(blocks, lags + 1, dtype=dtype, device=device)
+        self._abs_partials = torch.empty(blocks, lags + 1, dtype=dtype, device=device)
+        span = CHUNK * (GPU_SPAN if torch.device(device).type == "cuda" else 1)
+        self._abs = torch.empty(lags + 1, min(span, n_params), dtype=dtype, device=device)
         self.step = 0  # number of gradients pushed so far
 
-    def push(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store g_k (k = number pushed before) and return ``(dot[0..L], opposite[0..L])`` in float64 on CPU."""
+    def push(self, grad: torch.Tensor) -> LagStats:
+        """Store g_k (k = number pushed before) and return its ``LagStats`` (float64 on the CPU)."""
         k, width = self.step, self.lags + 1
         row = k % width
         self.values[row].copy_(grad)
         # code = s + 3 (1 - s^2) for s = sign(g): -1, 1, and 3 for an exact 0 (never matched by a target)
-        code = torch.sign(grad, out=self._sign).addcmul_(self._sign, self._sign, value=-3).add_(3)
+        code = torch.sign(grad, out=self._sign).addcmul_(self._sign, self._sign, value=-ZERO_CODE).add_(ZERO_CODE)
         self.signs[row].copy_(code)
+        self.zeros[row] = int(torch.count_nonzero(torch.eq(self.signs[row], ZERO_CODE, out=self._match)))
         target = torch.neg(self.signs[row], out=self._target)
-        ring_dot = self._dot64(grad)
+        ring_dot, ring_abs = self._dot64(grad)
         # Row by row into one reused buffer: no (L+1) x P temporary.
         ring_opposite = torch.stack([torch.count_nonzero(torch.eq(self.signs[i], target, out=self._match))
-                                     for i in range(width)])
+                                     for i in range(width)]).cpu()
+        ring_nonzero = grad.numel() - self.zeros[row] - self.zeros + self._both_zero(row)
         # Ring row of lag l is (k - l) mod (L + 1).
-        order = torch.tensor([(k - lag) % width for lag in range(width)], device=grad.device)
-        dot = ring_dot[order].cpu()
-        opposite = ring_opposite[order].double().cpu() / grad.numel()
+        order = torch.tensor([(k - lag) % width for lag in range(width)])
+        dot, overlap = ring_dot.cpu()[order], ring_abs.cpu()[order]
+        flipped = ring_opposite[order].double()
+        weight = (overlap - dot) / (2 * overlap)
+        weight[0] = weight[0] * 0  # g_k against itself flips nothing (0, or NaN for g_k = 0): not the rounding
+        stats = LagStats(dot, flipped / grad.numel(), flipped / ring_nonzero[order].double(), weight)
         undefined = torch.arange(width) > k
-        dot[undefined] = float("nan")
-        opposite[undefined] = float("nan")
+        for series in stats:
+            series[undefined] = float("nan")
         self.step = k + 1
-        return dot, opposite
+        return stats
 
-    def _dot64(self, grad: torch.Tensor) -> torch.Tensor:
-        """``self.values @ grad``: float32 partial sums over blocks of ``CHUNK`` entries, added in float64."""
-        n, partials = grad.numel(), self._partials
+    def _both_zero(self, row: int) -> torch.Tensor:
+        """Entries that are an exact 0 in ring row ``row`` and in each ring row (0 without a pass where either has
+        none)."""
+        counts = torch.zeros(self.lags + 1, dtype=torch.int64)
+        if self.zeros[row] == 0:
+            return counts
+        # the zero code where row ``row`` is 0, else 2 (a code no row holds)
+        zero_target = torch.clamp(self.signs[row], min=ZERO_CODE - 1, out=self._target)
+        for i in range(self.lags + 1):
+            if self.zeros[i]:
+                counts[i] = int(torch.count_nonzero(torch.eq(self.signs[i], zero_target, out=self._match)))
+        return counts
+
+    def _dot64(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``self.values @ grad`` and ``|self.values| @ |grad|``: float32 partial sums over blocks of ``CHUNK``
+        entries, added in float64. Each span's absolute values are taken into ``self._abs`` right after its first
+        product, while the span is in cache (the newest ring row there is |grad|)."""
+        n, partials, abs_partials, width = grad.numel(), self._partials, self._abs_partials, self.lags + 1
         main = n - n % CHUNK
-        if grad.is_cuda:  # one batched product (blocks, L+1, CHUNK) @ (blocks, CHUNK, 1): one kernel, not n / CHUNK
-            blocks = main // CHUNK
-            torch.bmm(self.values[:, :main].view(self.lags + 1, blocks, CHUNK).transpose(0, 1),
-                      grad[:main].view(blocks, CHUNK, 1), out=partials[:blocks].unsqueeze(-1))
-        else:  # CPU: one matrix-vector product per block, straight into its row of partial sums
-            for i, start in enumerate(range(0, main, CHUNK)):
-                torch.mv(self.values[:, start:start + CHUNK], grad[start:start + CHUNK], out=partials[i])
+        row = self.step % width
+        if grad.is_cuda:  # batched products (blocks, L+1, CHUNK) @ (blocks, CHUNK, 1): one kernel per span
+            span = self._abs.shape[1]
+            for start in range(0, main, span):
+                stop, first = min(start + span, main), start // CHUNK
+                blocks = (stop - start) // CHUNK
+                out = slice(first, first + blocks)
+                torch.bmm(self.values[:, start:stop].view(width, blocks, CHUNK).transpose(0, 1),
+                          grad[start:stop].view(blocks, CHUNK, 1), out=partials[out].unsqueeze(-1))
+                scratch = torch.abs(self.values[:, start:stop], out=self._abs[:, :stop - start])
+                torch.bmm(scratch.view(width, blocks, CHUNK).transpose(0, 1),
+                          scratch[row].view(blocks, CHUNK, 1), out=abs_partials[out].unsqueeze(-1))
+        else:  # CPU: per block, straight into its row of partial sums, on one thread (see ``_one_thread``)
+            with _one_thread():
+                for i, start in enumerate(range(0, main, CHUNK)):
+                    block = self.values[:, start:start + CHUNK]
+                    torch.mv(block, grad[start:start + CHUNK], out=partials[i])
+                    scratch = torch.abs(block, out=self._abs)
+                    torch.mv(scratch, scratch[row], out=abs_partials[i])
         if main < n:
             torch.mv(self.values[:, main:], grad[main:], out=partials[-1])
-        return partials.double().sum(0)
+            scratch = torch.abs(self.values[:, main:], out=self._abs[:, :n - main])
+            torch.mv(scratch, scratch[row], out=abs_partials[-1])
+        return partials.double().sum(0), abs_partials.double().sum(0)
 
     def state_dict(self) -> dict:
         return {"values": self.values.clone(), "signs": self.signs.clone(), "step": self.step}
@@ -131,4 +190,21 @@ class LagRing:
     def load_state_dict(self, state: dict) -> None:
         self.values.copy_(state["values"])
         self.signs.copy_(state["signs"])
+        self.zeros = (self.signs == ZERO_CODE).sum(1).cpu()
         self.step = int(state["step"])
+
+
+@contextmanager
+def _one_thread():
+    """Run the block loop's small operations on one CPU thread. Each block's ops touch 9 x 16,384 entries that are
+    in cache: split over threads, every op ends in a barrier, and on a busy machine the threads wait for each
+    other at each of a ResNet-18's 682 blocks (measured: 13 times slower with 2 threads, BENCHMARKS.md)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -25,6 +25,8 @@ class Recorder:
         grad_norm[k]   = |g_k|
         dot[k, l]      = <g_k, g_(k-l)>                               l = 0..L (L = ``lags``), NaN for l > k
         opposite[k, l] = #{i: g_k[i] g_(k-l)[i] < 0} / P              (P entries; an exact 0 never counts)
+        opposite_nonzero[k, l], opposite_weight[k, l]                  the same flips among the entries non-zero
+                                                                       in both, and weighted by |g_k[i] g_(k-l)[i]|
 
     from which ``zigzag analyze`` computes the correlation of two gradients, mu(k, k-l) = dot[k, l] /
     (|g_k| |g_(k-l)|) (paper eq. 2), and its mean over a window of h steps (eq. 3). The dot products are
@@ -87,14 +89,14 @@ class Recorder:
         return self.gradients.flat
 
     def measure(self) -> dict:
-        """Lag statistics of g_k (``grad_norm``, ``dot``, ``opposite``), and g_k queued for ``/raw/gradients``
+        """Lag statistics of g_k (``grad_norm`` and ``store.LAG_SERIES``), and g_k queued for ``/raw/gradients``
         if the step is selected and its norm finite; ``record`` without writing the row."""
         k, flat = self.step, self.gradient()
-        dot, opposite = self.ring.push(flat)
-        grad_norm = math.sqrt(dot[0]) if dot[0] >= 0 else math.nan
+        stats = self.ring.push(flat)
+        grad_norm = math.sqrt(stats.dot[0]) if stats.dot[0] >= 0 else math.nan
         if self.raw is not None and selected(self.raw_steps, k) and math.isfinite(grad_norm):
             self.raw.put(k, flat)
-        return {"grad_norm": grad_norm, "dot": dot.numpy(), "opposite": opposite.numpy()}
+        return {"grad_norm": grad_norm, **{name: series.numpy() for name, series in stats._asdict().items()}}
 
     def write(self, row: dict) -> None:
         """Append ``row`` (with ``time`` now, unless it has one) as the next step of the file."""

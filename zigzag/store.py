@@ -74,7 +74,15 @@ LAG_SERIES = {
     "dot": "<g_k, g_k-l> for lag l = column (squared gradient units); NaN where k-l < 0",
     "opposite": "fraction of entries with opposite signs in g_k and g_k-l (an exact 0 in either "
     "is never opposite); NaN where k-l < 0",
+    "opposite_nonzero": "the entries with opposite signs in g_k and g_k-l as a fraction of those non-zero in both; "
+    "NaN where k-l < 0 or none is",
+    "opposite_weight": "(sum |g_k[i] g_k-l[i]| - <g_k, g_k-l>) / (2 sum |g_k[i] g_k-l[i]|): the share of the "
+    "overlap sum |g_k[i] g_k-l[i]| carried by entries of opposite signs; NaN where k-l < 0 or the overlap is 0",
 }
+# Lag series a trajectory written before they were recorded lacks: readers take them as absent, not damaged.
+LATER_LAG_SERIES = ("opposite_nonzero", "opposite_weight")
+REQUIRED_LAG_SERIES = tuple(name for name in LAG_SERIES if name not in LATER_LAG_SERIES)
+SHARE_SERIES = ("opposite", *LATER_LAG_SERIES)  # fractions: within [0, 1] where defined
 
 
 def torch_version() -> str:
@@ -497,8 +505,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 class TrajectoryWriter:
     """Appends one row per step to resizable, chunked datasets of a trajectory file.
 
-    ``/steps/<series>`` [K] and ``/steps/dot``, ``/steps/opposite`` [K, L+1]; optional raw gradients
-    ``/raw/gradients`` [R, P] with their steps in ``/raw/steps`` [R]. Rows are buffered and written in
+    ``/steps/<series>`` [K] and the ``LAG_SERIES`` (``/steps/dot``, ``/steps/opposite``, ...) [K, L+1]; optional
+    raw gradients ``/raw/gradients`` [R, P] with their steps in ``/raw/steps`` [R]. Rows are buffered and written in
     blocks: at the first ``append`` ``FLUSH_SECONDS`` after the last write, at ``flush()`` (the trainer
     flushes before every checkpoint, so the file holds every step a checkpoint claims) and at
     ``finish``/``close``. ``status`` is kept current.
@@ -619,7 +627,7 @@ class TrajectoryWriter:
 def _check_partial(f: h5py.File, keep_steps: int) -> None:
     """Raise ``ZigzagError`` unless ``f`` holds a readable first ``keep_steps`` steps of every series."""
     steps = f.get("steps")
-    missing = [name for name in (*STEP_SERIES, *LAG_SERIES) if steps is None or name not in steps]
+    missing = [name for name in (*STEP_SERIES, *REQUIRED_LAG_SERIES) if steps is None or name not in steps]
     if missing:
         raise ZigzagError(f"{f.filename}: missing /steps/{', /steps/'.join(missing)}")
     lags = int(f.attrs["lags"])
@@ -715,7 +723,7 @@ def check_trajectory(traj: Trajectory, path) -> None:
             f"its status is running: if its `zigzag train` still writes it, wait for the end, else {TRAJECTORY_FIX}"
         raise ZigzagError(f"{path}: {what}: a damaged or foreign zigzag-trajectory; {fix}")
 
-    missing = [f"/steps/{name}" for name in ("loss", *LAG_SERIES) if name not in traj.steps]
+    missing = [f"/steps/{name}" for name in ("loss", *REQUIRED_LAG_SERIES) if name not in traj.steps]
     missing += [f"attribute {key}" for key in ("status", "lags") if key not in traj.attrs]
     if missing:
         bad(f"missing {', '.join(missing)}")
@@ -731,7 +739,7 @@ def check_trajectory(traj: Trajectory, path) -> None:
                 (f"[K, lags + 1 = {lags + 1}] (attribute lags is {lags})" if columns else "[K]"))
         if len(values) != n_steps:
             bad(f"/steps/{name} has {len(values)} rows but /steps/dot {n_steps}: series of different lengths")
-    dot, opposite = traj.steps["dot"], traj.steps["opposite"]
+    dot = traj.steps["dot"]
     norms_sq = dot[:, 0]
     if (norms_sq < 0).any():
         k = int(np.flatnonzero(norms_sq < 0)[0])
@@ -744,10 +752,12 @@ def check_trajectory(traj: Trajectory, path) -> None:
                 k = int(wrong[0]) + lag
                 bad(f"/steps/dot[{k}, {lag}] gives the correlation {cosine[k - lag]:.4g} of steps {k - lag} and {k}, "
                     f"outside [-1, 1]")
-    share = opposite[~np.isnan(opposite)]
-    if ((share < 0) | (share > 1)).any():
-        bad(f"/steps/opposite holds {share[(share < 0) | (share > 1)][0]:.4g}, outside [0, 1] (a count of "
-            f"opposite signs outside [0, n_params])")
+    for name in SHARE_SERIES:
+        share = traj.steps.get(name, np.zeros(0))
+        share = share[~np.isnan(share)]
+        if ((share < 0) | (share > 1)).any():
+            bad(f"/steps/{name} holds {share[(share < 0) | (share > 1)][0]:.4g}, outside [0, 1] (a count of "
+                f"opposite signs outside [0, n_params])")
 
 
 # ---------------------------------------------------------------------------------------------
