@@ -152,6 +152,24 @@ def test_auto_steps_draw_the_windows_the_analysis_found(tmp_path):
     assert fig.axes[0].get_title() == "(a) (epoch 6)" and "no zigzag phase" in fig.axes[1].get_title()
 
 
+def test_a_trajectory_figure_without_a_zigzag_phase_says_so(tmp_path):
+    """Random, then smooth (as VGG-16 at lr 0.1): the correlation panel names the missing phase and the phase
+    diagram; an alternating run's figure carries no such note."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal(30)
+    grads = np.concatenate([rng.standard_normal((6, 30)), np.stack([g] * 8)])
+    traj, an = write_run(tmp_path / "a", grads, windows=(0,))
+    assert analysis.ZIGZAG not in store.read_analysis(an).phase
+    mu_ax = figures.build_trajectory_figure(traj, an, "random, then smooth").axes[1]
+    (note,) = [text for text in texts(mu_ax) if "zigzag" in text]
+    assert "no zigzag phase in this run" in note and "zigzag_below = -0.5" in note
+    assert "learning-rate phase diagram (all_sweeps)" in note
+    traj, an = write_run(tmp_path / "b", alternating(12), windows=(0,))
+    fig = figures.build_trajectory_figure(traj, an, "alternating")
+    assert not any("no zigzag" in text for ax in fig.axes for text in texts(ax))
+
+
 def test_lag1_figure_draws_the_adjacent_correlation_of_every_seed_from_trajectories_alone(tmp_path):
     """Two seeds: g, -g, g, ... (mu(k-1, k) = -1) and a constant gradient (+1): mean 0, sample sd sqrt(2)."""
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()

@@ -127,6 +127,12 @@ def _select_windows(an: store.AnalysisFile, steps: list | None, path: str) -> li
             if k in steps or ("auto" in steps and role)]
 
 
+def _no_zigzag_note(zigzag_below: float) -> str:
+    """What a trajectory figure says when its run has no zigzag step, and where the zigzag is found."""
+    return (f"no zigzag phase in this run\n(mean correlation never below zigzag_below = {zigzag_below:g});\n"
+            "the learning rates where it zigzags: the\nlearning-rate phase diagram (all_sweeps)")
+
+
 def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: str | None = None,
                             steps: list | None = None) -> Figure:
     """Paper Figure 1: loss and mean gradient correlation (top), one correlation matrix per window (bottom).
@@ -176,6 +182,9 @@ def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: s
     mu_handles = ax_mu.get_legend_handles_labels()[0] + phase_handles
     if mu_handles:
         ax_mu.legend(handles=mu_handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if not (phase == ZIGZAG).any():
+        ax_mu.text(0.02, 0.03, _no_zigzag_note(an.zigzag_below), transform=ax_mu.transAxes, ha="left", va="bottom",
+                   fontsize=8, bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.6"})
     suptitle, colour = _diverged_title(title, diverged_at)
     fig.suptitle(suptitle, color=colour, fontsize=13)
 
