@@ -22,6 +22,20 @@ def cos(a, b):
     return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
 
 
+def brute_sign_shares(grads):
+    """The h x h matrices of the share of opposite signs among entries non-zero in both and of the overlap
+    sum_i |g_a[i] g_b[i]| the opposite entries carry, in float64 from the gradients of a window."""
+    g = grads.astype(np.float64)
+    h = len(g)
+    nonzero, weight = np.empty((h, h)), np.empty((h, h))
+    for a in range(h):
+        for b in range(h):
+            product = g[a] * g[b]
+            nonzero[a, b] = np.mean(product[product != 0] < 0)
+            weight[a, b] = -product[product < 0].sum() / np.abs(product).sum()
+    return nonzero, weight
+
+
 def test_analyze_cli_matches_brute_force_from_raw_gradients(tiny_dataset, tmp_path, capsys):
     traj = tmp_path / "traj.h5"
     zigzag_main(capsys, "train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.3",
@@ -43,6 +57,9 @@ def test_analyze_cli_matches_brute_force_from_raw_gradients(tiny_dataset, tmp_pa
             opp = [[np.mean(raw[k + a] * raw[k + b] < 0) for b in range(h)] for a in range(h)]
             np.testing.assert_allclose(result.window_corr[e], corr, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(result.window_opposite[e], opp, atol=1e-12)
+            nonzero, weight = brute_sign_shares(raw[k: k + h])
+            np.testing.assert_allclose(result.window_opposite_nonzero[e], nonzero, atol=1e-12)
+            np.testing.assert_allclose(result.window_opposite_weight[e], weight, rtol=1e-5, atol=1e-6)
         assert result.h == h and result.format_version == store.FORMAT_VERSION
 
 
@@ -55,6 +72,36 @@ def test_alternating_gradients_are_zigzag_with_full_sign_shift():
     expected = np.fromfunction(lambda a, b: (-1.0) ** (a + b), (5, 5))
     np.testing.assert_allclose(result.window_corr[0], expected, atol=1e-6)
     np.testing.assert_array_equal(result.window_opposite[0], (expected < 0).astype(float))
+
+
+def test_the_three_sign_shift_windows_match_brute_force_and_an_older_trajectory_gives_nan(tmp_path):
+    """Gradients with exact zeros (whole blocks and single entries): each window matrix of the three counts is
+    the brute force's; a trajectory without the later series gets all-NaN matrices, kept through the file."""
+    rng = np.random.default_rng(5)
+    grads = rng.standard_normal((12, 40)) * rng.exponential(1.0, (12, 40))
+    grads[:, :8] = 0.0
+    grads[rng.random((12, 40)) < 0.2] = 0.0
+    grads[1::2] *= -0.5 + rng.random((6, 40))  # mostly flipped, not all: the three counts differ
+    ring = LagRing(grads.shape[1], 4)
+    rows = [ring.push(torch.as_tensor(g, dtype=torch.float32)) for g in grads.astype(np.float32)]
+    steps = {name: np.stack([getattr(r, name).numpy() for r in rows]) for name in store.LAG_SERIES}
+    steps["loss"] = np.linspace(2, 1, 12)
+    result = analysis.analyze(steps, 5, [0, 3, 7, 9], 0.5, -0.5)
+    g32 = grads.astype(np.float32)
+    for e, k in enumerate([0, 3, 7]):
+        nonzero, weight = brute_sign_shares(g32[k: k + 5])
+        np.testing.assert_allclose(result.window_opposite_nonzero[e], nonzero, atol=1e-12)
+        np.testing.assert_allclose(result.window_opposite_weight[e], weight, rtol=1e-6, atol=1e-9)
+        assert not np.allclose(result.window_opposite[e], nonzero)  # the zeros make them differ
+    assert np.isnan(result.window_opposite_nonzero[3]).all() and np.isnan(result.window_opposite_weight[3]).all()
+
+    older = {name: values for name, values in steps.items() if name not in store.LATER_LAG_SERIES}
+    old_result = analysis.analyze(older, 5, [0, 3], 0.5, -0.5)
+    np.testing.assert_array_equal(old_result.window_opposite, result.window_opposite[:2])
+    assert np.isnan(old_result.window_opposite_nonzero).all() and np.isnan(old_result.window_opposite_weight).all()
+    store.write_analysis(tmp_path / "a.h5", old_result, {"h": 5}, {"status": "completed"})
+    kept = store.read_analysis(tmp_path / "a.h5")
+    assert kept.window_opposite_weight.shape == (2, 5, 5) and np.isnan(kept.window_opposite_weight).all()
 
 
 def test_phases_transitions_and_loss_share_on_a_constructed_run():

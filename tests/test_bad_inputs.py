@@ -25,7 +25,8 @@ from zigzag.errors import ZigzagError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-THRESHOLDS = {"early_steps": 2, "smooth_start": 0.5, "zigzag_strong": -0.5, "sign_flip": 0.8, "late_smooth": 0.9,
+THRESHOLDS = {"early_steps": 2, "smooth_start": 0.5, "zigzag_strong": -0.5, "sign_flip": 0.8,
+              "sign_flip_nonzero": 0.8, "sign_flip_weight": 0.8, "late_smooth": 0.9,
               "late_fraction": 0.1, "loss_share": 0.25, "batch_gap": 0.3, "gawu_gap": 2, "gawu_accuracy_sds": 1,
               "eos_gap": 10}
 

@@ -3,6 +3,7 @@
 import inspect
 import re
 
+import h5py
 import numpy as np
 import pytest
 
@@ -11,8 +12,8 @@ from zigzag.claims import FAILS, HOLDS, MIXED, NOT_RUN, claims_table, overall_ve
 from zigzag.errors import ZigzagError
 
 THRESHOLDS = {"early_steps": 10, "smooth_start": 0.5, "zigzag_strong": -0.5, "sign_flip": 0.8,
-              "late_smooth": 0.9, "late_fraction": 0.1, "loss_share": 0.25, "batch_gap": 0.3, "gawu_gap": 2,
-              "gawu_accuracy_sds": 1, "eos_gap": 10}
+              "sign_flip_nonzero": 0.8, "sign_flip_weight": 0.8, "late_smooth": 0.9, "late_fraction": 0.1,
+              "loss_share": 0.25, "batch_gap": 0.3, "gawu_gap": 2, "gawu_accuracy_sds": 1, "eos_gap": 10}
 GAWU_CLAIM = "GAWU switches close to the best WU change point, with comparable accuracy (Table 1)"
 FLIPS_CLAIM = "about 90% of entries flip sign in the zigzag phase"
 
@@ -133,17 +134,22 @@ def test_gawu_accuracy_must_be_comparable_to_the_best_wu(tmp_path):
     assert gawu_row(gawu_groups(tmp_path / "b", [12, 12], gawu_accuracy=0.84), looser)["verdict"] == HOLDS
 
 
-def write_window_run(folder, adjacent, opposite):
-    """A GD run with unit gradients whose adjacent cosines and opposite-sign shares are given per step."""
+def write_window_run(folder, adjacent, opposite, nonzero=None, weight=None):
+    """A GD run with unit gradients whose adjacent cosines and opposite-sign shares (among all entries, and
+    optionally among those non-zero in both and weighted by the overlap) are given per step."""
     folder.mkdir(parents=True)
     n, path, apath = len(adjacent), folder / "trajectory.h5", folder / "analysis.h5"
     writer = store.TrajectoryWriter.create(path, {"optimizer": "gd"}, n_params=10, n_train=10, lags=4,
                                            attrs={"batches_per_epoch": 1, "total_steps": n})
+    shares = {"opposite": opposite, "opposite_nonzero": nonzero, "opposite_weight": weight}
     for k in range(n):
-        dot = np.array([1.0, adjacent[k], 0.0, 0.0, 0.0])
-        opp = np.array([0.0, opposite[k], 0.5, 0.5, 0.5])
-        dot[1:][np.arange(1, 5) > k], opp[1:][np.arange(1, 5) > k] = np.nan, np.nan
-        writer.append({"loss": 2.0 - k / n, "lr": 0.1, "epoch": k, "dot": dot, "opposite": opp})
+        row = {"loss": 2.0 - k / n, "lr": 0.1, "epoch": k, "dot": np.array([1.0, adjacent[k], 0.0, 0.0, 0.0])}
+        row.update({name: np.array([0.0, share[k], 0.5, 0.5, 0.5]) for name, share in shares.items()
+                    if share is not None})
+        for series in row.values():
+            if np.ndim(series):
+                series[1:][np.arange(1, 5) > k] = np.nan
+        writer.append(row)
     writer.finish("completed", change_point_step=-1, change_point_epoch=-1)
     traj = store.read_trajectory(path)
     store.write_analysis(apath, analysis.analyze(traj.steps, 5, [], 0.5, -0.5), {}, traj.attrs)
@@ -163,6 +169,42 @@ def test_sign_flips_are_read_inside_the_zigzag_window(tmp_path):
     assert row["runs"] == "zig, smooth"
     only_smooth = one_seed({"sign_flips": [smooth]}).set_index("claim").loc[FLIPS_CLAIM]
     assert only_smooth["verdict"] == NOT_RUN and "smooth no zigzag step" in only_smooth["measured"]
+
+
+NONZERO_CLAIM = "about 90% of the entries non-zero in both flip sign in the zigzag phase"
+WEIGHT_CLAIM = "the flipped entries carry about 90% of the adjacent gradients' overlap in the zigzag phase"
+
+
+def test_the_three_sign_flip_counts_are_judged_each_by_its_own_threshold(tmp_path):
+    """Zigzag pairs at steps 11..14 flip 50% of all entries, 85% of those non-zero in both and 99% of the overlap:
+    the paper's count fails, the other two hold; each row reads its own threshold; a trajectory that predates
+    the later counts is named "not recorded" there and not judged."""
+    adjacent = np.ones(30)
+    adjacent[11:15] = -1.0
+    shares = {name: np.full(30, 0.05) for name in ("opposite", "nonzero", "weight")}
+    shares["opposite"][11:15], shares["nonzero"][11:15], shares["weight"][11:15] = 0.5, 0.85, 0.99
+    run = write_window_run(tmp_path / "zig", adjacent, **shares)
+    rows = one_seed({"sign_flips": [run]}).set_index("claim")
+    assert [rows.loc[c, "verdict"] for c in (FLIPS_CLAIM, NONZERO_CLAIM, WEIGHT_CLAIM)] == [FAILS, HOLDS, HOLDS]
+    assert [rows.loc[c, "measured"] for c in (FLIPS_CLAIM, NONZERO_CLAIM, WEIGHT_CLAIM)] == \
+        ["seed 0: zig 50%", "seed 0: zig 85%", "seed 0: zig 99%"]
+    assert ">= 0.8 in every run" in rows.loc[NONZERO_CLAIM, "threshold"]
+    stricter = one_seed({"sign_flips": [run]}, dict(THRESHOLDS, sign_flip_nonzero=0.9, sign_flip_weight=0.995))
+    assert (stricter.set_index("claim").loc[[FLIPS_CLAIM, NONZERO_CLAIM, WEIGHT_CLAIM], "verdict"] == FAILS).all()
+    looser = one_seed({"sign_flips": [run]}, dict(THRESHOLDS, sign_flip=0.5)).set_index("claim")
+    assert looser.loc[FLIPS_CLAIM, "verdict"] == HOLDS and looser.loc[WEIGHT_CLAIM, "verdict"] == HOLDS
+
+    older = write_window_run(tmp_path / "older", adjacent, shares["opposite"])
+    with h5py.File(older[0][1], "a") as f:
+        for name in store.LATER_LAG_SERIES:
+            del f[f"steps/{name}"]
+    rows = one_seed({"sign_flips": [older]}).set_index("claim")
+    assert rows.loc[FLIPS_CLAIM, "verdict"] == FAILS
+    for claim in (NONZERO_CLAIM, WEIGHT_CLAIM):
+        assert rows.loc[claim, "verdict"] == NOT_RUN and rows.loc[claim, "measured"] == "seed 0: older not recorded"
+    both = one_seed({"sign_flips": [run, older]}).set_index("claim")
+    assert both.loc[NONZERO_CLAIM, "verdict"] == HOLDS
+    assert both.loc[NONZERO_CLAIM, "measured"] == "seed 0: zig 85%; older not recorded"
 
 
 def test_every_claim_is_judged_per_seed_and_combined_by_the_configured_rule(tmp_path):

@@ -17,14 +17,17 @@ def write_run(folder, grads, *, optimizer="gd", windows=(0, 4), diverged_at=None
     writer = store.TrajectoryWriter.create(traj_path, {"optimizer": optimizer, "model": "cnn"},
                                            n_params=grads.shape[1], n_train=10, lags=LAGS)
     for k, g in enumerate(grads):
-        dot, opposite = np.full(LAGS + 1, np.nan), np.full(LAGS + 1, np.nan)
+        lag_rows = {name: np.full(LAGS + 1, np.nan) for name in store.LAG_SERIES}
         for lag in range(min(k, LAGS) + 1):
-            dot[lag] = g @ grads[k - lag]
-            opposite[lag] = np.mean(g * grads[k - lag] < 0)
+            product = g * grads[k - lag]
+            lag_rows["dot"][lag] = g @ grads[k - lag]
+            lag_rows["opposite"][lag] = np.mean(product < 0)
+            lag_rows["opposite_nonzero"][lag] = np.mean(product[product != 0] < 0)
+            lag_rows["opposite_weight"][lag] = -product[product < 0].sum() / np.abs(product).sum()
         loss = 2.0 * 0.8 ** k
         if k == diverged_at:  # as the trainer records it: a non-finite loss and gradient
-            loss, dot[:] = np.nan, np.nan
-        writer.append({"loss": loss, "epoch": k, "dot": dot, "opposite": opposite})
+            loss, lag_rows["dot"][:] = np.nan, np.nan
+        writer.append({"loss": loss, "epoch": k, **lag_rows})
     if diverged_at is None:
         writer.finish("completed")
     else:
@@ -97,11 +100,36 @@ def test_sign_shift_figure_annotates_correlation_and_opposite_signs(tmp_path):
     assert cells[0, 1] == cells[3, 2] == "-1.00\n100%"  # lag 1: opposite gradients, every entry flips
     assert cells[0, 2] == "1.00\n0%" and all(cells[a, a] == "1.00\n0%" for a in range(H))
     assert "DIVERGED at step 6" in past_ax.get_title() and texts(past_ax) == ["not reached"]
+    assert zig_ax.get_xlabel() == "all entries: 100%\nnon-zero in both: 100%\nmagnitude-weighted: 100%"
+    assert past_ax.get_xlabel() == ""
 
     png, pdf = tmp_path / "sign.png", tmp_path / "sign.pdf"
     figures.render("sign_shift", [(zig, "(a) CNN", 5)], "sign shift", str(png), str(pdf))
     assert matplotlib.image.imread(png).shape[:2] == (round(4.8 * figures.DPI), round(5.3 * figures.DPI))
     assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_sign_shift_figure_shows_the_three_sign_flip_counts_of_the_adjacent_pairs(tmp_path):
+    """Gradients with exact zeros that flip most, not all, of their entries at every step: below the panel, the
+    median over the window's adjacent pairs of each count, equal to the analysis's and the trajectory's."""
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal(60) * rng.exponential(1.0, 60)
+    g[:15] = 0.0
+    flips = [np.where(rng.random(60) < 0.7, -1.0, 1.0) for _ in range(10)]
+    grads = np.stack([g * np.prod(flips[:k + 1], axis=0) * (1 + 0.1 * rng.random(60)) for k in range(10)])
+    grads[rng.random(grads.shape) < 0.1] = 0.0
+    traj_path, an_path = write_run(tmp_path, grads, windows=(2,))
+    fig = figures.build_sign_shift_figure([(an_path, "(a)", 2)], "sign shift")
+    an, steps = store.read_analysis(an_path), store.read_trajectory(traj_path).steps
+    shown = fig.axes[0].get_xlabel().split("\n")
+    assert [line.split(": ")[0] for line in shown] == ["all entries", "non-zero in both", "magnitude-weighted"]
+    for line, field, series in zip(shown, figures.SIGN_COUNTS, store.SHARE_SERIES):
+        from_analysis = np.median(np.diag(getattr(an, field)[0], 1))
+        assert from_analysis == pytest.approx(np.median(steps[series][3:2 + H, 1]), abs=1e-12)
+        assert line.split(": ")[1] == f"{100 * from_analysis:.0f}%"
+    assert len(set(shown_values := [line.split(": ")[1] for line in shown])) == 3, shown_values  # they differ
+    legend = fig.get_supxlabel()
+    assert all(f"{label}:" in legend for label in figures.SIGN_COUNTS.values()) and "paper's wording" in legend
 
 
 def test_a_step_that_is_not_a_window_is_refused(tmp_path):

@@ -198,6 +198,8 @@ class Analysis:
     window_roles: list[str]  # per window: the auto_windows roles it was chosen for ("" if only asked for)
     window_corr: np.ndarray
     window_opposite: np.ndarray
+    window_opposite_nonzero: np.ndarray  # all NaN where the trajectory lacks /steps/opposite_nonzero
+    window_opposite_weight: np.ndarray   # all NaN where it lacks /steps/opposite_weight
     zigzag_loss_share: float
     transitions: list
     change_point_step: int | None   # first step of the change-point unit (t * steps per unit)
@@ -225,11 +227,17 @@ def analyze(steps: dict[str, np.ndarray], h: int, window_steps: list[int], smoot
     chosen = auto_windows(m, phase) if auto else {}
     ws = np.asarray(sorted(set(window_steps) | set(chosen.values())), dtype=np.int64)
     roles = [", ".join(role for role, k in chosen.items() if k == step) for step in ws]
+
+    def windows(lag_matrix, normalise):  # the h x h matrix of every window kept
+        return np.stack([window(lag_matrix, k, h, normalise) for k in ws]) if len(ws) else np.zeros((0, h, h))
+
     return Analysis(
         h=h, smooth_above=smooth_above, zigzag_below=zigzag_below,
         adjacent_mu=adjacent_mu(dot), mean_mu=m, phase=phase, window_steps=ws, window_roles=roles,
-        window_corr=np.stack([window(dot, k, h, True) for k in ws]) if len(ws) else np.zeros((0, h, h)),
-        window_opposite=np.stack([window(opposite, k, h, False) for k in ws]) if len(ws) else np.zeros((0, h, h)),
+        window_corr=windows(dot, True),
+        window_opposite=windows(opposite, False),
+        window_opposite_nonzero=windows(steps.get("opposite_nonzero", np.full_like(dot, np.nan)), False),
+        window_opposite_weight=windows(steps.get("opposite_weight", np.full_like(dot, np.nan)), False),
         zigzag_loss_share=zigzag_loss_share(steps["loss"], phase),
         transitions=transitions(phase),
         change_point_step=t_step,

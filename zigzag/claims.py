@@ -18,7 +18,9 @@ each verdict. Measured quantities (all from analysis and trajectory files):
 - sign flips: for each zigzag step k (its window [k, k+h-1] has mean_mu_k < zigzag_below) the adjacent
   pairs inside the window, ``opposite[k+m, 1]`` for m = 1..h-1 (the share of entries whose sign differs
   between g_{k+m-1} and g_{k+m}); the median over every such pair of a run; a run with no zigzag step is
-  named in the measured column;
+  named in the measured column; the same with ``opposite_nonzero`` (among the entries non-zero in both) and
+  ``opposite_weight`` (the share of the overlap sum_i |g_{k+m-1}[i] g_{k+m}[i]| the flipped entries carry),
+  each a row of its own with its own threshold; a run whose trajectory predates these is named, not judged;
 - zigzag share: the share of the total loss decrease made during zigzag steps;
 - batch-size gap: the largest mean |difference| between two batch sizes' mean_mu, per epoch;
 - GAWU (Table 1): GAWU switched (a seed that never switched does not hold), its change point t within
@@ -65,6 +67,10 @@ THRESHOLDS = {
     "smooth_start": Spec("mean of mean_mu over the early steps above this: starts smooth", "float", 0.5),
     "zigzag_strong": Spec("mean_mu below this: strongly negative (zigzag)", "float", -0.5),
     "sign_flip": Spec("median share of flipped signs in zigzag steps (paper ~0.9)", "float", 0.8),
+    "sign_flip_nonzero": Spec("the same, counted among the entries non-zero in both gradients (paper ~0.9)", "float",
+                              0.8),
+    "sign_flip_weight": Spec("the same, as the share of the overlap sum_i |g[i] g'[i]| the flipped entries carry "
+                             "(paper ~0.9)", "float", 0.8),
     "late_smooth": Spec("late mean of mean_mu above this: near +1", "float", 0.9),
     "late_fraction": Spec("the last part of a run that counts as late", "float", 0.1, low=0, low_open=True, high=1),
     "loss_share": Spec("zigzag share of the loss decrease that counts as substantial", "float", 0.25),
@@ -138,22 +144,56 @@ def window_pair_steps(phase: np.ndarray, h: int) -> np.ndarray:
     return np.unique((starts[:, None] + np.arange(1, h)[None, :]).ravel())
 
 
+def _zigzag_median_shares(runs: list[Run], series: str, at_least: float) -> tuple[str, str]:
+    """The measured column and verdict of a sign-flip count: the median of ``/steps/<series>`` at lag 1 over the
+    adjacent pairs inside a run's zigzag windows, at least ``at_least`` in every run with a zigzag step; a run
+    with none, or whose trajectory predates ``series`` (or holds only NaN there), is named and not judged."""
+    shares, parts = {}, []
+    for run in runs:
+        steps = window_pair_steps(run.an.phase, run.an.h)
+        values = run.traj.steps[series][steps, 1] if series in run.traj.steps else np.array([np.nan])
+        if not len(steps):
+            parts.append(f"{run.name} no zigzag step")
+        elif not np.isfinite(values).any():
+            parts.append(f"{run.name} not recorded")
+        else:
+            shares[run.name] = float(np.nanmedian(values))
+            parts.append(f"{run.name} {100 * shares[run.name]:.0f}%")
+    verdict = NOT_RUN if not shares else HOLDS if all(v >= at_least for v in shares.values()) else FAILS
+    return "; ".join(parts), verdict
+
+
 def sign_flips(runs: list[Run], t: dict) -> dict:
     claim, paper = "about 90% of entries flip sign in the zigzag phase", "~90% (adjacent correlation -0.9)"
     threshold = (f"median share of opposite signs between adjacent gradients inside the zigzag windows "
                  f">= {t['sign_flip']} in every run with a zigzag step")
     if not runs:
         return _not_run(claim, paper, threshold)
-    shares, parts = {}, []
-    for run in runs:
-        steps = window_pair_steps(run.an.phase, run.an.h)
-        if len(steps):
-            shares[run.name] = float(np.nanmedian(run.traj.steps["opposite"][steps, 1]))
-            parts.append(f"{run.name} {100 * shares[run.name]:.0f}%")
-        else:
-            parts.append(f"{run.name} no zigzag step")
-    verdict = NOT_RUN if not shares else HOLDS if all(v >= t["sign_flip"] for v in shares.values()) else FAILS
-    return _row(claim, paper, "; ".join(parts), [r.name for r in runs], verdict, threshold)
+    measured, verdict = _zigzag_median_shares(runs, "opposite", t["sign_flip"])
+    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold)
+
+
+def sign_flips_nonzero(runs: list[Run], t: dict) -> dict:
+    claim = "about 90% of the entries non-zero in both flip sign in the zigzag phase"
+    paper = "~90% (adjacent correlation -0.9)"
+    threshold = (f"median share of opposite signs among the entries non-zero in both adjacent gradients inside the "
+                 f"zigzag windows >= {t['sign_flip_nonzero']} in every run with a zigzag step")
+    if not runs:
+        return _not_run(claim, paper, threshold)
+    measured, verdict = _zigzag_median_shares(runs, "opposite_nonzero", t["sign_flip_nonzero"])
+    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold)
+
+
+def sign_flips_weighted(runs: list[Run], t: dict) -> dict:
+    claim = "the flipped entries carry about 90% of the adjacent gradients' overlap in the zigzag phase"
+    paper = "~90% of entries (adjacent correlation -0.9)"
+    threshold = (f"median share of the overlap sum_i |g_(k-1)[i] g_k[i]| carried by entries of opposite signs, "
+                 f"adjacent gradients inside the zigzag windows, >= {t['sign_flip_weight']} in every run with a "
+                 f"zigzag step")
+    if not runs:
+        return _not_run(claim, paper, threshold)
+    measured, verdict = _zigzag_median_shares(runs, "opposite_weight", t["sign_flip_weight"])
+    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold)
 
 
 def zigzag_then_smooth(run: Run | None, t: dict) -> dict:
@@ -305,6 +345,8 @@ def claims_table(groups: dict[str, list[list[tuple[str, str, str] | None]]], thr
     per_seed = [[
         smooth_then_zigzag(first("cnn", i), t),
         sign_flips(at("cnn", i) + at("sign_flips", i), t),
+        sign_flips_nonzero(at("cnn", i) + at("sign_flips", i), t),
+        sign_flips_weighted(at("cnn", i) + at("sign_flips", i), t),
         zigzag_then_smooth(first("resnet", i), t),
         small_lr_zigzag(at("small_lr", i), t),
         loss_share(at("loss_share", i), t),

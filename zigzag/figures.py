@@ -3,7 +3,8 @@
 - ``build_trajectory_figure`` (paper Figures 1-6): training loss and mean gradient correlation over the
   run, then the h x h gradient correlation matrix of every analysed window.
 - ``build_sign_shift_figure`` (paper Figure 8): chosen windows, each cell annotated with the correlation and
-  the percentage of gradient entries with opposite signs.
+  the percentage of gradient entries with opposite signs, and below each the sign flips of its adjacent pairs
+  counted three ways (all entries, entries non-zero in both, weighted by the overlap).
 - ``build_warmup_figure`` (Figure 7), ``build_batch_size_figure`` (Figure 9), ``build_schedules_figure``
   (Figure 10): curves against the epoch, each curve one label and one (trajectory, analysis) pair per seed
   (read by ``zigzag/curves.py``); several seeds are drawn as mean +- 1 sample standard deviation.
@@ -199,10 +200,37 @@ def build_trajectory_figure(trajectory: str, analysis: str, title: str, label: s
     return fig
 
 
+# Fig. 8's three sign-flip counts: the analysis field of each and its label; SIGN_COUNTS_LEGEND says what each is.
+SIGN_COUNTS = {"window_opposite": "all entries", "window_opposite_nonzero": "non-zero in both",
+               "window_opposite_weight": "magnitude-weighted"}
+SIGN_COUNTS_LEGEND = (
+    "Cells: correlation and % of all entries of opposite sign. Below each panel, the median over the window's "
+    "adjacent pairs (k-1, k) of the share of opposite signs:\n"
+    "all entries: among all entries (the paper's wording);  non-zero in both: among the entries non-zero in both "
+    "gradients;\nmagnitude-weighted: the share of the overlap \u03a3|g_k-1[i] g_k[i]| the entries of opposite sign "
+    "carry (what the correlation sees)")
+
+
+def adjacent_sign_shares(an, e: int) -> dict[str, float]:
+    """The three sign-flip counts of window ``e``: the median over its adjacent pairs (the matrices' first
+    off-diagonal), by ``SIGN_COUNTS`` label; NaN where none is recorded (a window past the end, an older run)."""
+    shares = {}
+    for field, label in SIGN_COUNTS.items():
+        pairs = np.diag(getattr(an, field)[e], 1)
+        shares[label] = float(np.median(pairs[np.isfinite(pairs)])) if np.isfinite(pairs).any() else np.nan
+    return shares
+
+
+def sign_shares_text(shares: dict[str, float]) -> str:
+    """One line per count: ``<label>: <percent>`` (``n/a`` where not recorded)."""
+    return "\n".join(f"{label}: {100 * v:.0f}%" if np.isfinite(v) else f"{label}: n/a" for label, v in shares.items())
+
+
 def build_sign_shift_figure(panels: list[tuple[str, str, int | str]], title: str) -> Figure:
     """Paper Figure 8: for each (analysis file, label, step), the window at ``step`` annotated with the
-    correlation and the percentage of gradient entries with opposite signs. Step ``"auto"`` is the deepest
-    zigzag window the analysis found (``analysis.auto_windows``); a run without one gets a grey panel."""
+    correlation and the percentage of gradient entries with opposite signs, and below it the three sign-flip
+    counts of its adjacent pairs (``adjacent_sign_shares``). Step ``"auto"`` is the deepest zigzag window the
+    analysis found (``analysis.auto_windows``); a run without one gets a grey panel."""
     if not panels:
         raise ZigzagError("sign-shift figure: no panels given; name at least one (analysis, label, step)")
     fig = Figure(figsize=(4.3 * len(panels) + 1.0, 4.8), layout="constrained")
@@ -224,8 +252,11 @@ def build_sign_shift_figure(panels: list[tuple[str, str, int | str]], title: str
         panel_title, colour = _diverged_title(f"{panel_label} (epoch {step})", an.diverged_at, "run ")
         _matrix_panel(ax, an.window_corr[e], an.window_opposite[e], step, panel_title)
         ax.title.set_color(colour)
+        if not np.isnan(an.window_corr[e]).all():
+            ax.set_xlabel(sign_shares_text(adjacent_sign_shares(an, e)), fontsize=9)
     _colourbar(fig, axes)
     fig.suptitle(title, fontsize=13)
+    fig.supxlabel(SIGN_COUNTS_LEGEND, fontsize=7, wrap=True)
     return fig
 
 

@@ -814,6 +814,19 @@ ANALYSIS_FIELDS = {
         "sign-shift matrices s(k+a, k+b); NaN where the window runs past the recorded steps",
         description="h x h matrices s(k+a, k+b), fraction of entries with opposite signs (an exact 0 is never "
         "opposite)"),
+    "window_opposite_nonzero": AnalysisField(
+        "/windows/opposite_nonzero", "float64", "NaN",
+        "the same from `/steps/opposite_nonzero`: share of opposite signs among the entries non-zero in both; NaN "
+        "where the window runs past the recorded steps or the trajectory lacks the series",
+        description="h x h matrices of the share of entries with opposite signs among those non-zero in both; NaN "
+        "where not recorded"),
+    "window_opposite_weight": AnalysisField(
+        "/windows/opposite_weight", "float64", "NaN",
+        "the same from `/steps/opposite_weight`: magnitude-weighted share, the part of the overlap sum_i "
+        "abs(g[i] g'[i]) carried by entries of opposite signs; NaN where the window runs past the recorded steps or "
+        "the trajectory lacks the series",
+        description="h x h matrices of the share of the overlap sum_i abs(g[i] g'[i]) carried by entries of "
+        "opposite signs; NaN where not recorded"),
     "h": AnalysisField("@", "int", "-", "window size of eq. 3 and of the matrices"),
     "smooth_above": AnalysisField("@", "float", "-", "a step is smooth when mean_mu is above it"),
     "zigzag_below": AnalysisField("@", "float", "-", "a step is zigzag when mean_mu is below it"),
