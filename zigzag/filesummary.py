@@ -18,7 +18,8 @@ def _fmt(values: np.ndarray) -> str:
 
 
 def summary(path) -> str:
-    """Format, settings, status, the arithmetic's fingerprint (trajectories), every dataset with shape and description, head and tail of main series.
+    """Format, settings, status, the arithmetic's fingerprint (trajectories), every dataset with shape and
+    description, head and tail of main series.
 
     A trajectory or analysis is first read whole by its reader, so a damaged one (a failed checksum, values
     no run writes) is refused with the reader's one line rather than summarised."""

@@ -58,9 +58,10 @@ class Recorder:
                  parameter_steps: set[int] | int | None = None, attrs: dict | None = None,
                  resume: dict | None = None):
         """Create ``path`` (``settings``: the run's settings, stored as its ``config``; ``n_train``: training
-        examples; ``attrs``: more file attributes, beside the arithmetic's fingerprint), or with ``resume`` (a ``state_dict`` with ``n_steps``
-        and ``elapsed`` added) reopen the unfinished file there, truncated to its first ``n_steps`` steps
-        (``store.ZigzagError`` if it is damaged)."""
+        examples; ``attrs``: more file attributes, beside the arithmetic's fingerprint), or with ``resume`` (a
+        ``state_dict`` with ``n_steps`` and ``elapsed`` added) reopen the unfinished file there, truncated to its
+        first ``n_steps`` steps (``store.ZigzagError`` if it is damaged); ``parameter_steps``: the steps whose
+        theta_k goes to ``/raw/parameters`` (None: none)."""
         self.gradients = FlatGradients(model)
         n_params = self.gradients.flat.numel()
         device = self.gradients.flat.device
