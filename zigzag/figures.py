@@ -470,8 +470,8 @@ def build_divergence_figure(panels: list[tuple[str, str, str, int | str]], title
     ax_l.set(ylabel="loss distance |loss_k - loss'_k|", xlabel=step_unit(traj))
     for ax in (ax_p, ax_l):
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.text(0.01, 0.005, f"growth rate: least-squares slope of ln distance from its smallest value to the first "
-             f"step at {GROWTH_UNTIL:.0%} of its largest (shaded); zeros not drawn", fontsize=7, color="0.35")
+    fig.supxlabel(f"growth rate: least-squares slope of ln distance from its smallest value to the first step at "
+                  f"{GROWTH_UNTIL:.0%} of its largest (shaded); zeros not drawn", fontsize=7, color="0.35")
     suptitle, colour = _diverged_title(title, traj.diverged_at)
     fig.suptitle(suptitle, color=colour, fontsize=13)
     return fig
