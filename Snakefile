@@ -24,6 +24,6 @@ include: "workflow/rules/claims.smk"
 rule all:
     default_target: True
     input:
-        rules.all_figures.input,
+        pipeline.figure_files(config),
         rules.all_tables.input,
         rules.all_claims.input,

@@ -85,6 +85,24 @@ def test_known_verdicts(tmp_path):
     assert f"cnn {36 / 59:.2f}" in share
 
 
+def test_margins_give_the_measured_values_against_their_thresholds(tmp_path):
+    """The edge-of-stability margin counts the steps between onset and 2/lr against those allowed; the sign-flip
+    margin is that of the run the verdict turns on; neither margin changes a verdict."""
+    sharp = np.where(np.arange(60) >= 18, 21.0, 5.0)  # 2/lr = 20 reached at step 18; zigzag onset at step 20
+    eos = write_gd_run(tmp_path / "eos", [1] * 20 + alternating(40), sharpness=sharp)
+    late = write_gd_run(tmp_path / "late", [1] * 20 + alternating(40), sharpness=np.where(np.arange(60) >= 11, 21, 5.))
+    half = write_gd_run(tmp_path / "half", [1] * 5 + alternating(30), flip_fraction=0.5)
+    df = one_seed({"sharpness": [eos, late], "sign_flips": [eos, half]}).set_index("claim")
+    edge = df.loc["zigzag onset coincides with the sharpness reaching 2/lr (edge of stability; not in the paper)"]
+    assert edge["margin"] == "seed 0: tightest late: onset 20 against 2/lr at 11: 9 of the 10 steps allowed (+1)"
+    assert edge["verdict"] == HOLDS
+    flips = df.loc[FLIPS_CLAIM]
+    assert flips["margin"] == "seed 0: tightest half: median share 0.50 against 0.8: -0.30"
+    assert flips["verdict"] == FAILS
+    tighter = one_seed({"sharpness": [late]}, dict(THRESHOLDS, eos_gap=8)).set_index("claim").loc[edge.name]
+    assert tighter["verdict"] == FAILS and tighter["margin"].endswith("9 of the 8 steps allowed (-1)")
+
+
 def test_resnet_that_never_turns_smooth_does_not_hold(tmp_path):
     resnet = write_gd_run(tmp_path / "resnet", alternating(60))
     df = one_seed({"resnet": [resnet]})
@@ -217,8 +235,11 @@ def test_every_claim_is_judged_per_seed_and_combined_by_the_configured_rule(tmp_
     assert (row["seed 0"], row["seed 1"], row["seed 2"], row["verdict"]) == (HOLDS, FAILS, NOT_RUN, MIXED)
     assert row["measured"].startswith("seed 0: first 10: +1.00; later min -1.00 | seed 1: first 10: +1.00; "
                                       "later min +1.00 | seed 2: -")
-    assert list(df.columns) == ["claim", "paper", "measured", "runs", "threshold", "seed 0", "seed 1", "seed 2",
-                                "verdict"]
+    assert list(df.columns) == ["claim", "paper", "measured", "runs", "threshold", "margin", "seed 0", "seed 1",
+                                "seed 2", "verdict"]
+    assert row["margin"] == ("seed 0: early mean 1.00 against 0.5: +0.50; later min -1.00 against -0.5: +0.50 | "
+                             "seed 1: early mean 1.00 against 0.5: +0.50; later min 1.00 against -0.5: -1.50 | "
+                             "seed 2: -")
     majority = claims_table({"cnn": [[good, good, flat]]}, THRESHOLDS, [0, 1, 2], "majority")
     assert majority.set_index("claim").loc["CNN starts smooth, then turns zigzag", "verdict"] == HOLDS
 

@@ -78,7 +78,7 @@ def dtype_matches(documented_dtype: str, dtype) -> bool:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Files of every kind made by the real code, together holding every optional name: a dataset; a run with
-    sharpness and raw gradients and one that diverges; the analysis of each."""
+    sharpness, raw gradients and raw parameters and one that diverges; the analysis of each."""
     from conftest import write_synthetic_dataset
 
     tmp = tmp_path_factory.mktemp("formats")
@@ -86,7 +86,7 @@ def files(tmp_path_factory):
     common = ["--dataset", dataset, "--model", "cnn", "--width", "0.5", "--micro-batch", "48", "--lags", "3",
               "--device", "cpu", "--quiet"]
     runs = {"full": ["--lr", "0.1", "--steps", "6", "--sharpness", "every:3", "--raw-gradients", "every:2",
-                     "--raw-compression", "gzip"],
+                     "--raw-compression", "gzip", "--raw-parameters", "every:3"],
             "diverged": ["--lr", "1e12", "--steps", "30", "--no-batch-norm"]}
     made = {"zigzag-dataset": [dataset], "zigzag-trajectory": [], "zigzag-analysis": []}
     for name, flags in runs.items():

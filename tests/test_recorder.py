@@ -76,3 +76,32 @@ def test_an_exception_in_the_loop_leaves_the_file_unfinished_with_what_was_recor
 def test_importing_zigzag_does_not_import_torch_for_the_recorder():
     check = "import sys, zigzag; assert 'torch' not in sys.modules; zigzag.Recorder; assert 'torch' in sys.modules"
     subprocess.run([sys.executable, "-c", check], check=True)
+
+
+def test_a_recorded_file_has_the_arithmetic_fingerprint_and_the_selected_parameters(tmp_path, capsys):
+    import json
+
+    from zigzag import Recorder
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    thetas = []
+    with Recorder(tmp_path / "run.h5", model, lags=1, parameter_steps={0, 2}) as recorder:
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.ones(1, 4)).sum().backward()
+            thetas.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().copy())
+            recorder.record(loss=0.0, lr=0.5)
+            optimizer.step()
+    traj = store.read_trajectory(tmp_path / "run.h5")
+    found = json.loads(traj.attrs["arithmetic"])
+    assert found["threads"] == torch.get_num_threads() and found["torch"] == torch.__version__
+    assert found["deterministic"] == torch.are_deterministic_algorithms_enabled()
+    assert isinstance(found["cpu"]["flags"], list) and found["build"]
+    with store.open_file(tmp_path / "run.h5", store.TRAJECTORY) as f:
+        assert list(f["raw/parameter_steps"][()]) == [0, 2] and "gradients" not in f["raw"]
+        np.testing.assert_array_equal(f["raw/parameters"][()], np.array(thetas)[[0, 2]])
+    shown = zigzag_main(capsys, "inspect", tmp_path / "run.h5").stdout
+    assert "  arithmetic:" in shown and f"    threads: {torch.get_num_threads()}" in shown
+    assert f'    torch: "{torch.__version__}"' in shown

@@ -154,7 +154,7 @@ def test_sigkill_with_buffered_rows_and_queued_raw_dumps_resumes_bit_identical(t
     and the raw-dump queue, so the file holds exactly what the checkpoint claims and the rerun redoes them."""
     settings = json.dumps(dict(dataset=tiny_dataset, model="cnn", width=0.5, lr=0.05, steps=14, lags=3,
                                micro_batch=40, eval_every=3, checkpoint_every=4, raw_gradients="every:1",
-                               device="cpu"))
+                               raw_parameters="every:1", device="cpu"))
     killed, straight = tmp_path / "killed" / "trajectory.h5", tmp_path / "straight.h5"
 
     def run(out, kill_at):
@@ -170,9 +170,10 @@ def test_sigkill_with_buffered_rows_and_queued_raw_dumps_resumes_bit_identical(t
     with h5py.File(killed, "r") as a, h5py.File(straight, "r") as b:
         assert a.attrs["status"] == b.attrs["status"] == "completed"
         for name in ("steps/loss", "steps/accuracy", "steps/lr", "steps/grad_norm", "steps/dot",
-                     "steps/opposite", "steps/test_loss", "steps/test_accuracy", "raw/gradients", "raw/steps"):
+                     "steps/opposite", "steps/test_loss", "steps/test_accuracy", "raw/gradients", "raw/steps",
+                     "raw/parameters", "raw/parameter_steps"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
-        assert a["raw/steps"][()].tolist() == list(range(14))
+        assert a["raw/steps"][()].tolist() == a["raw/parameter_steps"][()].tolist() == list(range(14))
 
 
 def test_divergence_is_recorded_and_exits_zero(tiny_dataset, tmp_path, capsys):

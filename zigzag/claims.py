@@ -28,6 +28,12 @@ each verdict. Measured quantities (all from analysis and trajectory files):
   final test accuracy at least that WU run's mean minus ``gawu_accuracy_sds`` sample standard
   deviations of that run's seeds (comparable within the seeds' spread);
 - edge of stability: the first step where the sharpness reaches 2/lr versus the zigzag onset.
+
+Each verdict comes with its margin (``margin``): every measured value the verdict compares, against its
+threshold, and the room it leaves, signed: positive on the side where the claim holds, negative where it fails
+(``_margin``). Where a claim needs every run of a group, the margin is that of the tightest run, the one the
+verdict turns on. A verdict with a small margin may turn on another machine (full-batch GD at the edge of
+stability amplifies last-bit differences; README, "Claims").
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from zigzag.settings import MAX_STEPS, Spec
 
 HOLDS, FAILS, NOT_RUN, MIXED = "holds", "does not hold", "not run", "mixed"
 OVERALL_RULES = ("every_seed", "majority")
-COLUMNS = ["claim", "paper", "measured", "runs", "threshold", "verdict"]
+COLUMNS = ["claim", "paper", "measured", "runs", "threshold", "margin", "verdict"]
 # The claim groups (config ``claims.<group>``: the runs a claim reads), declared once: ``claims_table`` reads them,
 # and the ``claims`` section of the workflow's config (zigzag.configcheck.load_schema) and its plan
 # (zigzag.pipeline.claim_groups) come from them.
@@ -113,9 +119,25 @@ class Run:
                          for e in range(epochs.max() + 1)])
 
 
-def _row(claim, paper, measured, runs, verdict, threshold, never_switched=False):
+def _row(claim, paper, measured, runs, verdict, threshold, never_switched=False, margin="-"):
     return {"claim": claim, "paper": paper, "measured": measured, "runs": ", ".join(runs),
-            "threshold": threshold, "verdict": verdict, "never_switched": never_switched}
+            "threshold": threshold, "verdict": verdict, "never_switched": never_switched, "margin": margin}
+
+
+def _spare(value: float, limit: float, above: bool) -> float:
+    """The room ``value`` leaves against ``limit``: positive on the holding side (above it if ``above``)."""
+    return value - limit if above else limit - value
+
+
+def _margin(name: str, value: float, limit: float, above: bool, digits: int = 2) -> str:
+    """``name value against limit: +room`` (``_spare``; a strict threshold fails at 0)."""
+    return f"{name} {value:.{digits}f} against {limit:g}: {_spare(value, limit, above):+.{digits}f}"
+
+
+def _tightest(values: dict[str, float], limit: float, above: bool, what: str, digits: int = 2) -> str:
+    """The margin of the run with the least room (a NaN counts as none), named."""
+    name = min(values, key=lambda n: _spare(values[n], limit, above) if np.isfinite(values[n]) else -np.inf)
+    return f"tightest {name}: " + _margin(what, values[name], limit, above, digits)
 
 
 def _not_run(claim, paper, threshold, runs=()):
@@ -134,8 +156,10 @@ def smooth_then_zigzag(run: Run | None, t: dict) -> dict:
     early = float(np.nanmean(run.mean_mu[: t["early_steps"]]))
     later = float(np.nanmin(run.mean_mu[t["early_steps"]:]))
     ok = early > t["smooth_start"] and later < t["zigzag_strong"]
+    margin = (f"{_margin('early mean', early, t['smooth_start'], True)}; "
+              f"{_margin('later min', later, t['zigzag_strong'], False)}")
     return _row(claim, paper, f"first {t['early_steps']}: {early:+.2f}; later min {later:+.2f}", [run.name],
-                HOLDS if ok else FAILS, threshold)
+                HOLDS if ok else FAILS, threshold, margin=margin)
 
 
 def window_pair_steps(phase: np.ndarray, h: int) -> np.ndarray:
@@ -144,8 +168,8 @@ def window_pair_steps(phase: np.ndarray, h: int) -> np.ndarray:
     return np.unique((starts[:, None] + np.arange(1, h)[None, :]).ravel())
 
 
-def _zigzag_median_shares(runs: list[Run], series: str, at_least: float) -> tuple[str, str]:
-    """The measured column and verdict of a sign-flip count: the median of ``/steps/<series>`` at lag 1 over the
+def _zigzag_median_shares(runs: list[Run], series: str, at_least: float) -> tuple[str, str, str]:
+    """The measured column, verdict and margin of a sign-flip count: the median of ``/steps/<series>`` at lag 1 over the
     adjacent pairs inside a run's zigzag windows, at least ``at_least`` in every run with a zigzag step; a run
     with none, or whose trajectory predates ``series`` (or holds only NaN there), is named and not judged."""
     shares, parts = {}, []
@@ -160,7 +184,8 @@ def _zigzag_median_shares(runs: list[Run], series: str, at_least: float) -> tupl
             shares[run.name] = float(np.nanmedian(values))
             parts.append(f"{run.name} {100 * shares[run.name]:.0f}%")
     verdict = NOT_RUN if not shares else HOLDS if all(v >= at_least for v in shares.values()) else FAILS
-    return "; ".join(parts), verdict
+    margin = _tightest(shares, at_least, True, "median share") if shares else "-"
+    return "; ".join(parts), verdict, margin
 
 
 def sign_flips(runs: list[Run], t: dict) -> dict:
@@ -169,8 +194,8 @@ def sign_flips(runs: list[Run], t: dict) -> dict:
                  f">= {t['sign_flip']} in every run with a zigzag step")
     if not runs:
         return _not_run(claim, paper, threshold)
-    measured, verdict = _zigzag_median_shares(runs, "opposite", t["sign_flip"])
-    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold)
+    measured, verdict, margin = _zigzag_median_shares(runs, "opposite", t["sign_flip"])
+    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold, margin=margin)
 
 
 def sign_flips_nonzero(runs: list[Run], t: dict) -> dict:
@@ -180,8 +205,8 @@ def sign_flips_nonzero(runs: list[Run], t: dict) -> dict:
                  f"zigzag windows >= {t['sign_flip_nonzero']} in every run with a zigzag step")
     if not runs:
         return _not_run(claim, paper, threshold)
-    measured, verdict = _zigzag_median_shares(runs, "opposite_nonzero", t["sign_flip_nonzero"])
-    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold)
+    measured, verdict, margin = _zigzag_median_shares(runs, "opposite_nonzero", t["sign_flip_nonzero"])
+    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold, margin=margin)
 
 
 def sign_flips_weighted(runs: list[Run], t: dict) -> dict:
@@ -192,8 +217,8 @@ def sign_flips_weighted(runs: list[Run], t: dict) -> dict:
                  f"zigzag step")
     if not runs:
         return _not_run(claim, paper, threshold)
-    measured, verdict = _zigzag_median_shares(runs, "opposite_weight", t["sign_flip_weight"])
-    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold)
+    measured, verdict, margin = _zigzag_median_shares(runs, "opposite_weight", t["sign_flip_weight"])
+    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold, margin=margin)
 
 
 def zigzag_then_smooth(run: Run | None, t: dict) -> dict:
@@ -206,8 +231,10 @@ def zigzag_then_smooth(run: Run | None, t: dict) -> dict:
     first = float(np.min(m[: len(m) // 2]))
     late = float(np.mean(m[-max(1, int(len(m) * t["late_fraction"])):]))
     ok = first < t["zigzag_strong"] and late > t["late_smooth"]
+    margin = (f"{_margin('first-half min', first, t['zigzag_strong'], False)}; "
+              f"{_margin('late mean', late, t['late_smooth'], True)}")
     return _row(claim, paper, f"first-half min {first:+.2f}; late mean {late:+.2f}", [run.name],
-                HOLDS if ok else FAILS, threshold)
+                HOLDS if ok else FAILS, threshold, margin=margin)
 
 
 def small_lr_zigzag(runs: list[Run], t: dict) -> dict:
@@ -218,7 +245,7 @@ def small_lr_zigzag(runs: list[Run], t: dict) -> dict:
     minima = {r.name: float(np.nanmin(r.mean_mu)) for r in runs}
     ok = all(v < t["zigzag_strong"] for v in minima.values())
     return _row(claim, paper, "; ".join(f"{n} min {v:+.2f}" for n, v in minima.items()), list(minima),
-                HOLDS if ok else FAILS, threshold)
+                HOLDS if ok else FAILS, threshold, margin=_tightest(minima, t["zigzag_strong"], False, "min"))
 
 
 def loss_share(runs: list[Run], t: dict) -> dict:
@@ -229,7 +256,7 @@ def loss_share(runs: list[Run], t: dict) -> dict:
     shares = {r.name: r.an.zigzag_loss_share for r in runs}
     ok = all(np.isfinite(v) and v >= t["loss_share"] for v in shares.values())
     return _row(claim, paper, "; ".join(f"{n} {v:.2f}" for n, v in shares.items()), list(shares),
-                HOLDS if ok else FAILS, threshold)
+                HOLDS if ok else FAILS, threshold, margin=_tightest(shares, t["loss_share"], True, "share"))
 
 
 def batch_sizes_similar(runs: list[Run], t: dict) -> dict:
@@ -242,7 +269,7 @@ def batch_sizes_similar(runs: list[Run], t: dict) -> dict:
     gaps = [np.nanmean(np.abs(a[:n] - b[:n])) for i, a in enumerate(curves) for b in curves[i + 1:]]
     gap = float(np.nanmax(gaps))
     return _row(claim, paper, f"largest gap {gap:.2f}", [r.name for r in runs],
-                HOLDS if gap <= t["batch_gap"] else FAILS, threshold)
+                HOLDS if gap <= t["batch_gap"] else FAILS, threshold, margin=_margin("gap", gap, t["batch_gap"], False))
 
 
 def final_accuracy(run: Run) -> float:
@@ -274,8 +301,12 @@ def gawu_close_to_best_wu(gawu: Run | None, wu: list[list[Run]], t: dict) -> dic
     if not np.isfinite(best_sd):
         return _row(claim, paper, measured + "; the spread needs 2 finished seeds of that WU run", runs, NOT_RUN,
                     threshold)
-    ok = abs(gawu_t - best_t) <= t["gawu_gap"] and acc >= best_mean - t["gawu_accuracy_sds"] * best_sd
-    return _row(claim, paper, measured, runs, HOLDS if ok else FAILS, threshold)
+    floor = best_mean - t["gawu_accuracy_sds"] * best_sd
+    ok = abs(gawu_t - best_t) <= t["gawu_gap"] and acc >= floor
+    margin = (f"|t - best t| = {abs(gawu_t - best_t)} against {t['gawu_gap']:g}: "
+              f"{_spare(abs(gawu_t - best_t), t['gawu_gap'], False):+g} units; "
+              f"accuracy {100 * acc:.1f}% against {100 * floor:.1f}%: {100 * (acc - floor):+.1f} points")
+    return _row(claim, paper, measured, runs, HOLDS if ok else FAILS, threshold, margin=margin)
 
 
 def onset_at_edge_of_stability(runs: list[Run], t: dict) -> dict:
@@ -285,17 +316,34 @@ def onset_at_edge_of_stability(runs: list[Run], t: dict) -> dict:
                  f"in every run that reaches both")
     if not runs:
         return _not_run(claim, paper, threshold)
-    parts, ok, seen = [], True, False
+    parts, ok, seen, gaps = [], True, False, {}
     for r in runs:
         onset, eos = r.an.zigzag_onset, r.an.eos_step
         parts.append(f"{r.name}: onset {'none' if onset is None else onset}, 2/lr at {'never' if eos is None else eos}")
         if onset is not None and eos is not None:
             seen = True
             ok &= abs(onset - eos) <= t["eos_gap"]
+            gaps[r.name] = (onset, eos)
         elif onset is not None or eos is not None:
             ok = False
+            gaps[r.name] = (onset, eos)
     verdict = (HOLDS if ok else FAILS) if seen or not ok else NOT_RUN
-    return _row(claim, paper, "; ".join(parts), [r.name for r in runs], verdict, threshold)
+    return _row(claim, paper, "; ".join(parts), [r.name for r in runs], verdict, threshold,
+                margin=_eos_margin(gaps, t["eos_gap"]))
+
+
+def _eos_margin(gaps: dict[str, tuple[int | None, int | None]], allowed: int) -> str:
+    """The tightest run's onset against its 2/lr step: "onset 12 against 2/lr at 10: 2 of the 10 steps allowed
+    (+8)"; a run that reaches only one of them fails with no margin to give."""
+    if not gaps:
+        return "-"
+    one_sided = [name for name, (onset, eos) in gaps.items() if onset is None or eos is None]
+    if one_sided:
+        return f"{one_sided[0]} reaches only one of onset and 2/lr: no margin"
+    name = max(gaps, key=lambda n: abs(gaps[n][0] - gaps[n][1]))
+    onset, eos = gaps[name]
+    return (f"tightest {name}: onset {onset} against 2/lr at {eos}: {abs(onset - eos)} of the {allowed} steps "
+            f"allowed ({allowed - abs(onset - eos):+d})")
 
 
 def overall_verdict(verdicts: list[str], rule: str) -> str:
@@ -312,7 +360,7 @@ def claims_table(groups: dict[str, list[list[tuple[str, str, str] | None]]], thr
                  overall: str = "every_seed") -> pd.DataFrame:
     """``groups``: claim group -> runs -> one (job name, trajectory, analysis) per seed of ``seeds``, in
     that order (None: not configured); a missing group is not run. A job that did not complete (running
-    or diverged) counts as not run on its seed. One row per claim: the measured value per seed, a
+    or diverged) counts as not run on its seed. One row per claim: the measured value and its margin per seed, a
     ``seed <s>`` verdict column per seed and the overall ``verdict`` by the rule ``overall``."""
     if overall not in OVERALL_RULES:
         raise ZigzagError(f"claims: invalid overall rule {overall!r}; must be one of {', '.join(OVERALL_RULES)}")
@@ -363,8 +411,9 @@ def claims_table(groups: dict[str, list[list[tuple[str, str, str] | None]]], thr
         if never:
             measured = f"GAWU never switched on {never} of {len(seeds)} seeds | {measured}"
         runs = list(dict.fromkeys(name for r in by_seed for name in r["runs"].split(", ") if name))
+        margin = " | ".join(f"seed {s}: {r['margin']}" for s, r in zip(seeds, by_seed))
         rows.append({"claim": by_seed[0]["claim"], "paper": by_seed[0]["paper"], "measured": measured,
-                     "runs": ", ".join(runs), "threshold": by_seed[0]["threshold"],
+                     "runs": ", ".join(runs), "threshold": by_seed[0]["threshold"], "margin": margin,
                      **dict(zip(seed_columns, verdicts)), "verdict": overall_verdict(verdicts, overall)})
     df = pd.DataFrame(rows, columns=[*COLUMNS[:-1], *seed_columns, "verdict"])
     df.attrs["overall"] = overall

@@ -5,12 +5,17 @@ analysis: ``(trajectory,)`` per seed, and the curve has no "mean_mu"). ``load_cu
 and cuts them to their common prefix of steps; its x axis is the epoch, step / batches_per_epoch
 (fractional for SGD iterations; the step itself for GD). ``CurveData.mean_sd`` gives the seeds' mean and
 sample standard deviation (ddof = 1) that the figures draw as a line and a band.
+
+``read_divergence`` reads a run and its perturbed twin (``init_perturbation``) from the parameters both recorded
+(``/raw/parameters``): their distance and their loss distance per step, and ``growth_rate`` fits how fast the
+distance grows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 
 from zigzag import store
@@ -102,3 +107,71 @@ def load_curve(curve: Curve) -> CurveData:
                      schedule_kind=schedule_setting(schedule, "kind"), unit=schedule_setting(schedule, "unit"),
                      batches_per_epoch=bpe, change_points=[store.schedule_change_point(t) for t in trajs],
                      diverged=len(diverged), notes=notes)
+
+
+# The growth rate of a distance between a run and its perturbed twin, fixed before any result was seen: the
+# least-squares slope of ln d_k against k over the steps where it grows: from the step of its smallest positive
+# value before its largest to the first step after it where d_k reaches GROWTH_UNTIL of the largest (after that
+# the twins are apart and the distance saturates); zero distances are left out of the fit.
+GROWTH_UNTIL = 0.1
+
+
+@dataclass
+class Divergence:
+    """A run and its perturbed twin, step by step over their common steps with raw parameters."""
+
+    label: str                   # the twin's label
+    steps: np.ndarray            # the steps where both recorded theta_k
+    parameters: np.ndarray       # |theta_k - theta'_k| (Euclidean, float64)
+    loss: np.ndarray             # |loss_k - loss'_k| at those steps
+    zigzag_onset: int | None     # the twin's first zigzag step
+
+
+def _raw_parameters(path: str) -> tuple[np.ndarray, h5py.Dataset]:
+    """A trajectory's ``/raw/parameter_steps`` and its open ``/raw/parameters`` (read row by row)."""
+    f = store.open_file(path, store.TRAJECTORY)
+    if "raw/parameters" not in f:
+        f.close()
+        raise ZigzagError(f"{path}: no /raw/parameters; train the run and its twin with raw_parameters (e.g. every:1)")
+    return store.read_data(f["raw/parameter_steps"]), f["raw/parameters"]
+
+
+def read_divergence(reference: str, twin: str, label: str, twin_analysis: store.AnalysisFile) -> Divergence:
+    """The parameter and loss distance of ``twin`` from ``reference`` (trajectory files recording raw parameters
+    of the same model) at the steps both recorded."""
+    ref_steps, ref_rows = _raw_parameters(reference)
+    twin_steps, twin_rows = _raw_parameters(twin)
+    try:
+        if ref_rows.shape[1] != twin_rows.shape[1]:
+            raise ZigzagError(f"{twin}: {twin_rows.shape[1]} parameters, {reference} {ref_rows.shape[1]}: "
+                              f"a twin must be the same model")
+        steps, ref_at, twin_at = np.intersect1d(ref_steps, twin_steps, return_indices=True)
+        parameters = np.array([np.linalg.norm(store.read_data(ref_rows, i).astype(np.float64)
+                                              - store.read_data(twin_rows, j)) for i, j in zip(ref_at, twin_at)])
+    finally:
+        ref_rows.file.close()
+        twin_rows.file.close()
+    ref_loss, twin_loss = store.read_trajectory(reference).steps["loss"], store.read_trajectory(twin).steps["loss"]
+    inside = steps < min(len(ref_loss), len(twin_loss))
+    steps, parameters = steps[inside], parameters[inside]
+    return Divergence(label, steps, parameters, np.abs(ref_loss[steps] - twin_loss[steps]), twin_analysis.zigzag_onset)
+
+
+def growth_rate(steps: np.ndarray, distance: np.ndarray) -> tuple[float, int, int] | None:
+    """The slope of ln d_k per step (the rule above ``GROWTH_UNTIL``) and the first and last step of its fit;
+    None with fewer than two positive distances there."""
+    finite = np.isfinite(distance)
+    if not finite.any():
+        return None
+    largest = int(np.nanargmax(distance))
+    positive = finite & (distance > 0)
+    if not positive[: largest + 1].any():
+        return None
+    candidates = np.flatnonzero(positive[: largest + 1])
+    start = int(candidates[np.argmin(distance[candidates])])
+    end = start + int(np.flatnonzero(distance[start:] >= GROWTH_UNTIL * distance[largest])[0])
+    keep = positive[start: end + 1]
+    x, y = steps[start: end + 1][keep], np.log(distance[start: end + 1][keep])
+    if len(x) < 2:
+        return None
+    return float(np.polyfit(x, y, 1)[0]), int(x[0]), int(x[-1])

@@ -90,10 +90,26 @@ def check_memory(config: RunConfig, n_params: int, device: torch.device, failed:
                           + "; lower width or lags")
 
 
+PERTURBATION_STREAM = 0x5EED  # the second word of the perturbation generator's seed, after the run's seed
+
+
+def perturb(model: nn.Module, eps: float, seed: int) -> None:
+    """Perturb every parameter tensor p, in ``model.parameters()`` order, by p += eps * |p| * z (elementwise),
+    z ~ N(0, 1) in float32 on the CPU from ``numpy.random.Generator(PCG64(SeedSequence([seed,
+    PERTURBATION_STREAM])))`` drawn for one tensor after the other; the sum is rounded to the parameter's dtype
+    (so a relative eps below float32's 6e-8 changes an entry by at most one unit in the last place)."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, PERTURBATION_STREAM])))
+    with torch.no_grad():
+        for p in model.parameters():
+            z = torch.from_numpy(rng.standard_normal(tuple(p.shape), dtype=np.float32)).to(p.device)
+            p.add_(eps * p.abs() * z)
+
+
 def build_on_device(config: RunConfig, data: DeviceData, device: torch.device, channels_last: bool) -> nn.Module:
     """The run's model for ``data``, initialised from ``config.seed``, on ``device`` in train mode, once
     ``check_memory`` says it fits; on a CPU with ``channels_last`` its weights in that layout (the gradient
-    views the recorder makes keep the default one)."""
+    views the recorder makes keep the default one); with ``init_perturbation`` eps > 0 the initial weights
+    perturbed by ``perturb`` (eps 0 leaves them, and every random stream, untouched)."""
     shape = data.train_x.shape
     args = dict(width=config.width, in_channels=shape[1], image_size=shape[2], num_classes=data.num_classes,
                 batch_norm=config.batch_norm)
@@ -101,6 +117,8 @@ def build_on_device(config: RunConfig, data: DeviceData, device: torch.device, c
         check_memory(config, count_parameters(build_model(config.model, **args)), device)
     torch.manual_seed(config.seed)
     model = build_model(config.model, **args).to(device)
+    if config.init_perturbation > 0:
+        perturb(model, config.init_perturbation, config.seed)
     if channels_last and device.type == "cpu":
         model.to(memory_format=torch.channels_last)
     return model.train()

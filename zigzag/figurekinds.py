@@ -21,7 +21,8 @@ How an entry names its runs (``runs``), and what the renderer receives:
 
 A curve is ``(label, [files of one job, ...])``, one tuple of files (in the order of ``reads``) per seed.
 A kind with ``windows`` takes the entry's ``steps`` (window steps, or ``auto``) as ``steps=``; the
-analysis keeps those windows.
+analysis keeps those windows. A kind with ``front_door`` False is drawn by the target ``all`` but not by
+``all_figures`` (``pipeline.figure_ids``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class FigureKind:
     reads: tuple[str, ...]      # the files of each job: trajectory, analysis
     renderer: str               # the function of zigzag.figures that returns the Figure
     windows: bool = False       # takes the entry's ``steps`` (the windows it draws)
+    front_door: bool = True     # drawn by ``all_figures``; False: only by ``all`` (its runs cost more than they show)
 
     @property
     def command(self) -> str:
@@ -71,6 +73,9 @@ KINDS = {kind.name: kind for kind in (
                runs="run", seeds="first", reads=("trajectory", "analysis"), renderer="build_sharpness_figure"),
     FigureKind("lag1", "correlation of adjacent gradients at every step, one line per curve",
                runs="curves", seeds="all", reads=("trajectory",), renderer="build_lag1_figure"),
+    FigureKind("divergence", "parameter and loss distance of perturbed twins (the later panels) from a run (the "
+               "first), log scale, with growth rates", runs="panels", seeds="first", reads=("trajectory", "analysis"),
+               renderer="build_divergence_figure", front_door=False),
 )}
 _STEP = {"type": "integer", "minimum": 0, "maximum": MAX_STEPS - 1}
 # The fields of an entry of each form (``FigureKind.runs``) besides kind and title, as JSON schema; a kind with

@@ -11,6 +11,7 @@
 - ``build_lag1_figure`` (beyond the paper): the correlation of adjacent gradients at every step, curves
   of trajectories alone.
 - ``build_sharpness_figure`` (beyond the paper): sharpness against 2/lr and the gradient geometry.
+- ``build_divergence_figure`` (beyond the paper): how fast a run and its perturbed twin part.
 
 The ``build_*`` functions return the ``Figure``. Each figure kind of the workflow names its ``build_*``
 function in ``zigzag/figurekinds.py``; ``render`` draws a kind from the inputs its declaration describes
@@ -27,7 +28,7 @@ from matplotlib.patches import Patch
 
 from zigzag import store
 from zigzag.analysis import RANDOM, SMOOTH, ZIGZAG
-from zigzag.curves import Curve, CurveData, load_curve, step_unit
+from zigzag.curves import GROWTH_UNTIL, Curve, CurveData, growth_rate, load_curve, read_divergence, step_unit
 from zigzag.errors import ZigzagError
 from zigzag.figurekinds import KINDS
 
@@ -469,3 +470,48 @@ def build_sharpness_figure(trajectory: str, analysis: str, title: str) -> Figure
     fig.suptitle(suptitle, color=colour, fontsize=13)
     return fig
 
+
+
+def build_divergence_figure(panels: list[tuple[str, str, str, int | str]], title: str) -> Figure:
+    """A run (the first panel) and its perturbed twins (the others): the distance of each twin's parameters
+    |theta_k - theta'_k| (top) and losses |loss_k - loss'_k| (bottom) from the run's, on a log scale, with the
+    run's zigzag onset and first step at 2/lr marked; each twin's growth rate per step
+    (``curves.growth_rate``) in its legend. A panel's STEP is not used."""
+    if len(panels) < 2:
+        raise ZigzagError("divergence: give the run and at least one perturbed twin (two panels)")
+    (reference, ref_analysis, ref_label, _), *twins = panels
+    traj, an = store.read_trajectory(reference), store.read_analysis(ref_analysis)
+    store.check_analysis_of(traj, reference, an, ref_analysis)
+    fig = Figure(figsize=(9.0, 7.0), layout="constrained")
+    ax_p, ax_l = fig.subplots(2, 1, sharex=True)
+    for i, (twin, twin_analysis, label, _) in enumerate(twins):
+        twin_an = store.read_analysis(twin_analysis)
+        store.check_analysis_of(store.read_trajectory(twin), twin, twin_an, twin_analysis)
+        d = read_divergence(reference, twin, label, twin_an)
+        colour = f"C{i}"
+        for ax, distance, what in ((ax_p, d.parameters, "|theta - theta'|"), (ax_l, d.loss, "|loss - loss'|")):
+            rate = growth_rate(d.steps, distance)
+            shown = distance > 0
+            note = "no growth to fit" if rate is None else \
+                f"grows x{np.exp(rate[0]):.3g} per step (ln slope {rate[0]:.3g}, steps {rate[1]}-{rate[2]})"
+            ax.semilogy(d.steps[shown], distance[shown], color=colour, lw=1.2, label=f"{label}: {note}")
+            if rate is not None:
+                ax.axvspan(rate[1], rate[2], color=colour, alpha=0.06)
+        if d.zigzag_onset is not None:
+            ax_p.axvline(d.zigzag_onset, color=colour, ls=":", lw=1.0, label=f"{label}: zigzag onset")
+    marks = ((an.zigzag_onset, f"{ref_label}: zigzag onset", "tab:red", ":"),
+             (an.eos_step, f"{ref_label}: sharpness reaches 2/lr", "tab:gray", "-."))
+    for step, label, colour, style in marks:
+        if step is not None:
+            for ax in (ax_p, ax_l):
+                ax.axvline(step, color=colour, ls=style, lw=1.3, label=label if ax is ax_p else None)
+    ax_p.set(ylabel="parameter distance |theta_k - theta'_k|",
+             title=f"distance of each perturbed twin from {ref_label}")
+    ax_l.set(ylabel="loss distance |loss_k - loss'_k|", xlabel=step_unit(traj))
+    for ax in (ax_p, ax_l):
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.supxlabel(f"growth rate: least-squares slope of ln distance from its smallest value to the first step at "
+                  f"{GROWTH_UNTIL:.0%} of its largest (shaded); zeros not drawn", fontsize=7, color="0.35")
+    suptitle, colour = _diverged_title(title, traj.diverged_at)
+    fig.suptitle(suptitle, color=colour, fontsize=13)
+    return fig

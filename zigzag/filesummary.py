@@ -18,7 +18,8 @@ def _fmt(values: np.ndarray) -> str:
 
 
 def summary(path) -> str:
-    """Format, settings, status, every dataset with shape and description, head and tail of main series.
+    """Format, settings, status, the arithmetic's fingerprint (trajectories), every dataset with shape and
+    description, head and tail of main series.
 
     A trajectory or analysis is first read whole by its reader, so a damaged one (a failed checksum, values
     no run writes) is refused with the reader's one line rather than summarised."""
@@ -39,10 +40,13 @@ def _summary(path) -> str:
     with store.open_file(path) as f:
         lines.append(f"{path}: {f.attrs['format']} (format_version {f.attrs['format_version']})")
         for key in sorted(f.attrs):
-            if key in ("format", "format_version", "config", "versions"):
+            if key in ("format", "format_version", "config", "versions", store.ARITHMETIC):
                 continue
             lines.append(f"  {key}: {store.attr_value(f.attrs[key])}")
         lines.append(f"  versions: {f.attrs['versions']}")
+        if store.ARITHMETIC in f.attrs:
+            lines.append(f"  {store.ARITHMETIC}:")
+            lines += [f"    {k}: {json.dumps(v)}" for k, v in sorted(json.loads(f.attrs[store.ARITHMETIC]).items())]
         config = store.file_config(f)
         lines.append("  config:")
         lines += [f"    {k}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(config.items())]

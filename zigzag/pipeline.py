@@ -197,6 +197,13 @@ def figure_file(config: dict, fid: str, ext: str) -> str:
     return f"{config['results']}/figures/{fid}.{ext}"
 
 
+def figure_files(config: dict, front_door: bool = False) -> list[str]:
+    """Every figure's files (the target ``all``), or with ``front_door`` those of the kinds ``all_figures``
+    draws (``FigureKind.front_door``)."""
+    return [figure_file(config, fid, ext) for fid, spec in config["figures"].items()
+            if kind_of(spec).front_door or not front_door for ext in FIGURE_EXTS]
+
+
 def table_file(config: dict, tid: str, ext: str) -> str:
     return f"{config['results']}/tables/{tid}.{ext}"
 

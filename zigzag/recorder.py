@@ -9,7 +9,7 @@ import time
 import torch
 from torch import nn
 
-from zigzag import store
+from zigzag import fingerprint, store
 from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.rawdump import RawGradientWriter
 from zigzag.settings import selected
@@ -33,7 +33,10 @@ class Recorder:
     within 1e-6 of float64 (float32 blocks added in float64, ``LagRing``). With them go the loop's own
     scalars (``loss``, ``lr``, and any other series the file has: ``accuracy``, ``epoch``, ``test_loss``,
     ...; a series not given is NaN), ``time`` (seconds since the recorder started), and, at the steps
-    ``raw_steps`` selects (None, every N-th step, or a set of steps), g_k itself in ``/raw/gradients``.
+    ``raw_steps`` selects (None, every N-th step, or a set of steps), g_k itself in ``/raw/gradients``; at
+    the steps ``parameter_steps`` selects, theta_k (the parameters g_k was taken at, float32, written
+    synchronously) in ``/raw/parameters``. The file's ``arithmetic`` attribute records what decides the
+    last bits of the loop's sums (``zigzag.fingerprint``: torch's build, BLAS, CPU, threads, ...).
 
     At construction every such parameter's ``.grad`` becomes a view into the recorder's flat buffer: a
     loop that zeroes gradients in place (``zero_grad(set_to_none=False)``) is read without a copy; one that
@@ -54,21 +57,25 @@ class Recorder:
     def __init__(self, path: str | os.PathLike, model: nn.Module, lags: int = 8, *, settings: dict | None = None,
                  n_train: int = 0, raw_steps: set[int] | int | None = None, raw_dtype: str = "float32",
                  raw_compression: str | None = None, extra_series: dict[str, str] | None = None,
-                 attrs: dict | None = None, resume: dict | None = None):
+                 parameter_steps: set[int] | int | None = None, attrs: dict | None = None,
+                 resume: dict | None = None):
         """Create ``path`` (``settings``: the run's settings, stored as its ``config``; ``n_train``: training
-        examples; ``attrs``: more file attributes), or with ``resume`` (a ``state_dict`` with ``n_steps``
-        and ``elapsed`` added) reopen the unfinished file there, truncated to its first ``n_steps`` steps
-        (``store.ZigzagError`` if it is damaged)."""
+        examples; ``attrs``: more file attributes, beside the arithmetic's fingerprint), or with ``resume`` (a
+        ``state_dict`` with ``n_steps`` and ``elapsed`` added) reopen the unfinished file there, truncated to its
+        first ``n_steps`` steps (``store.ZigzagError`` if it is damaged); ``parameter_steps``: the steps whose
+        theta_k goes to ``/raw/parameters`` (None: none)."""
         self.gradients = FlatGradients(model)
         n_params = self.gradients.flat.numel()
         device = self.gradients.flat.device
-        self.raw_steps = raw_steps
+        self.raw_steps, self.parameter_steps = raw_steps, parameter_steps
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.ring = LagRing(n_params, lags, device)  # allocated before the file is touched
         if resume is None:
             self.writer = store.TrajectoryWriter.create(
                 path, settings or {}, n_params=n_params, n_train=n_train, lags=lags,
                 raw_dtype=raw_dtype if raw_steps is not None else None, raw_compression=raw_compression,
-                extra_series=extra_series, attrs=attrs)
+                raw_parameters=parameter_steps is not None, extra_series=extra_series,
+                attrs={**fingerprint.attrs(device), **(attrs or {})})
             elapsed = 0.0
         else:
             self.writer = store.TrajectoryWriter.reopen(path, resume["n_steps"])
@@ -89,13 +96,17 @@ class Recorder:
         return self.gradients.flat
 
     def measure(self) -> dict:
-        """Lag statistics of g_k (``grad_norm`` and ``store.LAG_SERIES``), and g_k queued for ``/raw/gradients``
-        if the step is selected and its norm finite; ``record`` without writing the row."""
+        """Lag statistics of g_k (``grad_norm`` and ``store.LAG_SERIES``), g_k queued for ``/raw/gradients``
+        if the step is selected and its norm finite, and theta_k written if its step is selected; ``record``
+        without writing the row (call it before the optimizer step)."""
         k, flat = self.step, self.gradient()
         stats = self.ring.push(flat)
         grad_norm = math.sqrt(stats.dot[0]) if stats.dot[0] >= 0 else math.nan
         if self.raw is not None and selected(self.raw_steps, k) and math.isfinite(grad_norm):
             self.raw.put(k, flat)
+        if self.parameter_steps is not None and selected(self.parameter_steps, k):
+            theta = torch.cat([p.detach().reshape(-1) for p in self.parameters]).float().cpu().numpy()
+            self.writer.append_parameters(k, theta)
         return {"grad_norm": grad_norm, **{name: series.numpy() for name, series in stats._asdict().items()}}
 
     def write(self, row: dict) -> None:

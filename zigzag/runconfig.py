@@ -80,6 +80,11 @@ class RunConfig:
     eval_every: int = setting(10, "test loss/accuracy every N steps", low=1)
     raw_gradients: str | list[int] = setting("none", "steps whose whole gradient g_k is stored: none, every:N "
                                                      "or a list of steps like 0,5,10, each below the run's steps")
+    raw_parameters: str | list[int] = setting("none", "steps whose parameters theta_k (float32) are stored, as "
+                                                       "raw_gradients (e.g. every:1 for a divergence figure)")
+    init_perturbation: float = setting(0.0, "relative perturbation eps of the initial weights: p += eps |p| z, z ~ "
+                                            "N(0, 1) from a generator seeded by (seed, PERTURBATION_STREAM); 0: none",
+                                       low=0)
     raw_dtype: str = setting("float32", "dtype of the stored gradients", choices=RAW_DTYPES)
     raw_compression: str = setting("none", "HDF5 compression of the stored gradients", choices=COMPRESSIONS)
     checkpoint_every: int = setting(50, "checkpoint every N steps (resume after a kill)", low=1)
@@ -155,6 +160,7 @@ class RunConfig:
         if self.nesterov and self.momentum == 0:
             bad("nesterov", self.nesterov, "false without momentum (set momentum > 0)")
         parse_step_selection(self.raw_gradients, *self.step_bound("raw_gradients"))
+        parse_step_selection(self.raw_parameters, *self.step_bound("raw_parameters"))
         self._validate_schedule()
         self._validate_sharpness()
 

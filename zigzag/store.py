@@ -84,6 +84,15 @@ LATER_LAG_SERIES = ("opposite_nonzero", "opposite_weight")
 REQUIRED_LAG_SERIES = tuple(name for name in LAG_SERIES if name not in LATER_LAG_SERIES)
 SHARE_SERIES = ("opposite", *LATER_LAG_SERIES)  # fractions: within [0, 1] where defined
 
+RAW_PARAMETERS = {
+    "parameters": "raw flattened parameters theta_k (float32) at which g_k was taken, parameter order of "
+                  "model.parameters()",
+    "parameter_steps": "step k of each row of /raw/parameters",
+}
+RAW_ROWS = (("raw/gradients", "raw/steps"), ("raw/parameters", "raw/parameter_steps"))  # rows and their steps
+# The trajectory attribute that holds the arithmetic's fingerprint (zigzag/fingerprint.py); older files lack it.
+ARITHMETIC = "arithmetic"
+
 
 def torch_version() -> str:
     """torch's ``__version__`` (with its build tag, e.g. ``+cu130``), read without importing torch where it is
@@ -522,7 +531,8 @@ class TrajectoryWriter:
     @classmethod
     def create(cls, path, config: dict, *, n_params: int, n_train: int, lags: int,
                extra_series: dict[str, str] | None = None, raw_dtype: str | None = None,
-               raw_compression: str | None = None, attrs: dict | None = None) -> "TrajectoryWriter":
+               raw_compression: str | None = None, raw_parameters: bool = False,
+               attrs: dict | None = None) -> "TrajectoryWriter":
         f = h5py.File(path, "w")
         _write_root(f, TRAJECTORY, config, status="running", n_params=int(n_params),
                     n_train=int(n_train), lags=int(lags), trajectory_id=uuid.uuid4().hex, **(attrs or {}))
@@ -539,6 +549,12 @@ class TrajectoryWriter:
                  f"raw flattened gradients g_k ({raw_dtype}), parameter order of model.parameters()",
                  maxshape=(None, n_params), chunks=(1, chunk_cols), compression=raw_compression)
             _put(raw, "steps", np.zeros(0, dtype=np.int64), "step k of each row of /raw/gradients",
+                 maxshape=(None,), chunks=(1024,))
+        if raw_parameters:
+            raw = f.require_group("raw")
+            _put(raw, "parameters", np.zeros((0, n_params), dtype=np.float32), RAW_PARAMETERS["parameters"],
+                 maxshape=(None, n_params), chunks=(1, min(n_params, 1 << 20)))
+            _put(raw, "parameter_steps", np.zeros(0, dtype=np.int64), RAW_PARAMETERS["parameter_steps"],
                  maxshape=(None,), chunks=(1024,))
         f.flush()
         return cls(f)
@@ -560,10 +576,11 @@ class TrajectoryWriter:
         try:
             for ds in f["steps"].values():
                 ds.resize(keep_steps, axis=0)
-            if "raw" in f:
-                keep = int(np.sum(f["raw/steps"][()] < keep_steps))
-                f["raw/gradients"].resize(keep, axis=0)
-                f["raw/steps"].resize(keep, axis=0)
+            for rows, steps in RAW_ROWS:
+                if steps in f:
+                    keep = int(np.sum(f[steps][()] < keep_steps))
+                    f[rows].resize(keep, axis=0)
+                    f[steps].resize(keep, axis=0)
             f.attrs["status"] = "running"
             f.flush()
         except (OSError, KeyError, ValueError, RuntimeError) as err:
@@ -612,6 +629,17 @@ class TrajectoryWriter:
         grads[r] = gradient
         steps[r] = step
 
+    def append_parameters(self, step: int, parameters: np.ndarray) -> None:
+        """Append theta_k (float32, flat) as the next row of ``/raw/parameters``."""
+        rows, steps = self.f["raw/parameters"], self.f["raw/parameter_steps"]
+        check_free_space(Path(self.f.filename), parameters.nbytes + SPACE_MARGIN,
+                         f"writing the raw parameters of step {step}")
+        r = rows.shape[0]
+        rows.resize(r + 1, axis=0)
+        steps.resize(r + 1, axis=0)
+        rows[r] = parameters
+        steps[r] = step
+
     def finish(self, status: str, **attrs) -> None:
         self.flush()
         self.f.attrs["status"] = status
@@ -638,13 +666,14 @@ def _check_partial(f: h5py.File, keep_steps: int) -> None:
             raise ZigzagError(f"{f.filename}: /steps/{name} has shape {ds.shape}, "
                               f"expected lags + 1 = {lags + 1} columns")
         ds[:keep_steps]  # every chunk the resume keeps must read back
-    if "raw" in f:
-        raw_steps = f["raw/steps"][()]
-        if f["raw/gradients"].shape[0] != len(raw_steps) or (np.diff(raw_steps) <= 0).any():
-            raise ZigzagError(f"{f.filename}: /raw/gradients and /raw/steps disagree")
-        kept = int(np.sum(raw_steps < keep_steps))
-        if kept:
-            f["raw/gradients"][kept - 1]  # the last row the resume keeps must read back
+    for rows, steps in RAW_ROWS:
+        if steps in f:
+            raw_steps = f[steps][()]
+            if f[rows].shape[0] != len(raw_steps) or (np.diff(raw_steps) <= 0).any():
+                raise ZigzagError(f"{f.filename}: /{rows} and /{steps} disagree")
+            kept = int(np.sum(raw_steps < keep_steps))
+            if kept:
+                f[rows][kept - 1]  # the last row the resume keeps must read back
 
 
 @dataclass

@@ -175,6 +175,7 @@ class Trainer:
             self.checkpoint.partial, self.model, cfg.lags,
             settings={**cfg.to_dict(), "dataset_config": self.data.dataset_config},
             n_train=len(self.data.train_x), raw_steps=self.raw_selection, raw_dtype=cfg.raw_dtype,
+            parameter_steps=parse_step_selection(cfg.raw_parameters, self.total_steps, "raw_parameters"),
             raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
             extra_series=store.SHARPNESS_SERIES if self.sharpness.enabled else None,
             attrs={"device": str(self.device), "batch_norm_semantics": semantics,

@@ -1,6 +1,7 @@
 # One rule per figure of the config (figure_<id>), planned from its kind (zigzag/figurekinds.py): it
 # reads only analysis and trajectory files. Params are functions, so Snakemake takes a title's braces
-# literally instead of as wildcards.
+# literally instead of as wildcards. all_figures draws the kinds of the front door; the target all draws
+# every figure (a kind with front_door False, e.g. divergence, only there).
 import json
 
 for fid, spec in config["figures"].items():
@@ -31,4 +32,4 @@ for fid, spec in config["figures"].items():
 
 rule all_figures:
     input:
-        [pipeline.figure_file(config, fid, ext) for fid in config["figures"] for ext in pipeline.FIGURE_EXTS],
+        pipeline.figure_files(config, front_door=True),
