@@ -31,4 +31,8 @@ for fid, spec in config["figures"].items():
 
 rule all_figures:
     input:
-        [pipeline.figure_file(config, fid, ext) for fid in config["figures"] for ext in pipeline.FIGURE_EXTS],
+        [
+            pipeline.figure_file(config, fid, ext)
+            for fid in pipeline.entries(config, "figures", sweeps=False)
+            for ext in pipeline.FIGURE_EXTS
+        ],
