@@ -93,7 +93,8 @@ def test_sweep_figures_and_tables_are_planned_for_all_sweeps_only():
                 figures={"p": {"kind": "phase_diagram", "sweep": "s", "title": "t"},
                          "f": {"kind": "trajectory", "run": "base", "title": "t"}},
                 tables={"t": {"kind": "onset_vs_lr", "sweep": "s", "caption": "c"}})
-    assert pipeline.entries(c, "figures", sweeps=True) == ["p"] and pipeline.entries(c, "figures", sweeps=False) == ["f"]
+    assert pipeline.entries(c, "figures", sweeps=True) == ["p"]
+    assert pipeline.entries(c, "figures", sweeps=False) == ["f"]
     assert pipeline.entries(c, "tables", sweeps=True) == ["t"] and pipeline.entries(c, "tables", sweeps=False) == []
     jobs = ["s-lr0.05-seed0", "s-lr0.05-seed1", "s-lr0.1-seed0", "s-lr0.1-seed1"]
     assert pipeline.figure_jobs(c, c["figures"]["p"]) == jobs == pipeline.table_jobs(c, c["tables"]["t"])
