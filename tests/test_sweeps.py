@@ -163,7 +163,7 @@ def write_point(folder: Path, lr: float, seed: int, onset: int | None, diverged_
 @pytest.fixture(scope="module")
 def points(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    plan = {0.01: (None, None), 0.05: (30, 20), 0.2: (12, 8), 1.0: (3, 5)}  # lr -> onset of seeds 0, 1
+    plan = {0.01: (None, None), 0.05: (30, 20), 0.2: (12, 8), 1.0: (3, None)}  # lr -> onset of seeds 0, 1
     return [(f"s-lr{lr:g}", [write_point(root / f"{lr}-{seed}", lr, seed, onset,
                                          diverged_at=10 if lr == 1.0 and seed == 1 else None)
                              for seed, onset in enumerate(onsets_of)])
@@ -175,7 +175,8 @@ def test_onsets_are_the_analysis_onsets_and_lambda0_is_the_first_sharpness(point
     assert [(r.lr, r.seed) for r in runs][:2] == [(0.01, 0), (0.01, 1)]
     for r, (traj, an) in zip(runs, [pair for _, pairs in points for pair in pairs]):
         assert r.onset == store.read_analysis(an).zigzag_onset and r.lambda0 == 4.0
-    assert [r.onset is None for r in runs[:2]] == [True, True] and all(r.onset is not None for r in runs[2:])
+    assert [r.onset is None for r in runs] == [True, True, False, False, False, False, False, True]
+    assert [r.diverged for r in runs] == [False] * 7 + [True]
     assert onsets.catapult_lr(runs) == 0.5 and onsets.smallest_diverged_lr(runs) == 1.0
     assert onsets.largest_never_zigzag_lr(runs) == 0.01
 
@@ -199,6 +200,8 @@ def test_phase_diagram_renders(points, tmp_path):
     heat, side = fig.axes[0], fig.axes[1]
     assert heat.get_yscale() == "log" and side.get_xscale() == "log" and side.get_yscale() == "log"
     assert any("2/$\\lambda_0$" in t.get_text() for t in heat.get_legend().get_texts())
+    censored = [c for c in side.collections if c.get_label().startswith("never zigzags")]
+    assert [tuple(xy) for xy in censored[0].get_offsets()] == [(0.01, K), (0.01, K)]  # not the diverged seed
     texts = [t.get_text() for t in side.texts]
     assert any("never zigzagging: 0.01" in t for t in texts) and any("diverging: 1" in t for t in texts)
     figures.render("phase_diagram", points, "sweep", str(tmp_path / "p.png"), str(tmp_path / "p.pdf"))

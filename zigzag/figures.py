@@ -502,8 +502,9 @@ def build_phase_diagram(curves: list[Curve], title: str) -> Figure:
 
 
 def _onset_panel(ax, runs, length: int, slopes: dict[int, float]) -> None:
-    """The onset step against lr (log-log): per lr the mean over the seeds that zigzag with their range, censored
-    runs at the top edge (the run's length), and the line of the seeds' mean slope."""
+    """The onset step against lr (log-log): per lr the mean over the seeds that zigzag with their range, the runs
+    that finished without zigzagging censored at the top edge (the run's length), and the line of the seeds'
+    mean slope."""
     from zigzag.onsets import slope_summary
 
     lrs = sorted({r.lr for r in runs})
@@ -512,7 +513,7 @@ def _onset_panel(ax, runs, length: int, slopes: dict[int, float]) -> None:
         if steps:
             ax.errorbar([lr], [np.mean(steps)], yerr=[[np.mean(steps) - min(steps)], [max(steps) - np.mean(steps)]],
                         fmt="o", color="black", ms=4, capsize=2)
-    censored = [r.lr for r in runs if r.onset is None]
+    censored = [r.lr for r in runs if r.onset is None and not r.diverged]
     if censored:
         ax.scatter(censored, [length] * len(censored), marker="^", color="0.5",
                    label="never zigzags (censored at the run's end)")
