@@ -19,6 +19,7 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/claims.smk"
+include: "workflow/rules/sweeps.smk"
 
 
 rule all:
@@ -27,3 +28,4 @@ rule all:
         pipeline.figure_files(config),
         rules.all_tables.input,
         rules.all_claims.input,
+        rules.all_sweeps.input,

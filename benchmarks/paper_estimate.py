@@ -69,10 +69,13 @@ def run_paper(args, tmp: Path, preset_path: Path = PRESET) -> float:
               f"H v {t['hvp_s']:9.3f} s/epoch = {t['hvp_s'] / t['epoch_s']:5.2f} steps  "
               f"peak {t['peak_gib']:.1f} GiB", flush=True)
     rows = preset_hours(preset, timings)
-    total = sum(r["seconds"] for r in rows) / 3600
+    total = sum(r["seconds"] for r in rows if r["sweep"] is None) / 3600
     print(f"\n   {'run':28s} {'seeds':>5s} {'steps':>6s} {'hours':>8s}")
     for r in rows:
         print(f"   {r['run']:28s} {r['seeds']:5d} {r['steps']:6d} {r['seconds'] / 3600:8.3f}")
     print(f"\n   estimate of the whole {preset_path.name}: {total:.2f} hours of this device ({args.device}; "
-          f"GPU-hours on a GPU), precision {args.precision}, one job at a time", flush=True)
+          f"GPU-hours on a GPU), precision {args.precision}, one job at a time; its sweeps apart:", flush=True)
+    for sweep in dict.fromkeys(r["sweep"] for r in rows if r["sweep"] is not None):
+        hours = sum(r["seconds"] for r in rows if r["sweep"] == sweep) / 3600
+        print(f"   sweep {sweep} (all_sweeps): {hours:.2f} hours", flush=True)
     return total

@@ -3,6 +3,7 @@ interface), the precisions and the paper estimate (whose arithmetic tests/test_e
 
 import ast
 import math
+import re
 import types
 from pathlib import Path
 
@@ -19,7 +20,8 @@ def bench():
 def test_paper_case_runs_on_a_cpu_with_few_images(bench, tmp_path, capsys):
     preset = {"datasets": {"cifar10": {"source": "cifar10"}},
               "runs": {"cnn": {"dataset": "cifar10", "model": "cnn", "batch_norm": False, "lr": 0.1, "steps": 3,
-                               "micro_batch": 4, "sharpness": {"every": "every:2"}}}}
+                               "micro_batch": 4, "sharpness": {"every": "every:2"}}},
+              "sweeps": {"s": {"base": "cnn", "lr": [0.05, 0.2]}}}
     path = tmp_path / "preset.yaml"
     path.write_text(yaml.safe_dump(preset))
     args = types.SimpleNamespace(device="cpu", precision="tf32", paper_images=6, repeats=1)
@@ -27,6 +29,7 @@ def test_paper_case_runs_on_a_cpu_with_few_images(bench, tmp_path, capsys):
     out = capsys.readouterr().out
     assert math.isfinite(hours) and hours > 0
     assert "cnn" in out and "s/epoch" in out and f"{hours:.2f} hours of this device" in out
+    assert re.search(r"sweep s \(all_sweeps\): [0-9.]+ hours", out)  # priced apart from the total
 
 
 def test_precisions_case_times_each_mode_and_compares_its_gradient(bench, tmp_path, capsys):

@@ -30,6 +30,14 @@ def test_preset_estimate_follows_the_preset():
     assert rows["eos"]["seconds"] == pytest.approx(10 * 2 + 2 * 0.2 + (21 + 2 * 9) * 0.1 * 3.0)
 
 
+def test_preset_estimate_prices_each_run_of_a_sweep_and_names_its_sweep():
+    timings = {("cnn", False, 100): {"epoch_s": 2.0, "forward_s": 1.0, "hvp_s": 3.0}}
+    preset = {**PRESET, "sweeps": {"s": {"base": "eos", "lr": [0.05, 0.2], "seeds": [0, 1]}}}
+    rows = {r["run"]: r for r in estimate.preset_hours(preset, timings)}
+    assert rows["s-lr0.05"]["sweep"] == rows["s-lr0.2"]["sweep"] == "s" and rows["eos"]["sweep"] is None
+    assert rows["s-lr0.2"]["seconds"] == pytest.approx(2 * rows["eos"]["seconds"])  # the base's cost, two seeds
+
+
 def test_run_work_counts_steps_images_evaluations_and_solves():
     run = {"optimizer": "gd", "steps": 10, "eval_every": 3, "sharpness": {"every": "0,9"}}
     # evaluations at 0, 3, 6, 9 (the last among them); two solves on the whole set

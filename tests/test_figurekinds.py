@@ -51,7 +51,7 @@ def test_every_kind_resolves_its_renderer_to_a_function_of_the_figures_module(na
 
 def test_the_registry_and_curve_reading_import_no_matplotlib_nor_torch():
     """Snakemake loads the registry at every planning; the curves are read without drawing them."""
-    code = ("import sys, zigzag.figurekinds, zigzag.curves; "
+    code = ("import sys, zigzag.figurekinds, zigzag.curves, zigzag.onsets; "
             "heavy = sorted(m for m in ('matplotlib', 'torch') if m in sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

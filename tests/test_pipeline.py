@@ -142,7 +142,7 @@ def test_every_name_is_checked_by_the_one_pattern():
     schema = yaml.safe_load(SCHEMA.read_text())
     assert schema["$defs"]["name"]["pattern"] == NAME
     named = {key for key, section in schema["properties"].items() if "propertyNames" in section}
-    assert named == {"runs", "datasets", "figures", "tables"}
+    assert named == {"runs", "datasets", "sweeps", "figures", "tables"}
     assert all(schema["properties"][key]["propertyNames"] == {"$ref": "#/$defs/name"} for key in named)
     config = tiny()
     config["runs"]["cnn_a=0.1_x-y"] = config["runs"]["cnn_a"]

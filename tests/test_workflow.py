@@ -226,7 +226,7 @@ def configcheck_for(config: dict) -> dict:
 def test_default_and_paper_configs_dry_run(configfile, tmp_path):
     """Both shipped configs validate and build their whole DAG (the paper preset on its own); the claims'
     extra seeds (1 and 2 of 11 runs) are trained for all_claims only, never for all_figures, nor is the perturbed
-    twin of the divergence figure."""
+    twin of the divergence figure, and the sweep's points for all_sweeps (and all) only."""
     def dry_run(target):
         result = subprocess.run([*SNAKEMAKE, "-n", "--cores", "8", target, "--configfile", configfile,
                                  "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile")],
@@ -236,15 +236,19 @@ def test_default_and_paper_configs_dry_run(configfile, tmp_path):
 
     out, jobs = dry_run("all")
     figures_only = dry_run("all_figures")[1]
+    sweeps_only = dry_run("all_sweeps")[1]  # the sweep's points, its phase diagram and table, nothing else
+    assert "figure_phase_" not in figures_only and "table_onset_vs_lr" in sweeps_only and "figure_phase_" in jobs
+    assert not re.search(r"^(figure_fig|table_claims|table_table1)", sweeps_only, re.M)
     assert_writes_the_planned_files(out, configcheck_for(yaml.safe_load((ROOT / configfile).read_text())))
     if configfile == "presets/paper.yaml":
-        assert re.search(r"^train\s+50$", jobs, re.M) and "figure_fig10_gawu " in jobs
-        assert re.search(r"^train\s+28$", figures_only, re.M)
+        assert re.search(r"^train\s+68$", jobs, re.M) and "figure_fig10_gawu " in jobs
+        assert re.search(r"^train\s+28$", figures_only, re.M) and re.search(r"^train\s+18$", sweeps_only, re.M)
         assert "results-paper/runs/cnn_cifar10_lr0.1/trajectory.h5" in out
         assert "results-paper/runs/cnn_cifar10_lr0.1-seed2/trajectory.h5" in out
     else:
-        assert re.search(r"^train\s+40$", jobs, re.M) and "table_table1_gawu" in jobs
+        assert re.search(r"^train\s+48$", jobs, re.M) and "table_table1_gawu" in jobs
         assert re.search(r"^train\s+17$", figures_only, re.M) and "table_claims" not in figures_only
+        assert re.search(r"^train\s+8$", sweeps_only, re.M)
         # the divergence figure and its perturbed twin (one more training job) in all, not in all_figures
         assert "figure_divergence_cnn" in jobs and "figure_divergence_cnn" not in figures_only
         for job in ("cnn_lr0.1", "cnn_lr0.1-seed1", "cnn_lr0.1-seed2", "sgd_gawu-seed2"):

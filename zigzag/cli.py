@@ -204,6 +204,10 @@ def _table(args) -> int:
         rows = [(label, files) for label, *files in args.row]
         store.check_outputs(outputs, [path for _, files in rows for path in files])
         tables.write_table(tables.schedule_table(rows), args.out, args.caption)
+    elif args.kind == "onset-vs-lr":
+        points = _curves(args.point, ("trajectory", "analysis"))
+        store.check_outputs(outputs, [path for _, *files in args.point for path in files])
+        tables.write_table(tables.onset_table(points), args.out, args.caption)
     else:
         from zigzag.claims import claims_table
 
@@ -295,6 +299,12 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     k = kinds.add_parser("schedules", help="final test accuracy and change point per schedule (paper Table 1)")
     k.add_argument("--row", nargs="+", action="append", required=True, metavar="LABEL TRAJECTORY",
                    help="a label, then one trajectory per seed")
+    k.add_argument("--caption", required=True)
+    k.add_argument("--out", required=True, help="output prefix: writes .csv, .md and .tex")
+    k.set_defaults(func=_table)
+    k = kinds.add_parser("onset-vs-lr", help="zigzag onset, step of 2/lr and final loss per lr of a sweep")
+    k.add_argument("--point", nargs="+", action="append", required=True, metavar="RUN TRAJECTORY ANALYSIS",
+                   help="a run of the sweep, then the trajectory and analysis file of each seed")
     k.add_argument("--caption", required=True)
     k.add_argument("--out", required=True, help="output prefix: writes .csv, .md and .tex")
     k.set_defaults(func=_table)

@@ -20,6 +20,7 @@ from zigzag.errors import ZigzagError
 from zigzag.figurekinds import KINDS, figure_schemas
 from zigzag.pipeline import claim_groups, entry_references, planned_outputs, single_seed_settings
 from zigzag.settings import keys_schema
+from zigzag.sweeps import AXES, axis_schema, expand_sweeps
 
 
 def _path(error: jsonschema.ValidationError) -> str:
@@ -76,8 +77,8 @@ def check_unique_keys(path) -> None:
 def load_schema(schema_path: str | Path) -> dict:
     """The config's JSON schema: the YAML file, with what has one declaration in the code added: a ``runs`` entry's
     settings (``RunConfig``), the ``analysis`` section (``AnalysisConfig``), the dataset sources (``data.SOURCES``),
-    each figure kind's fields (``figurekinds.figure_schemas``) and the claims' groups, rules and thresholds
-    (``claims.GROUPS``, ``OVERALL_RULES``, ``THRESHOLDS``)."""
+    each figure kind's fields (``figurekinds.figure_schemas``), a sweep's axes (``sweeps.AXES``) and the claims'
+    groups, rules and thresholds (``claims.GROUPS``, ``OVERALL_RULES``, ``THRESHOLDS``)."""
     import yaml
 
     from zigzag.claims import GROUPS, OVERALL_RULES, THRESHOLDS
@@ -96,6 +97,7 @@ def load_schema(schema_path: str | Path) -> dict:
                                  description=f"stratified training subset; at most the source's training images "
                                              f"({sizes})")
     sections["figures"]["additionalProperties"]["allOf"] = figure_schemas()
+    sections["sweeps"]["additionalProperties"]["properties"].update({axis: axis_schema(axis) for axis in AXES})
     claims = sections["claims"]["properties"]
     claims["overall"]["enum"] = list(OVERALL_RULES)
     claims["thresholds"]["properties"] = keys_schema(THRESHOLDS)
@@ -122,15 +124,24 @@ def checked_config(config: dict, schema_path: str | Path) -> dict:
     types = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number)
     validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": fill_defaults},
                                              type_checker=types)
-    errors = list(validator(schema).iter_errors(config))
-    if errors:
-        raise ZigzagError(_one_line(_most_specific(errors))) from None
+    _validate(validator(schema), config)
+    sweep_runs = expand_sweeps(config)
+    if sweep_runs:
+        _validate(validator(schema), config)  # the sweeps' runs, like any run
+    for name, runs in sweep_runs.items():
+        config["sweeps"][name]["runs"] = runs  # the record later stages read (pipeline.sweep_runs)
     _check_kinds(config)
     _check_references(config)
     _check_datasets(config)
     _check_texts(config)
     _check_outputs_inside_results(config)
     return config
+
+
+def _validate(validator, config: dict) -> None:
+    errors = list(validator.iter_errors(config))
+    if errors:
+        raise ZigzagError(_one_line(_most_specific(errors))) from None
 
 
 def _check_outputs_inside_results(config: dict) -> None:
@@ -206,6 +217,9 @@ def _check_references(config: dict) -> None:
                               f"({runs[name]['steps']} steps); lower it below {runs[name]['steps']}")
     for section in ("figures", "tables"):
         for fid, spec in config[section].items():
+            if "sweep" in spec and spec["sweep"] not in config["sweeps"]:
+                raise ZigzagError(f"{section}.{fid}.sweep: {spec['sweep']!r} is not defined; defined sweeps: "
+                                  f"{', '.join(config['sweeps']) or 'none'}")
             for where, run, step in entry_references(section, fid, spec):
                 if run not in runs:
                     raise ZigzagError(f"{where}.run: {run!r} is not defined; defined runs: {', '.join(runs)}")
@@ -228,9 +242,11 @@ def _check_run_settings(name: str, run: dict) -> None:
 def add_sharpness_figures(config: dict) -> dict:
     """Add a figure ``sharpness_<run>`` (kind sharpness) for every run that records sharpness, unless the
     config defines that id itself: ``all_figures`` draws every run's sharpness without a figure entry per
-    run (README, "Sharpness"). The workflow calls this after ``checked_config``; returns ``config``."""
+    run (README, "Sharpness"); not for a sweep's runs, whose phase diagram marks where the sharpness reaches 2/lr.
+    The workflow calls this after ``checked_config``; returns ``config``."""
+    in_sweeps = {run for sweep in config["sweeps"].values() for run in sweep["runs"]}
     for name, run in config["runs"].items():
-        if run["sharpness"].get("every", "none") != "none":
+        if run["sharpness"].get("every", "none") != "none" and name not in in_sweeps:
             config["figures"].setdefault(f"sharpness_{name}", {
                 "kind": "sharpness", "run": name,
                 "title": f"Sharpness and gradient geometry: {name} (lr {run.get('lr', 'scheduled')})"})

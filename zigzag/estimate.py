@@ -60,18 +60,24 @@ def timing_key(run) -> tuple[str, bool, int]:
 
 
 def preset_runs(preset: dict) -> dict[str, tuple]:
-    """Each run of a workflow config as (its ``RunConfig``, defaults filled in; its number of seeds)."""
+    """Each run of a workflow config, its sweeps' runs included (``zigzag.sweeps.expand``), as (its ``RunConfig``,
+    defaults filled in; its number of seeds)."""
     from zigzag.runconfig import RunConfig
+    from zigzag.sweeps import expand
 
+    declared = dict(preset["runs"])
+    for name, sweep in preset.get("sweeps", {}).items():
+        declared.update(expand(name, sweep, preset["runs"]))
     runs = {}
-    for name, run in preset["runs"].items():
+    for name, run in declared.items():
         config = RunConfig.from_dict({key: value for key, value in run.items() if key != "seeds"})
         runs[name] = config, len(run.get("seeds", [config.seed]))
     return runs
 
 
 def preset_hours(preset: dict, timings: dict[tuple, dict]) -> list[dict]:
-    """Seconds of every run of a workflow config (all its seeds) on a device, from per-epoch timings of its models.
+    """Seconds of every run of a workflow config (all its seeds) on a device, from per-epoch timings of its models;
+    a sweep's run has its sweep's name as ``sweep`` (None for the others).
 
     ``timings[timing_key(run)]`` holds seconds per 50,000 images of a training step (``epoch_s``), of a test
     forward pass (``forward_s``) and of one Hessian-vector product (``hvp_s``). A seed costs ``run_work``'s
@@ -93,5 +99,6 @@ def preset_hours(preset: dict, timings: dict[tuple, dict]) -> list[dict]:
         if work.solves:
             hvps = NCV_COLD + 1 + (work.solves - 1) * (NCV_WARM + 1)
             seconds += hvps * work.subset / EPOCH * t["hvp_s"]
-        rows.append({"run": name, "seeds": seeds, "steps": work.steps, "seconds": seeds * seconds})
+        sweep = next((s for s in preset.get("sweeps", {}) if name.startswith(f"{s}-")), None)
+        rows.append({"run": name, "seeds": seeds, "steps": work.steps, "seconds": seeds * seconds, "sweep": sweep})
     return rows

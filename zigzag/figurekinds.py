@@ -18,6 +18,9 @@ How an entry names its runs (``runs``), and what the renderer receives:
   (``renderer([(analysis, label, step), ...], title)``, CLI ``--panel ANALYSIS LABEL STEP``).
 - ``curves``: ``curves: [{run, label}]``, every job of each run (``renderer([curve, ...], title)``, CLI
   ``--curve LABEL FILES...`` per curve).
+- ``sweep``: ``sweep: NAME``, every job of each run of that sweep (``zigzag/sweeps.py``), one curve per run
+  labelled by its name, as ``curves``. Its runs are known from the checked config (``pipeline.sweep_runs``);
+  such a figure is a target of ``all_sweeps``, not of ``all_figures``.
 
 A curve is ``(label, [files of one job, ...])``, one tuple of files (in the order of ``reads``) per seed.
 A kind with ``windows`` takes the entry's ``steps`` (window steps, or ``auto``) as ``steps=``; the
@@ -76,6 +79,9 @@ KINDS = {kind.name: kind for kind in (
     FigureKind("divergence", "parameter and loss distance of perturbed twins (the later panels) from a run (the "
                "first), log scale, with growth rates", runs="panels", seeds="first", reads=("trajectory", "analysis"),
                renderer="build_divergence_figure", front_door=False),
+    FigureKind("phase_diagram", "mean correlation over (step, lr) of a sweep, zigzag onset against lr",
+               runs="sweep", seeds="all", reads=("trajectory", "analysis"), renderer="build_phase_diagram",
+               front_door=False),
 )}
 _STEP = {"type": "integer", "minimum": 0, "maximum": MAX_STEPS - 1}
 # The fields of an entry of each form (``FigureKind.runs``) besides kind and title, as JSON schema; a kind with
@@ -89,6 +95,7 @@ FORM_FIELDS = {
                      "oneOf": [{"const": "auto"}, _STEP]},
             "label": {"type": "string"}}}}},
     "curves": {"curves": {"$ref": "#/$defs/labelled_runs"}},
+    "sweep": {"sweep": {"type": "string", "description": "a key of sweeps"}},
 }
 WINDOWS_FIELD = {"steps": {
     "description": "first steps of the h x h matrices, or auto (default): a smooth, the deepest zigzag and the last "
@@ -114,7 +121,8 @@ def kind_of(spec: dict) -> FigureKind:
 
 
 def references(where: str, spec: dict):
-    """(config path, run, window step or "auto" or None) for every run a figure entry names."""
+    """(config path, run, window step or "auto" or None) for every run a figure entry names (none for a sweep's
+    figure: ``pipeline.sweep_runs`` knows its runs)."""
     kind = kind_of(spec)
     if kind.runs == "run":
         steps = spec.get("steps", "auto") if kind.windows else [None]
@@ -123,7 +131,7 @@ def references(where: str, spec: dict):
     elif kind.runs == "panels":
         for i, panel in enumerate(spec["panels"]):
             yield f"{where}.panels.{i}", panel["run"], panel.get("step", "auto")
-    else:
+    elif kind.runs == "curves":
         for i, item in enumerate(spec["curves"]):
             yield f"{where}.curves.{i}", item["run"], None
 

@@ -13,12 +13,18 @@
 - ``build_sharpness_figure`` (beyond the paper): sharpness against 2/lr and the gradient geometry.
 - ``build_divergence_figure`` (beyond the paper): how fast a run and its perturbed twin part.
 
+
+- ``build_phase_diagram`` (beyond the paper): a learning-rate sweep's mean correlation over (step, lr) and its
+  zigzag onset against lr (read by ``zigzag/onsets.py``).
+
 The ``build_*`` functions return the ``Figure``. Each figure kind of the workflow names its ``build_*``
 function in ``zigzag/figurekinds.py``; ``render`` draws a kind from the inputs its declaration describes
 and saves it as PNG and PDF, atomically.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import matplotlib.colors
 import numpy as np
@@ -515,3 +521,97 @@ def build_divergence_figure(panels: list[tuple[str, str, str, int | str]], title
     suptitle, colour = _diverged_title(title, traj.diverged_at)
     fig.suptitle(suptitle, color=colour, fontsize=13)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# A learning-rate sweep (``zigzag/onsets.py``): the phase diagram.
+
+
+def _log_edges(values: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted positive values on a log axis: geometric midpoints, the ends mirrored."""
+    if len(values) == 1:
+        return np.array([values[0] / 1.5, values[0] * 1.5])
+    mids = np.sqrt(values[1:] * values[:-1])
+    return np.concatenate([[values[0] ** 2 / mids[0]], mids, [values[-1] ** 2 / mids[-1]]])
+
+
+def build_phase_diagram(curves: list[Curve], title: str) -> Figure:
+    """Left: the mean gradient correlation (eq. 3) over (step, lr), averaged over seeds (and over the runs that
+    share an lr), on a diverging scale with the phase thresholds marked on the colour bar; per run and seed the
+    zigzag onset (x) and the step where the sharpness reaches 2/lr (o); lr = 2/lambda0 dashed. Right: the onset
+    step against lr (log-log), mean and range over seeds, runs that never zigzag as censored markers (^ at the
+    run's length) left out of the fitted line (``zigzag.onsets.fit_slopes``); the largest lr that never zigzags and the
+    smallest that diverges annotated."""
+    from zigzag import onsets
+
+    runs = onsets.load_sweep(curves)
+    lrs = np.array(sorted({r.lr for r in runs}))
+    length = max(len(r.mean_mu) for r in runs)
+    grid = np.full((len(lrs), length), np.nan)
+    for i, lr in enumerate(lrs):
+        rows = [np.pad(r.mean_mu, (0, length - len(r.mean_mu)), constant_values=np.nan) for r in runs if r.lr == lr]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a step no seed reached: NaN, drawn grey
+            grid[i] = np.nanmean(rows, axis=0)
+    fig = Figure(figsize=(12.0, 5.2), layout="constrained")
+    ax, ax_on = fig.subplots(1, 2, width_ratios=[1.6, 1.0])
+    mesh = ax.pcolormesh(np.arange(length + 1) - 0.5, _log_edges(lrs), np.ma.masked_invalid(grid), cmap=CMAP,
+                         norm=NORM, shading="flat")
+    bar = fig.colorbar(mesh, ax=ax, label="mean gradient correlation (eq. 3), mean over seeds")
+    for threshold, name in ((runs[0].smooth_above, "smooth above"), (runs[0].zigzag_below, "zigzag below")):
+        bar.ax.axhline(threshold, color="black", lw=1.5)
+        bar.ax.text(-0.3, threshold, f"{name} {threshold:g}", transform=bar.ax.get_yaxis_transform(), ha="right",
+                    va="center", fontsize=7, rotation=90)
+    onset_runs = [r for r in runs if r.onset is not None]
+    ax.scatter([r.onset for r in onset_runs], [r.lr for r in onset_runs], marker="x", color="black", s=30,
+               label="zigzag onset")
+    eos_runs = [r for r in runs if r.eos_step is not None]
+    if eos_runs:
+        ax.scatter([r.eos_step for r in eos_runs], [r.lr for r in eos_runs], marker="o", facecolor="none",
+                   edgecolor="tab:purple", s=36, label="sharpness reaches 2/lr")
+    catapult = onsets.catapult_lr(runs)
+    if catapult is not None:
+        ax.axhline(catapult, color="tab:purple", ls="--", lw=1.2, label=f"lr = 2/$\\lambda_0$ = {catapult:.3g}")
+        ax_on.axvline(catapult, color="tab:purple", ls="--", lw=1.2, label="lr = 2/$\\lambda_0$")
+    ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="learning rate", xlim=(-0.5, length - 0.5), title="phases over (step, lr)")
+    ax.legend(fontsize=7, loc="lower right")
+    _onset_panel(ax_on, runs, length, onsets.fit_slopes(runs))
+    never, diverged = onsets.largest_never_zigzag_lr(runs), onsets.smallest_diverged_lr(runs)
+    for lr, text, colour in ((never, "largest lr never zigzagging", "tab:green"),
+                             (diverged, "smallest lr diverging", DIVERGED)):
+        if lr is not None:
+            ax_on.axvline(lr, color=colour, lw=1.0, ls=":")
+            ax_on.annotate(f"{text}: {lr:.3g}", (lr, 0.02), xycoords=("data", "axes fraction"), fontsize=7,
+                           color=colour, rotation=90, ha="right", va="bottom")
+    ax_on.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def _onset_panel(ax, runs, length: int, slopes: dict[int, float]) -> None:
+    """The onset step against lr (log-log): per lr the mean over the seeds that zigzag with their range, the runs
+    that finished without zigzagging censored at the top edge (the run's length), and the line of the seeds'
+    mean slope."""
+    from zigzag.onsets import slope_summary
+
+    lrs = sorted({r.lr for r in runs})
+    for lr in lrs:
+        steps = [r.onset for r in runs if r.lr == lr and r.onset is not None and r.onset >= 1]
+        if steps:
+            ax.errorbar([lr], [np.mean(steps)], yerr=[[np.mean(steps) - min(steps)], [max(steps) - np.mean(steps)]],
+                        fmt="o", color="black", ms=4, capsize=2)
+    censored = [r.lr for r in runs if r.onset is None and not r.diverged]
+    if censored:
+        ax.scatter(censored, [length] * len(censored), marker="^", color="0.5",
+                   label="never zigzags (censored at the run's end)")
+    mean, sd, n = slope_summary(slopes)
+    fitted = [r for r in runs if r.onset is not None and r.onset >= 1 and not r.diverged]
+    if n and fitted:
+        x = np.log([r.lr for r in fitted])
+        intercept = float(np.mean(np.log([r.onset for r in fitted]) - mean * x))
+        line = np.geomspace(min(r.lr for r in fitted), max(r.lr for r in fitted), 20)
+        ax.plot(line, np.exp(intercept + mean * np.log(line)), color="tab:red", lw=1.2,
+                label=f"onset $\\propto$ lr^{mean:.2f}" + (f" ± {sd:.2f}" if n > 1 else "") + f" ({n} seed(s))")
+    ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="zigzag onset step",
+           title="zigzag onset against lr")

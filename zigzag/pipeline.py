@@ -56,8 +56,23 @@ def entry_references(section: str, where: str, spec: dict):
     if section == "figures":
         yield from references(f"figures.{where}", spec)
     else:
-        for i, item in enumerate(spec["rows"]):
+        for i, item in enumerate(spec.get("rows", [])):
             yield f"tables.{where}.rows.{i}", item["run"], None
+
+
+def sweep_runs(config: dict, sweep: str) -> list[str]:
+    """The runs of a sweep, in grid order: the record ``configcheck.checked_config`` writes when it expands it."""
+    return config["sweeps"][sweep]["runs"]
+
+
+def of_sweep(spec: dict) -> bool:
+    """A figure or table of a sweep (a target of ``all_sweeps``, not of ``all_figures`` or ``all_tables``)."""
+    return "sweep" in spec
+
+
+def entries(config: dict, section: str, sweeps: bool) -> list[str]:
+    """The ids of the figures or tables of sweeps (``sweeps``), or of the others."""
+    return [eid for eid, spec in config[section].items() if of_sweep(spec) == sweeps]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,13 +127,20 @@ def run_of(config: dict, job: str) -> str:
 def figure_jobs(config: dict, spec: dict) -> list[str]:
     """The jobs a figure reads: the first or every seed of each run it names (its kind says which)."""
     first_only = kind_of(spec).seeds == "first"
-    runs = sorted({run for _, run, _ in references("", spec)})
+    runs = sweep_runs(config, spec["sweep"]) if of_sweep(spec) else sorted({run for _, run, _ in references("", spec)})
     return [name for run in runs for name in run_jobs(config, run)[: 1 if first_only else None]]
 
 
 def table_jobs(config: dict, spec: dict) -> list[str]:
-    """The jobs a table reads: every seed of each of its rows' runs."""
-    return [name for run in sorted({item["run"] for item in spec["rows"]}) for name in run_jobs(config, run)]
+    """The jobs a table reads: every seed of each of its rows' runs, or of its sweep's runs."""
+    runs = sweep_runs(config, spec["sweep"]) if of_sweep(spec) else sorted({item["run"] for item in spec["rows"]})
+    return [name for run in runs for name in run_jobs(config, run)]
+
+
+def table_inputs(config: dict, spec: dict) -> list[str]:
+    """The files a table reads: each job's trajectory, and for a sweep's table its analysis too."""
+    return [path for job in table_jobs(config, spec) for path in
+            ([trajectory_file(config, job)] + [analysis_file(config, job)] * of_sweep(spec))]
 
 
 def run_windows(config: dict, job: str) -> list[int | str]:
@@ -260,7 +282,9 @@ def figure_command(config: dict, spec: dict) -> str:
             args += ["--panel", *files(run_jobs(config, panel["run"])[0]), panel["label"],
                      str(panel.get("step", "auto"))]
     else:
-        for item in labelled_runs(spec):
+        items = ([{"run": run, "label": run} for run in sweep_runs(config, spec["sweep"])] if of_sweep(spec)
+                 else labelled_runs(spec))
+        for item in items:
             args += ["--curve", item["label"], *(f for job in run_jobs(config, item["run"]) for f in files(job))]
     args += ["--title", spec["title"]]
     if kind.windows:
@@ -271,9 +295,13 @@ def figure_command(config: dict, spec: dict) -> str:
 
 def table_command(config: dict, spec: dict) -> str:
     """The ``zigzag table`` arguments of one table but its output prefix (``--out``, from the rule's
-    ``{output}``): a row per label with one trajectory per seed."""
-    args = [spec["kind"]]
-    for item in spec["rows"]:
+    ``{output}``): a row per label with one trajectory per seed, or for a sweep's table a ``--point`` per run
+    with the (trajectory, analysis) files of each seed."""
+    args = [spec["kind"].replace("_", "-")]
+    for run in sweep_runs(config, spec["sweep"]) if of_sweep(spec) else []:
+        args += ["--point", run, *(path for job in run_jobs(config, run)
+                                   for path in (trajectory_file(config, job), analysis_file(config, job)))]
+    for item in spec.get("rows", []):
         args += ["--row", item["label"], *(trajectory_file(config, job) for job in run_jobs(config, item["run"]))]
     return shlex.join([*args, "--caption", spec["caption"]])
 

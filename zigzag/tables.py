@@ -1,4 +1,5 @@
-"""Paper Table 1 from trajectory files: final test accuracy per learning-rate schedule, over seeds.
+"""Paper Table 1 from trajectory files: final test accuracy per learning-rate schedule, over seeds; and the
+zigzag onset against the learning rate of a sweep (``onset_table``).
 
 ``schedule_table`` builds a ``pandas.DataFrame`` (one row per schedule); ``write_table`` writes it as
 CSV (every column, numbers unformatted), GitHub Markdown and a booktabs LaTeX table (the columns for
@@ -102,7 +103,14 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     columns = [c for c in df.attrs.get("display_columns", list(df.columns)) if c in df.columns]
     if NOTE in columns and not df[NOTE].astype(str).str.strip().any():
         columns.remove(NOTE)
-    return columns, [[_cell(v) for v in row] for row in df[columns].itertuples(index=False)]
+    formats = df.attrs.get("formats", {})  # column -> format of its finite numbers (default: 2 decimals)
+
+    def cell(column, value):
+        if column in formats and isinstance(value, float) and math.isfinite(value):
+            return formats[column].format(value)
+        return _cell(value)
+
+    return columns, [[cell(c, v) for c, v in zip(columns, row)] for row in df[columns].itertuples(index=False)]
 
 
 def _numeric(df: pd.DataFrame, column: str) -> bool:
@@ -150,3 +158,39 @@ def write_table(df: pd.DataFrame, out_prefix: str, caption: str) -> None:
         df.to_csv(csv, index=False)
         md.write_text(to_markdown(df, caption), encoding="utf-8")
         tex.write_text(to_latex(df, caption, label), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# onset_vs_lr: a learning-rate sweep (``zigzag/onsets.py``)
+
+RUN, LR, SEED, ONSET, EOS, FINAL_LOSS, DIVERGED, SLOPE, SLOPE_SD = (
+    "run", "lr", "seed", "zigzag onset step", "step of 2/lr", "final loss", "diverged", "slope", "slope sd")
+ONSET_COLUMNS = [RUN, LR, SEED, ONSET, EOS, FINAL_LOSS, DIVERGED, SLOPE, SLOPE_SD]
+ONSET_DISPLAY = [RUN, LR, SEED, ONSET, EOS, FINAL_LOSS, DIVERGED, "slope of log onset vs log lr"]
+
+
+def onset_table(points) -> pd.DataFrame:
+    """One row per run and seed of a sweep: the zigzag onset step and the step of 2/lr ("-": none), the final
+    training loss and whether it diverged, and the seed's slope of log onset against log lr; a last row "fit"
+    with the mean and sample standard deviation of the seeds' slopes (``zigzag.onsets.fit_slopes`` states the
+    fit rule: runs that never zigzag or diverged are left out)."""
+    from zigzag.onsets import fit_slopes, load_sweep, slope_summary
+
+    runs = load_sweep(points)
+    slopes = fit_slopes(runs)
+    mean, sd, n = slope_summary(slopes)
+
+    def step(value):
+        return MISSING if value is None else str(value)
+
+    records = [{RUN: r.run, LR: r.lr, SEED: str(r.seed), ONSET: step(r.onset), EOS: step(r.eos_step),
+                FINAL_LOSS: r.final_loss, DIVERGED: "yes" if r.diverged else "no",
+                SLOPE: slopes.get(r.seed, math.nan), SLOPE_SD: math.nan} for r in runs]
+    fit = MISSING if n == 0 else f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {sd:.2f}"
+    records.append({RUN: f"fit over {n} seed(s)", LR: math.nan, SEED: MISSING, ONSET: MISSING, EOS: MISSING,
+                    FINAL_LOSS: math.nan, DIVERGED: MISSING, SLOPE: mean, SLOPE_SD: sd})
+    df = pd.DataFrame.from_records(records, columns=ONSET_COLUMNS)
+    df.insert(len(df.columns), ONSET_DISPLAY[-1], [f"{s:.2f}" if math.isfinite(s) else MISSING
+                                                   for s in df[SLOPE].iloc[:-1]] + [fit])
+    df.attrs.update(display_columns=ONSET_DISPLAY, formats={LR: "{:.3g}", FINAL_LOSS: "{:.3g}"})
+    return df

@@ -1,4 +1,4 @@
-# One rule per table of the config (table_<id>): it reads only trajectory files. Params are functions,
+# One rule per table of the config (table_<id>): it reads trajectory files (a sweep's table: and analyses). Params are functions,
 # so Snakemake takes a caption's braces literally instead of as wildcards.
 import json
 
@@ -8,7 +8,7 @@ for tid, spec in config["tables"].items():
         name:
             f"table_{tid}"
         input:
-            [pipeline.trajectory_file(config, job) for job in pipeline.table_jobs(config, spec)],
+            pipeline.table_inputs(config, spec),
         output:
             csv=report(pipeline.table_file(config, tid, "csv"), caption="../report/table.rst", category="Tables"),
             md=pipeline.table_file(config, tid, "md"),
@@ -26,4 +26,8 @@ for tid, spec in config["tables"].items():
 
 rule all_tables:
     input:
-        [pipeline.table_file(config, tid, ext) for tid in config["tables"] for ext in pipeline.TABLE_EXTS],
+        [
+            pipeline.table_file(config, tid, ext)
+            for tid in pipeline.entries(config, "tables", sweeps=False)
+            for ext in pipeline.TABLE_EXTS
+        ],
