@@ -33,7 +33,10 @@ class Recorder:
     within 1e-6 of float64 (float32 blocks added in float64, ``LagRing``). With them go the loop's own
     scalars (``loss``, ``lr``, and any other series the file has: ``accuracy``, ``epoch``, ``test_loss``,
     ...; a series not given is NaN), ``time`` (seconds since the recorder started), and, at the steps
-    ``raw_steps`` selects (None, every N-th step, or a set of steps), g_k itself in ``/raw/gradients``.
+    ``raw_steps`` selects (None, every N-th step, or a set of steps), g_k itself in ``/raw/gradients``. With
+    ``per_layer=True`` it also stores, per parameter tensor t (``model.named_parameters()`` order, names and
+    sizes in the file's ``layer_names`` and ``layer_sizes``), ``layer_dot[k, t, l]`` and
+    ``layer_opposite[k, t, l]``: the dot and the opposite-sign share restricted to t's entries.
 
     At construction every such parameter's ``.grad`` becomes a view into the recorder's flat buffer: a
     loop that zeroes gradients in place (``zero_grad(set_to_none=False)``) is read without a copy; one that
@@ -54,7 +57,7 @@ class Recorder:
     def __init__(self, path: str | os.PathLike, model: nn.Module, lags: int = 8, *, settings: dict | None = None,
                  n_train: int = 0, raw_steps: set[int] | int | None = None, raw_dtype: str = "float32",
                  raw_compression: str | None = None, extra_series: dict[str, str] | None = None,
-                 attrs: dict | None = None, resume: dict | None = None):
+                 attrs: dict | None = None, per_layer: bool = False, resume: dict | None = None):
         """Create ``path`` (``settings``: the run's settings, stored as its ``config``; ``n_train``: training
         examples; ``attrs``: more file attributes), or with ``resume`` (a ``state_dict`` with ``n_steps``
         and ``elapsed`` added) reopen the unfinished file there, truncated to its first ``n_steps`` steps
@@ -63,12 +66,14 @@ class Recorder:
         n_params = self.gradients.flat.numel()
         device = self.gradients.flat.device
         self.raw_steps = raw_steps
-        self.ring = LagRing(n_params, lags, device)  # allocated before the file is touched
+        layers = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad} if per_layer else None
+        # allocated before the file is touched
+        self.ring = LagRing(n_params, lags, device, layer_sizes=list(layers.values()) if per_layer else None)
         if resume is None:
             self.writer = store.TrajectoryWriter.create(
                 path, settings or {}, n_params=n_params, n_train=n_train, lags=lags,
                 raw_dtype=raw_dtype if raw_steps is not None else None, raw_compression=raw_compression,
-                extra_series=extra_series, attrs=attrs)
+                extra_series=extra_series, attrs=attrs, layers=layers)
             elapsed = 0.0
         else:
             self.writer = store.TrajectoryWriter.reopen(path, resume["n_steps"])
@@ -89,14 +94,20 @@ class Recorder:
         return self.gradients.flat
 
     def measure(self) -> dict:
-        """Lag statistics of g_k (``grad_norm`` and ``store.LAG_SERIES``), and g_k queued for ``/raw/gradients``
-        if the step is selected and its norm finite; ``record`` without writing the row."""
+        """Lag statistics of g_k (``grad_norm``, ``store.LAG_SERIES`` and, per layer, ``store.LAYER_SERIES``), and
+        g_k queued for ``/raw/gradients`` if the step is selected and its norm finite; ``record`` without writing
+        the row."""
         k, flat = self.step, self.gradient()
-        stats = self.ring.push(flat)
+        layers = {}
+        if self.ring.layers is None:
+            stats = self.ring.push(flat)
+        else:
+            stats, per_layer = self.ring.push_layers(flat)
+            layers = {"layer_dot": per_layer.dot.numpy(), "layer_opposite": per_layer.opposite.numpy()}
         grad_norm = math.sqrt(stats.dot[0]) if stats.dot[0] >= 0 else math.nan
         if self.raw is not None and selected(self.raw_steps, k) and math.isfinite(grad_norm):
             self.raw.put(k, flat)
-        return {"grad_norm": grad_norm, **{name: series.numpy() for name, series in stats._asdict().items()}}
+        return {"grad_norm": grad_norm, **{name: series.numpy() for name, series in stats._asdict().items()}, **layers}
 
     def write(self, row: dict) -> None:
         """Append ``row`` (with ``time`` now, unless it has one) as the next step of the file."""
