@@ -71,6 +71,9 @@ KINDS = {kind.name: kind for kind in (
                runs="run", seeds="first", reads=("trajectory", "analysis"), renderer="build_sharpness_figure"),
     FigureKind("lag1", "correlation of adjacent gradients at every step, one line per curve",
                runs="curves", seeds="all", reads=("trajectory",), renderer="build_lag1_figure"),
+    FigureKind("layers", "adjacent correlation per layer over the steps, and each layer's sign flips in the zigzag "
+               "(a run with per_layer)", runs="run", seeds="first", reads=("trajectory", "analysis"),
+               renderer="build_layers_figure"),
 )}
 _STEP = {"type": "integer", "minimum": 0, "maximum": MAX_STEPS - 1}
 # The fields of an entry of each form (``FigureKind.runs``) besides kind and title, as JSON schema; a kind with
