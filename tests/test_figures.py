@@ -227,3 +227,43 @@ def test_lag1_figure_through_the_command_line(tmp_path):
     assert cli.main(["figure", "lag1", "--curve", "two seeds", zig, zig, "--title", "t", "--png", str(png),
                      "--pdf", str(pdf)]) == 0
     assert png.stat().st_size > 10_000
+
+
+def test_layers_figure_groups_tensors_by_module_and_counts_the_layers_below_the_threshold(tmp_path, tiny_dataset,
+                                                                                          capsys):
+    """A run with --per-layer: per module, the adjacent correlation from its tensors' summed dots, the zigzag pairs
+    from the analysis's phases, the fractions of layers and parameters; the figure renders, and a run without
+    per-layer statistics is refused in one line."""
+    from conftest import zigzag_main
+
+    from zigzag.layers import load_layers, zigzag_pair_ends
+
+    traj_path, an_path = tmp_path / "run.h5", tmp_path / "analysis.h5"
+    common = ["--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.5", "--steps", "12",
+              "--lags", "2", "--micro-batch", "48", "--device", "cpu", "--quiet"]
+    zigzag_main(capsys, "train", *common, "--per-layer", "--out", traj_path)
+    zigzag_main(capsys, "analyze", traj_path, "--out", an_path, "--h", "3", "--windows", "none")
+    traj, an = store.read_trajectory(traj_path), store.read_analysis(an_path)
+    data = load_layers(str(traj_path), str(an_path))
+    names = list(traj.attrs["layer_names"])
+    assert data.names == list(dict.fromkeys(name.rpartition(".")[0] for name in names))
+    rows = [i for i, name in enumerate(names) if name.rpartition(".")[0] == data.names[1]]
+    dot = traj.steps["layer_dot"][:, rows].sum(1)
+    np.testing.assert_allclose(data.adjacent_mu[1, 1:], dot[1:, 1] / np.sqrt(dot[1:, 0] * dot[:-1, 0]))
+    assert data.sizes.sum() == traj.attrs["n_params"]
+    phase = np.array([analysis.ZIGZAG if k == 4 else analysis.SMOOTH for k in range(8)])
+    assert np.flatnonzero(zigzag_pair_ends(phase, 3)).tolist() == [5, 6]
+    pairs = zigzag_pair_ends(an.phase, an.h)
+    assert (data.zigzag_pairs == pairs).all()
+    if pairs.any():
+        below = np.nanmean(data.adjacent_mu[:, pairs], axis=1) < an.zigzag_below
+        assert data.fractions() == (below.mean(), data.sizes[below].sum() / data.sizes.sum())
+    else:
+        assert np.isnan(data.fractions()).all()
+    fig = figures.build_layers_figure(str(traj_path), str(an_path), "layers")
+    assert "of the parameters" in fig._suptitle.get_text() or "no zigzag" in fig._suptitle.get_text()
+    zigzag_main(capsys, "train", *common, "--out", tmp_path / "plain.h5")
+    zigzag_main(capsys, "analyze", tmp_path / "plain.h5", "--out", tmp_path / "plain.analysis.h5", "--h", "3",
+                "--windows", "none")
+    with pytest.raises(ZigzagError, match="per_layer"):
+        load_layers(str(tmp_path / "plain.h5"), str(tmp_path / "plain.analysis.h5"))

@@ -65,6 +65,10 @@ def type_matches(documented_type: str, value) -> bool:
         return isinstance(value, str)
     if documented_type == "JSON string":
         return isinstance(value, str) and json.loads(value) is not None
+    if documented_type == "string [T]":
+        return isinstance(value, np.ndarray) and value.ndim == 1 and all(isinstance(v, str) for v in value)
+    if documented_type == "int64 [T]":
+        return isinstance(value, np.ndarray) and value.dtype == np.int64 and value.ndim == 1
     if documented_type == "float64 [C]":
         return isinstance(value, np.ndarray) and value.dtype == np.float64 and value.ndim == 1
     raise AssertionError(f"docs/formats.md: unknown attribute type {documented_type!r}")
@@ -78,7 +82,7 @@ def dtype_matches(documented_dtype: str, dtype) -> bool:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Files of every kind made by the real code, together holding every optional name: a dataset; a run with
-    sharpness, raw gradients and raw parameters and one that diverges; the analysis of each."""
+    sharpness, raw gradients, raw parameters and per-layer statistics and one that diverges; the analysis of each."""
     from conftest import write_synthetic_dataset
 
     tmp = tmp_path_factory.mktemp("formats")
@@ -86,7 +90,7 @@ def files(tmp_path_factory):
     common = ["--dataset", dataset, "--model", "cnn", "--width", "0.5", "--micro-batch", "48", "--lags", "3",
               "--device", "cpu", "--quiet"]
     runs = {"full": ["--lr", "0.1", "--steps", "6", "--sharpness", "every:3", "--raw-gradients", "every:2",
-                     "--raw-compression", "gzip", "--raw-parameters", "every:3"],
+                     "--raw-compression", "gzip", "--raw-parameters", "every:3", "--per-layer"],
             "diverged": ["--lr", "1e12", "--steps", "30", "--no-batch-norm"]}
     made = {"zigzag-dataset": [dataset], "zigzag-trajectory": [], "zigzag-analysis": []}
     for name, flags in runs.items():

@@ -134,3 +134,41 @@ def test_dot_products_match_float64_at_resnet34_size():
     ref = np.array([grads[-1].astype(np.float64) @ grads[-1 - lag].astype(np.float64) for lag in range(lags + 1)])
     rel = np.abs(dot.numpy() - ref) / np.abs(ref)
     assert rel.max() <= 1e-6, rel
+
+
+def test_per_layer_statistics_match_brute_force_per_tensor_and_leave_the_whole_vector_bit_identical():
+    """Tensors that straddle blocks of CHUNK entries, share one, span several, and one of a single entry: each
+    tensor's dot and opposite-sign share equal the float64 brute force on its slice; summed over tensors the dots
+    give the whole-vector dot; the whole-vector statistics equal those of a ring without layers bit for bit."""
+    lags, sizes = 3, [5, CHUNK - 3, 7, 2 * CHUNK + 11, 300, 1]
+    n = sum(sizes)
+    rng = np.random.default_rng(3)
+    grads = (rng.standard_normal((7, n)) * rng.random(n) ** 3).astype(np.float32)
+    grads[rng.random(grads.shape) < 0.25] = 0.0
+    grads[2, 5:CHUNK + 2] = 0.0  # one tensor zero at one step
+    plain, layered = LagRing(n, lags), LagRing(n, lags, layer_sizes=sizes)
+    rows = []
+    for g in grads:
+        whole = plain.push(torch.from_numpy(g))
+        stats, per_layer = layered.push_layers(torch.from_numpy(g))
+        for a, b in zip(whole, stats, strict=True):
+            assert torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a.nan_to_num(), b.nan_to_num())
+        rows.append((stats.dot.numpy(), per_layer.dot.numpy(), per_layer.opposite.numpy()))
+    dot = np.stack([r[0] for r in rows])
+    layer_dot, layer_opp = np.stack([r[1] for r in rows]), np.stack([r[2] for r in rows])
+    assert layer_dot.shape == layer_opp.shape == (7, len(sizes), lags + 1)
+    ends = np.cumsum(sizes)
+    for t, (start, end) in enumerate(zip(ends - sizes, ends, strict=True)):
+        ref_dot, ref_opp, _, _ = brute_force(grads[:, start:end], lags)
+        np.testing.assert_array_equal(np.isnan(layer_dot[:, t]), np.isnan(ref_dot))
+        np.testing.assert_allclose(layer_dot[:, t], ref_dot, rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(layer_opp[:, t], ref_opp)
+    np.testing.assert_allclose(layer_dot.sum(1), dot, rtol=1e-6, atol=1e-6 * np.nanmax(dot[:, 0]))  # of |g|^2
+    assert np.isnan(layer_dot[0, :, 1:]).all() and np.isfinite(layer_dot[3:]).all()
+
+
+def test_push_layers_needs_the_layer_sizes():
+    with pytest.raises(ValueError, match="layer_sizes"):
+        LagRing(4, 1).push_layers(torch.ones(4))
+    with pytest.raises(ValueError, match="n_params"):
+        LagRing(4, 1, layer_sizes=[1, 2])

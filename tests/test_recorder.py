@@ -105,3 +105,39 @@ def test_a_recorded_file_has_the_arithmetic_fingerprint_and_the_selected_paramet
     shown = zigzag_main(capsys, "inspect", tmp_path / "run.h5").stdout
     assert "  arithmetic:" in shown and f"    threads: {torch.get_num_threads()}" in shown
     assert f'    torch: "{torch.__version__}"' in shown
+
+
+def test_per_layer_statistics_of_a_loop_of_ones_own_match_the_gradients_of_each_tensor(tmp_path):
+    """``Recorder(per_layer=True)``: per trainable tensor (a frozen one left out), the dot and the opposite-sign
+    share of its slice of g_k against g_(k-l), as float64 NumPy gives them, with the names and sizes stored."""
+    from zigzag import Recorder
+
+    torch.manual_seed(1)
+    model = build_model("cnn", width=0.25, in_channels=1, image_size=16, batch_norm=True)
+    frozen = next(p for name, p in model.named_parameters() if name.endswith("bias"))
+    frozen.requires_grad_(False)
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    x, y = torch.randn(32, 1, 16, 16), torch.randint(0, 10, (32,))
+    optimizer = torch.optim.SGD([p for _, p in named], lr=0.3)
+    lags, steps, gradients = 2, 5, []
+    with Recorder(tmp_path / "run.h5", model, lags=lags, per_layer=True) as recorder:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            gradients.append([p.grad.double().reshape(-1).numpy().copy() for _, p in named])
+            recorder.record(loss=0.0, lr=0.3)
+            optimizer.step()
+    traj = store.read_trajectory(tmp_path / "run.h5")
+    assert list(traj.attrs["layer_names"]) == [name for name, _ in named]
+    assert traj.attrs["layer_sizes"].tolist() == [p.numel() for _, p in named]
+    for k in range(steps):
+        for t in range(len(named)):
+            for lag in range(lags + 1):
+                if lag > k:
+                    assert np.isnan(traj.steps["layer_dot"][k, t, lag]) and np.isnan(
+                        traj.steps["layer_opposite"][k, t, lag])
+                    continue
+                a, b = gradients[k][t], gradients[k - lag][t]
+                assert traj.steps["layer_dot"][k, t, lag] == pytest.approx(  # float32 sums: 1e-6 of |a| |b|
+                    a @ b, abs=1e-6 * np.linalg.norm(a) * np.linalg.norm(b))
+                assert traj.steps["layer_opposite"][k, t, lag] == np.mean(a * b < 0)

@@ -422,3 +422,34 @@ def test_the_trainer_only_wires_its_parts():
     called = {node.func.attr for node in ast.walk(cls) if isinstance(node, ast.Call)
               and isinstance(node.func, ast.Attribute)}
     assert not called & {"backward", "cross_entropy"}
+
+
+def test_train_per_layer_writes_the_statistics_of_every_tensor_summing_to_the_whole_vector(tmp_path, tiny_dataset,
+                                                                                           capsys):
+    """``zigzag train --per-layer``: /steps/layer_dot and /steps/layer_opposite [K, T, L+1] with the tensors' names
+    and sizes in model.parameters() order; summed over the tensors the dots give /steps/dot (1e-6 relative)."""
+    out = tmp_path / "run.h5"
+    zigzag_main(capsys, "train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.1",
+                "--steps", "5", "--lags", "2", "--micro-batch", "48", "--device", "cpu", "--per-layer", "--quiet",
+                "--out", out)
+    traj = store.read_trajectory(out)
+    model = build_model("cnn", width=0.5, in_channels=1, image_size=16, batch_norm=True)
+    named = [(name, p.numel()) for name, p in model.named_parameters()]
+    assert list(traj.attrs["layer_names"]) == [name for name, _ in named]
+    assert traj.attrs["layer_sizes"].tolist() == [size for _, size in named] and sum(
+        traj.attrs["layer_sizes"]) == traj.attrs["n_params"]
+    layer_dot, dot = traj.steps["layer_dot"], traj.steps["dot"]
+    assert layer_dot.shape == traj.steps["layer_opposite"].shape == (5, len(named), 3)
+    np.testing.assert_array_equal(np.isnan(layer_dot), np.isnan(dot)[:, None, :].repeat(len(named), 1))
+    norms = np.sqrt(dot[:, 0])
+    scale = np.array([[norms[k] * norms[k - lag] for lag in range(3)] for k in range(2, 5)])  # |g_k| |g_k-l|
+    np.testing.assert_array_less(np.abs(layer_dot.sum(1) - dot)[2:], 1e-6 * scale)
+    shares = traj.steps["layer_opposite"][2:]
+    assert ((shares >= 0) & (shares <= 1)).all() and (shares[:, :, 1] > 0).any()
+    zigzag_main(capsys, "train", "--dataset", tiny_dataset, "--model", "cnn", "--width", "0.5", "--lr", "0.1",
+                "--steps", "5", "--lags", "2", "--micro-batch", "48", "--device", "cpu", "--quiet",
+                "--out", tmp_path / "plain.h5")
+    plain = store.read_trajectory(tmp_path / "plain.h5")
+    assert "layer_dot" not in plain.steps and "layer_names" not in plain.attrs
+    for name in store.LAG_SERIES:  # the whole-vector statistics do not change with per_layer
+        np.testing.assert_array_equal(plain.steps[name], traj.steps[name])

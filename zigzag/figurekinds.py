@@ -82,6 +82,9 @@ KINDS = {kind.name: kind for kind in (
     FigureKind("phase_diagram", "mean correlation over (step, lr) of a sweep, zigzag onset against lr",
                runs="sweep", seeds="all", reads=("trajectory", "analysis"), renderer="build_phase_diagram",
                front_door=False),
+    FigureKind("layers", "adjacent correlation per layer over the steps, and each layer's sign flips in the zigzag "
+               "(a run with per_layer)", runs="run", seeds="first", reads=("trajectory", "analysis"),
+               renderer="build_layers_figure"),
 )}
 _STEP = {"type": "integer", "minimum": 0, "maximum": MAX_STEPS - 1}
 # The fields of an entry of each form (``FigureKind.runs``) besides kind and title, as JSON schema; a kind with

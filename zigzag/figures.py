@@ -12,8 +12,7 @@
   of trajectories alone.
 - ``build_sharpness_figure`` (beyond the paper): sharpness against 2/lr and the gradient geometry.
 - ``build_divergence_figure`` (beyond the paper): how fast a run and its perturbed twin part.
-
-
+- ``build_layers_figure`` (beyond the paper): the adjacent-gradient correlation of every layer (``zigzag/layers.py``).
 - ``build_phase_diagram`` (beyond the paper): a learning-rate sweep's mean correlation over (step, lr) and its
   zigzag onset against lr (read by ``zigzag/onsets.py``).
 
@@ -615,3 +614,50 @@ def _onset_panel(ax, runs, length: int, slopes: dict[int, float]) -> None:
                 label=f"onset $\\propto$ lr^{mean:.2f}" + (f" ± {sd:.2f}" if n > 1 else "") + f" ({n} seed(s))")
     ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="zigzag onset step",
            title="zigzag onset against lr")
+
+
+def build_layers_figure(trajectory: str, analysis: str, title: str) -> Figure:
+    """Per layer (tensors grouped by module, ``zigzag/layers.py``), in network order from the top: the adjacent
+    gradient correlation mu_L(k-1, k) over the steps as a heat map with the zigzag windows marked above it, and
+    beside it the layer's mean opposite-sign share and mean adjacent correlation inside the zigzag windows; the
+    title line gives the fraction of layers and of parameters below the zigzag threshold there."""
+    from zigzag.layers import load_layers
+
+    data = load_layers(trajectory, analysis)
+    traj = store.read_trajectory(trajectory)
+    n_layers, n_steps = data.adjacent_mu.shape
+    fig = Figure(figsize=(12.0, 4.0 + 0.16 * n_layers), layout="constrained")
+    grid = fig.add_gridspec(2, 3, width_ratios=[4.0, 1.0, 1.0], height_ratios=[0.25, 1.0])
+    ax_zz = fig.add_subplot(grid[0, 0])
+    ax_map = fig.add_subplot(grid[1, 0], sharex=ax_zz)
+    ax_flip = fig.add_subplot(grid[1, 1], sharey=ax_map)
+    ax_mu = fig.add_subplot(grid[1, 2], sharey=ax_map)
+    extent = (-0.5, n_steps - 0.5, n_layers - 0.5, -0.5)
+    ax_map.imshow(data.adjacent_mu, aspect="auto", cmap=CMAP, norm=NORM, interpolation="nearest", extent=extent)
+    ax_map.set_yticks(range(n_layers), [f"{name} ({size:,.0f})" for name, size in zip(data.names, data.sizes)],
+                      fontsize=6)
+    ax_map.set(xlabel=step_unit(traj), ylabel="layer (module: parameters), input at the top")
+    fig.colorbar(ScalarMappable(norm=NORM, cmap=CMAP), ax=ax_map, location="bottom", shrink=0.5,
+                 label="adjacent-gradient correlation")
+    ax_zz.broken_barh(_phase_runs(data.zigzag_pairs.astype(np.int8), 1), (0, 1), facecolors=PHASE_COLOURS[ZIGZAG][1])
+    ax_zz.set(yticks=[], ylim=(0, 1), title="adjacent-gradient correlation per layer; above: pairs inside the "
+              "zigzag windows")
+    ax_zz.tick_params(labelbottom=False)
+    rows = np.arange(n_layers)
+    ax_flip.barh(rows, 100 * data.zigzag_flips, color="tab:purple", height=0.8)
+    ax_flip.set(xlabel="% opposite signs (lag 1)", title="sign flips, zigzag", xlim=(0, 100))
+    ax_flip.axvline(50, color="black", lw=0.6, ls=":")
+    colours = np.where(data.below, "tab:red", "0.6")
+    ax_mu.barh(rows, data.zigzag_mu, color=colours, height=0.8)
+    ax_mu.axvline(data.zigzag_below, color="black", lw=0.8, ls="--", label=f"zigzag below {data.zigzag_below:g}")
+    ax_mu.set(xlabel="adjacent correlation", title="correlation, zigzag", xlim=(-1.05, 1.05))
+    ax_mu.legend(fontsize=7, loc="lower right")
+    for ax in (ax_flip, ax_mu):
+        ax.tick_params(labelleft=False)
+    layers, params = data.fractions()
+    verdict = ("no zigzag windows in this run" if np.isnan(layers) else
+               f"below the zigzag threshold in the zigzag windows: {layers:.0%} of the {n_layers} layers, "
+               f"{params:.1%} of the parameters")
+    suptitle, colour = _diverged_title(f"{title}\n{verdict}", traj.diverged_at)
+    fig.suptitle(suptitle, color=colour, fontsize=12)
+    return fig

@@ -7,7 +7,10 @@ At step k, for lags l = 0..L, with j = k - l:
     opposite_nonzero[k, l] = #{i : g_k[i] g_j[i] < 0} / #{i : g_k[i] != 0 != g_j[i]}
     opposite_weight[k, l]  = (sum_i |g_k[i] g_j[i]| - <g_k, g_j>) / (2 sum_i |g_k[i] g_j[i]|)
 
-all NaN where k - l < 0 (and the last two where their denominator is 0). The first two are sufficient
+all NaN where k - l < 0 (and the last two where their denominator is 0). A ring given the sizes of the
+parameter tensors (``layer_sizes``, in the order of the flat gradient) also gives, per tensor t, the first two
+restricted to its entries (``LayerStats``): layer_dot[k, t, l] (summing over t gives dot[k, l]) and
+layer_opposite[k, t, l], the opposite-sign count within t over the size of t. The first two are sufficient
 statistics: every mu(j, k) = dot / sqrt(dot_jj dot_kk) (paper eq. 2) with |j - k| <= L, every h x h window
 matrix with h <= L + 1 and every mean_mu (eq. 3) follow from them exactly. The last two count the same
 sign flips two other ways: among the entries non-zero in both gradients, and weighted by |g_k[i] g_j[i]|
@@ -15,7 +18,10 @@ sign flips two other ways: among the entries non-zero in both gradients, and wei
 
 ``LagRing`` keeps the last L + 1 gradients (values and int8 sign codes) in ring buffers on the training
 device; one step costs one matrix-vector product, one more on the block's absolute values while the block
-is in cache, and one or two sign comparisons per ring row.
+is in cache, and one or two sign comparisons per ring row. Per tensor, the dot products are the block
+partial sums added per tensor (a block that straddles a tensor boundary gets one more float32 product per
+piece), and the opposite counts are counted per tensor slice of the same comparison: the whole-vector
+statistics stay bit-identical.
 
 The dot products are summed in two levels: float32 partial sums over blocks of ``CHUNK`` entries
 (one matrix-vector product per block), and the partial sums added in float64. One float32 sum over
@@ -26,6 +32,7 @@ of a single float32 product, with no float64 copy of the ring.
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -44,6 +51,14 @@ class LagStats(NamedTuple):
     opposite: torch.Tensor
     opposite_nonzero: torch.Tensor
     opposite_weight: torch.Tensor
+
+
+class LayerStats(NamedTuple):
+    """One step's lag statistics per parameter tensor, float64 on the CPU, each [n_layers, L+1] (NaN where
+    k - l < 0)."""
+
+    dot: torch.Tensor
+    opposite: torch.Tensor
 
 
 class FlatGradients:
@@ -90,7 +105,9 @@ class LagRing:
     """Ring buffer of the last ``lags + 1`` gradients; ``push(g)`` returns the step's ``LagStats``."""
 
     def __init__(self, n_params: int, lags: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, layer_sizes: list[int] | None = None):
+        """``layer_sizes``: the entries of each parameter tensor in the flat gradient's order (summing to
+        ``n_params``), for ``push_layers``."""
         if lags < 1:
             raise ValueError("lags must be >= 1")
         self.lags = lags
@@ -110,10 +127,20 @@ class LagRing:
         self._abs_partials = torch.empty(blocks, lags + 1, dtype=dtype, device=device)
         span = CHUNK * (GPU_SPAN if torch.device(device).type == "cuda" else 1)
         self._abs = torch.empty(lags + 1, min(span, n_params), dtype=dtype, device=device)
+        self.layers = None if layer_sizes is None else _LayerBlocks(layer_sizes, n_params, lags, dtype, device)
         self.step = 0  # number of gradients pushed so far
 
     def push(self, grad: torch.Tensor) -> LagStats:
         """Store g_k (k = number pushed before) and return its ``LagStats`` (float64 on the CPU)."""
+        return self._push(grad, layers=False)[0]
+
+    def push_layers(self, grad: torch.Tensor) -> tuple[LagStats, LayerStats]:
+        """``push``, and the same step's ``LayerStats`` (a ring made with ``layer_sizes``)."""
+        if self.layers is None:
+            raise ValueError("push_layers needs a LagRing made with layer_sizes")
+        return self._push(grad, layers=True)
+
+    def _push(self, grad: torch.Tensor, layers: bool) -> tuple[LagStats, LayerStats | None]:
         k, width = self.step, self.lags + 1
         row = k % width
         self.values[row].copy_(grad)
@@ -124,8 +151,13 @@ class LagRing:
         target = torch.neg(self.signs[row], out=self._target)
         ring_dot, ring_abs = self._dot64(grad)
         # Row by row into one reused buffer: no (L+1) x P temporary.
-        ring_opposite = torch.stack([torch.count_nonzero(torch.eq(self.signs[i], target, out=self._match))
-                                     for i in range(width)]).cpu()
+        if layers:  # counted per tensor slice: their sum is the whole count
+            layer_opposite = torch.stack([self.layers.count(torch.eq(self.signs[i], target, out=self._match))
+                                          for i in range(width)]).cpu()
+            ring_opposite = layer_opposite.sum(1)
+        else:
+            ring_opposite = torch.stack([torch.count_nonzero(torch.eq(self.signs[i], target, out=self._match))
+                                         for i in range(width)]).cpu()
         ring_nonzero = grad.numel() - self.zeros[row] - self.zeros + self._both_zero(row)
         # Ring row of lag l is (k - l) mod (L + 1).
         order = torch.tensor([(k - lag) % width for lag in range(width)])
@@ -135,10 +167,14 @@ class LagRing:
         weight[0] = weight[0] * 0  # g_k against itself flips nothing (0, or NaN for g_k = 0): not the rounding
         stats = LagStats(dot, flipped / grad.numel(), flipped / ring_nonzero[order].double(), weight)
         undefined = torch.arange(width) > k
-        for series in stats:
-            series[undefined] = float("nan")
+        per_layer = None
+        if layers:
+            per_layer = LayerStats(self.layers.dot(self.values, grad, self._partials).cpu()[:, order],
+                                   layer_opposite[order].T.double() / self.layers.sizes)
+        for series in (*stats, *(per_layer or ())):
+            series[..., undefined] = float("nan")
         self.step = k + 1
-        return stats
+        return stats, per_layer
 
     def _both_zero(self, row: int) -> torch.Tensor:
         """Entries that are an exact 0 in ring row ``row`` and in each ring row (0 without a pass where either has
@@ -192,6 +228,47 @@ class LagRing:
         self.signs.copy_(state["signs"])
         self.zeros = (self.signs == ZERO_CODE).sum(1).cpu()
         self.step = int(state["step"])
+
+
+class _LayerBlocks:
+    """Where the blocks of ``CHUNK`` entries fall among the parameter tensors: the tensor of each block that lies
+    inside one, and the pieces (one per tensor) of each block that straddles a boundary."""
+
+    def __init__(self, sizes: list[int], n_params: int, lags: int, dtype: torch.dtype, device):
+        if sum(sizes) != n_params or min(sizes) < 1:
+            raise ValueError(f"layer sizes sum to {sum(sizes)}, not n_params = {n_params}, or one is < 1")
+        self.sizes = torch.tensor(sizes, dtype=torch.float64).unsqueeze(1)
+        ends = torch.tensor(sizes).cumsum(0)
+        self.bounds = list(zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True))
+        starts = torch.arange(0, n_params, CHUNK)
+        first = torch.searchsorted(ends, starts, right=True)  # tensor of each block's first and last entry
+        last = torch.searchsorted(ends, torch.clamp(starts + CHUNK, max=n_params) - 1, right=True)
+        whole = torch.nonzero(first == last).squeeze(1)
+        self.whole_blocks, self.whole_layers = whole.to(device), first[whole].to(device)
+        self.pieces, piece_layers = [], []
+        for block in torch.nonzero(first != last).squeeze(1).tolist():
+            start, stop = block * CHUNK, min(block * CHUNK + CHUNK, n_params)
+            for layer in range(int(first[block]), int(last[block]) + 1):
+                a, b = self.bounds[layer]
+                self.pieces.append((max(a, start), min(b, stop)))
+                piece_layers.append(layer)
+        self.piece_layers = torch.tensor(piece_layers, dtype=torch.int64, device=device)
+        self._piece_partials = torch.empty(len(self.pieces), lags + 1, dtype=dtype, device=device)
+        self._sums = torch.empty(len(sizes), lags + 1, dtype=torch.float64, device=device)
+
+    def count(self, match: torch.Tensor) -> torch.Tensor:
+        """The true entries of ``match`` in each tensor's slice, [n_layers]."""
+        return torch.stack([torch.count_nonzero(match[a:b]) for a, b in self.bounds])
+
+    def dot(self, values: torch.Tensor, grad: torch.Tensor, partials: torch.Tensor) -> torch.Tensor:
+        """``values @ grad`` per tensor [n_layers, L+1] (float64) from the ring's block partial sums ``partials``
+        and one float32 product per piece of a straddling block."""
+        with contextlib.nullcontext() if grad.is_cuda else _one_thread():
+            for i, (a, b) in enumerate(self.pieces):
+                torch.mv(values[:, a:b], grad[a:b], out=self._piece_partials[i])
+        sums = self._sums.zero_()
+        sums.index_add_(0, self.whole_layers, partials[self.whole_blocks].double())
+        return sums.index_add_(0, self.piece_layers, self._piece_partials.double())
 
 
 @contextmanager

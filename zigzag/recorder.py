@@ -35,8 +35,11 @@ class Recorder:
     ...; a series not given is NaN), ``time`` (seconds since the recorder started), and, at the steps
     ``raw_steps`` selects (None, every N-th step, or a set of steps), g_k itself in ``/raw/gradients``; at
     the steps ``parameter_steps`` selects, theta_k (the parameters g_k was taken at, float32, written
-    synchronously) in ``/raw/parameters``. The file's ``arithmetic`` attribute records what decides the
-    last bits of the loop's sums (``zigzag.fingerprint``: torch's build, BLAS, CPU, threads, ...).
+    synchronously) in ``/raw/parameters``. With ``per_layer=True`` it also stores, per parameter tensor t
+    (``model.named_parameters()`` order, names and sizes in the file's ``layer_names`` and ``layer_sizes``),
+    ``layer_dot[k, t, l]`` and ``layer_opposite[k, t, l]``: the dot and the opposite-sign share restricted to t's
+    entries. The file's ``arithmetic`` attribute records what decides the last bits of the loop's sums
+    (``zigzag.fingerprint``: torch's build, BLAS, CPU, threads, ...).
 
     At construction every such parameter's ``.grad`` becomes a view into the recorder's flat buffer: a
     loop that zeroes gradients in place (``zero_grad(set_to_none=False)``) is read without a copy; one that
@@ -58,7 +61,7 @@ class Recorder:
                  n_train: int = 0, raw_steps: set[int] | int | None = None, raw_dtype: str = "float32",
                  raw_compression: str | None = None, extra_series: dict[str, str] | None = None,
                  parameter_steps: set[int] | int | None = None, attrs: dict | None = None,
-                 resume: dict | None = None):
+                 per_layer: bool = False, resume: dict | None = None):
         """Create ``path`` (``settings``: the run's settings, stored as its ``config``; ``n_train``: training
         examples; ``attrs``: more file attributes, beside the arithmetic's fingerprint), or with ``resume`` (a
         ``state_dict`` with ``n_steps`` and ``elapsed`` added) reopen the unfinished file there, truncated to its
@@ -69,13 +72,15 @@ class Recorder:
         device = self.gradients.flat.device
         self.raw_steps, self.parameter_steps = raw_steps, parameter_steps
         self.parameters = [p for p in model.parameters() if p.requires_grad]
-        self.ring = LagRing(n_params, lags, device)  # allocated before the file is touched
+        layers = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad} if per_layer else None
+        # allocated before the file is touched
+        self.ring = LagRing(n_params, lags, device, layer_sizes=list(layers.values()) if per_layer else None)
         if resume is None:
             self.writer = store.TrajectoryWriter.create(
                 path, settings or {}, n_params=n_params, n_train=n_train, lags=lags,
                 raw_dtype=raw_dtype if raw_steps is not None else None, raw_compression=raw_compression,
                 raw_parameters=parameter_steps is not None, extra_series=extra_series,
-                attrs={**fingerprint.attrs(device), **(attrs or {})})
+                attrs={**fingerprint.attrs(device), **(attrs or {})}, layers=layers)
             elapsed = 0.0
         else:
             self.writer = store.TrajectoryWriter.reopen(path, resume["n_steps"])
@@ -96,18 +101,23 @@ class Recorder:
         return self.gradients.flat
 
     def measure(self) -> dict:
-        """Lag statistics of g_k (``grad_norm`` and ``store.LAG_SERIES``), g_k queued for ``/raw/gradients``
-        if the step is selected and its norm finite, and theta_k written if its step is selected; ``record``
-        without writing the row (call it before the optimizer step)."""
+        """Lag statistics of g_k (``grad_norm``, ``store.LAG_SERIES`` and, per layer, ``store.LAYER_SERIES``), g_k
+        queued for ``/raw/gradients`` if the step is selected and its norm finite, and theta_k written if its step
+        is selected; ``record`` without writing the row (call it before the optimizer step)."""
         k, flat = self.step, self.gradient()
-        stats = self.ring.push(flat)
+        layers = {}
+        if self.ring.layers is None:
+            stats = self.ring.push(flat)
+        else:
+            stats, per_layer = self.ring.push_layers(flat)
+            layers = {"layer_dot": per_layer.dot.numpy(), "layer_opposite": per_layer.opposite.numpy()}
         grad_norm = math.sqrt(stats.dot[0]) if stats.dot[0] >= 0 else math.nan
         if self.raw is not None and selected(self.raw_steps, k) and math.isfinite(grad_norm):
             self.raw.put(k, flat)
         if self.parameter_steps is not None and selected(self.parameter_steps, k):
             theta = torch.cat([p.detach().reshape(-1) for p in self.parameters]).float().cpu().numpy()
             self.writer.append_parameters(k, theta)
-        return {"grad_norm": grad_norm, **{name: series.numpy() for name, series in stats._asdict().items()}}
+        return {"grad_norm": grad_norm, **{name: series.numpy() for name, series in stats._asdict().items()}, **layers}
 
     def write(self, row: dict) -> None:
         """Append ``row`` (with ``time`` now, unless it has one) as the next step of the file."""

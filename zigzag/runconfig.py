@@ -78,6 +78,8 @@ class RunConfig:
                                      "size: larger than the training set means one pass over all of it)", low=1)
     seed: int = setting(0, "seed of the initialisation and the SGD batches", low=0, high=MAX_SEED)
     eval_every: int = setting(10, "test loss/accuracy every N steps", low=1)
+    per_layer: bool = setting(False, "record the lag statistics of every parameter tensor too (/steps/layer_dot, "
+                                     "/steps/layer_opposite)")
     raw_gradients: str | list[int] = setting("none", "steps whose whole gradient g_k is stored: none, every:N "
                                                      "or a list of steps like 0,5,10, each below the run's steps")
     raw_parameters: str | list[int] = setting("none", "steps whose parameters theta_k (float32) are stored, as "

@@ -83,6 +83,14 @@ LAG_SERIES = {
 LATER_LAG_SERIES = ("opposite_nonzero", "opposite_weight")
 REQUIRED_LAG_SERIES = tuple(name for name in LAG_SERIES if name not in LATER_LAG_SERIES)
 SHARE_SERIES = ("opposite", *LATER_LAG_SERIES)  # fractions: within [0, 1] where defined
+# Lag series per parameter tensor [K, n_layers, L+1] of a run with per_layer (optional; the tensors' names and sizes
+# are the root attributes layer_names and layer_sizes, in model.parameters() order).
+LAYER_SERIES = {
+    "layer_dot": "<g_k, g_k-l> restricted to the entries of tensor t = row, lag l = column (squared gradient "
+    "units; summed over the rows gives /steps/dot); NaN where k-l < 0",
+    "layer_opposite": "fraction of the entries of tensor t = row with opposite signs in g_k and g_k-l (an exact 0 "
+    "is never opposite), lag l = column; NaN where k-l < 0",
+}
 
 RAW_PARAMETERS = {
     "parameters": "raw flattened parameters theta_k (float32) at which g_k was taken, parameter order of "
@@ -532,7 +540,9 @@ class TrajectoryWriter:
     def create(cls, path, config: dict, *, n_params: int, n_train: int, lags: int,
                extra_series: dict[str, str] | None = None, raw_dtype: str | None = None,
                raw_compression: str | None = None, raw_parameters: bool = False,
-               attrs: dict | None = None) -> "TrajectoryWriter":
+               attrs: dict | None = None, layers: dict[str, int] | None = None) -> "TrajectoryWriter":
+        """``layers``: name -> entries of each parameter tensor (in the flat gradient's order), for the
+        ``LAYER_SERIES``."""
         f = h5py.File(path, "w")
         _write_root(f, TRAJECTORY, config, status="running", n_params=int(n_params),
                     n_train=int(n_train), lags=int(lags), trajectory_id=uuid.uuid4().hex, **(attrs or {}))
@@ -542,6 +552,12 @@ class TrajectoryWriter:
         for name, description in LAG_SERIES.items():
             _put(steps, name, np.zeros((0, lags + 1)), description, maxshape=(None, lags + 1),
                  chunks=(256, lags + 1), dtype="f8")
+        if layers:
+            f.attrs["layer_names"] = list(layers)
+            f.attrs["layer_sizes"] = np.array(list(layers.values()), dtype=np.int64)
+            for name, description in LAYER_SERIES.items():
+                _put(steps, name, np.zeros((0, len(layers), lags + 1)), description,
+                     maxshape=(None, len(layers), lags + 1), chunks=(64, len(layers), lags + 1), dtype="f8")
         if raw_dtype is not None:
             raw = f.create_group("raw")
             chunk_cols = min(n_params, 1 << 20)
@@ -662,7 +678,7 @@ def _check_partial(f: h5py.File, keep_steps: int) -> None:
     for name, ds in steps.items():
         if ds.shape[0] < keep_steps:
             raise ZigzagError(f"{f.filename}: /steps/{name} has {ds.shape[0]} rows, the checkpoint {keep_steps}")
-        if name in LAG_SERIES and ds.shape[1:] != (lags + 1,):
+        if (name in LAG_SERIES or name in LAYER_SERIES) and ds.shape[-1:] != (lags + 1,):
             raise ZigzagError(f"{f.filename}: /steps/{name} has shape {ds.shape}, "
                               f"expected lags + 1 = {lags + 1} columns")
         ds[:keep_steps]  # every chunk the resume keeps must read back
@@ -761,11 +777,13 @@ def check_trajectory(traj: Trajectory, path) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             bad(f"attribute {key} is {value!r}, not an integer >= {low}")
     lags, n_steps = traj.attrs["lags"], len(traj.steps["dot"])
+    n_layers = len(traj.attrs.get("layer_sizes", ()))
     for name, values in traj.steps.items():
-        columns = (lags + 1,) if name in LAG_SERIES else ()
+        columns = (lags + 1,) if name in LAG_SERIES else (n_layers, lags + 1) if name in LAYER_SERIES else ()
         if values.shape[1:] != columns:
             bad(f"/steps/{name} has shape {values.shape}, expected " +
-                (f"[K, lags + 1 = {lags + 1}] (attribute lags is {lags})" if columns else "[K]"))
+                (f"[K, lags + 1 = {lags + 1}] (attribute lags is {lags})" if name in LAG_SERIES else
+                 f"[K, {n_layers} layers (attribute layer_sizes), lags + 1 = {lags + 1}]" if columns else "[K]"))
         if len(values) != n_steps:
             bad(f"/steps/{name} has {len(values)} rows but /steps/dot {n_steps}: series of different lengths")
     dot = traj.steps["dot"]
@@ -781,7 +799,7 @@ def check_trajectory(traj: Trajectory, path) -> None:
                 k = int(wrong[0]) + lag
                 bad(f"/steps/dot[{k}, {lag}] gives the correlation {cosine[k - lag]:.4g} of steps {k - lag} and {k}, "
                     f"outside [-1, 1]")
-    for name in SHARE_SERIES:
+    for name in (*SHARE_SERIES, "layer_opposite"):
         share = traj.steps.get(name, np.zeros(0))
         share = share[~np.isnan(share)]
         if ((share < 0) | (share > 1)).any():

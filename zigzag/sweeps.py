@@ -2,7 +2,8 @@
 
 ``sweeps: {cnn_lr: {base: cnn_lr0.1, lr: {log: [0.003, 0.6], n: 9}, seeds: [0, 1]}}`` adds one run per point
 of the grid (the product of its axes) to ``runs``: a copy of the base run's settings (sharpness included; its
-raw gradient and parameter dumps, ``NOT_INHERITED``, left out) with the point's values, named ``<sweep>-<axis><value>`` per axis (``cnn_lr-lr0.0164``). Values are rounded to 3
+raw gradient and parameter dumps, ``NOT_INHERITED``, left out) with the point's values, named
+``<sweep>-<axis><value>`` per axis (``cnn_lr-lr0.0164``). Values are rounded to 3
 significant digits, and the run trains on the rounded value, so a name is the value it trains with. An axis is
 an explicit list, ``{log: [low, high], n}`` (n values evenly spaced in log) or ``{lin: [low, high], n}``.
 ``zigzag.configcheck.checked_config`` expands every sweep once, before any job, and records its runs as the

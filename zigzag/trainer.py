@@ -182,4 +182,4 @@ class Trainer:
                    "total_steps": self.total_steps, "batches_per_epoch": self.batches.per_epoch,
                    "dataset_sha256": bound["dataset_sha256"], "code_hash": bound["code"],
                    **self.gpu_attrs, **self.sharpness.attrs(), **self.precision.attrs()},
-            resume=resume)
+            per_layer=cfg.per_layer, resume=resume)
