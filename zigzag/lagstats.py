@@ -163,7 +163,8 @@ class LagRing:
         order = torch.tensor([(k - lag) % width for lag in range(width)])
         dot, overlap = ring_dot.cpu()[order], ring_abs.cpu()[order]
         flipped = ring_opposite[order].double()
-        weight = (overlap - dot) / (2 * overlap)
+        # sum |g_j g_k| >= <g_j, g_k>, so the share lies in [0, 1]; float32 blocks can put it 1e-7 outside
+        weight = ((overlap - dot) / (2 * overlap)).clamp_(0.0, 1.0)
         weight[0] = weight[0] * 0  # g_k against itself flips nothing (0, or NaN for g_k = 0): not the rounding
         stats = LagStats(dot, flipped / grad.numel(), flipped / ring_nonzero[order].double(), weight)
         undefined = torch.arange(width) > k
