@@ -1,5 +1,6 @@
 """The figure kinds' one declaration agrees with the schema's fields, the renderers and the command line."""
 
+import copy
 import inspect
 import subprocess
 import sys
@@ -67,3 +68,27 @@ def test_every_kind_is_a_figure_subcommand_with_the_flags_of_what_it_reads():
                     {f"--{name}" for name in kind.reads} if kind.seeds == "first" else {"--curve"})
         expected |= {"--steps"} if kind.windows else set()
         assert flags - {"-h", "--help", "--title", "--png", "--pdf"} == expected
+
+
+@pytest.mark.parametrize("kind, setting, spec", [
+    ("layers", "per_layer", {"kind": "layers", "run": "r", "title": "t"}),
+    ("divergence", "raw_parameters", {"kind": "divergence", "title": "t",
+                                      "panels": [{"run": "r", "label": "a"}, {"run": "r", "label": "b"}]}),
+])
+def test_a_kind_that_needs_a_recording_refuses_a_run_without_it(kind, setting, spec):
+    """The config check stops, in one line naming the setting, a figure whose run does not record what its kind
+    reads (``FigureKind.needs``); with the setting on, the same figure passes."""
+    from zigzag.errors import ZigzagError
+
+    assert KINDS[kind].needs == setting
+    schema = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+    run = {"dataset": "d", "model": "cnn", "width": 0.5, "batch_norm": False, "lr": 0.1, "steps": 20,
+           "micro_batch": 100}
+
+    def config(**settings):
+        return {"datasets": {"d": {"source": "mnist5k", "train_size": 100}}, "runs": {"r": {**run, **settings}},
+                "figures": {"f": copy.deepcopy(spec)}}
+
+    with pytest.raises(ZigzagError, match=rf"^figures\.f.*run: kind {kind} reads what {setting} records"):
+        configcheck.checked_config(config(), schema)
+    configcheck.checked_config(config(**{setting: True if setting == "per_layer" else "every:1"}), schema)

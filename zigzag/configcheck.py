@@ -17,7 +17,7 @@ import jsonschema
 
 from zigzag.analysisconfig import AnalysisConfig
 from zigzag.errors import ZigzagError
-from zigzag.figurekinds import KINDS, figure_schemas
+from zigzag.figurekinds import KINDS, figure_schemas, kind_of
 from zigzag.pipeline import claim_groups, entry_references, planned_outputs, single_seed_settings
 from zigzag.settings import keys_schema
 from zigzag.sweeps import AXES, axis_schema, expand_sweeps
@@ -220,9 +220,13 @@ def _check_references(config: dict) -> None:
             if "sweep" in spec and spec["sweep"] not in config["sweeps"]:
                 raise ZigzagError(f"{section}.{fid}.sweep: {spec['sweep']!r} is not defined; defined sweeps: "
                                   f"{', '.join(config['sweeps']) or 'none'}")
+            needs = kind_of(spec).needs if section == "figures" else None
             for where, run, step in entry_references(section, fid, spec):
                 if run not in runs:
                     raise ZigzagError(f"{where}.run: {run!r} is not defined; defined runs: {', '.join(runs)}")
+                if needs and runs[run].get(needs) in (None, False, "none"):
+                    raise ZigzagError(f"{where}.run: kind {spec['kind']} reads what {needs} records, but runs.{run} "
+                                      f"has {needs} {runs[run].get(needs)!r}; set it in runs.{run}")
                 steps = runs[run].get("steps")
                 if isinstance(step, int) and steps is not None and step + h > steps:
                     raise ZigzagError(f"{where}: window at step {step} needs steps {step}..{step + h - 1} but "

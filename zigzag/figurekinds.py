@@ -46,6 +46,7 @@ class FigureKind:
     renderer: str               # the function of zigzag.figures that returns the Figure
     windows: bool = False       # takes the entry's ``steps`` (the windows it draws)
     front_door: bool = True     # drawn by ``all_figures``; False: only by ``all`` (its runs cost more than they show)
+    needs: str | None = None    # a run setting each of its runs must turn on (not false, not "none")
 
     @property
     def command(self) -> str:
@@ -78,13 +79,13 @@ KINDS = {kind.name: kind for kind in (
                runs="curves", seeds="all", reads=("trajectory",), renderer="build_lag1_figure"),
     FigureKind("divergence", "parameter and loss distance of perturbed twins (the later panels) from a run (the "
                "first), log scale, with growth rates", runs="panels", seeds="first", reads=("trajectory", "analysis"),
-               renderer="build_divergence_figure", front_door=False),
+               renderer="build_divergence_figure", front_door=False, needs="raw_parameters"),
     FigureKind("phase_diagram", "mean correlation over (step, lr) of a sweep, zigzag onset against lr",
                runs="sweep", seeds="all", reads=("trajectory", "analysis"), renderer="build_phase_diagram",
                front_door=False),
     FigureKind("layers", "adjacent correlation per layer over the steps, and each layer's sign flips in the zigzag "
                "(a run with per_layer)", runs="run", seeds="first", reads=("trajectory", "analysis"),
-               renderer="build_layers_figure"),
+               renderer="build_layers_figure", needs="per_layer"),
 )}
 _STEP = {"type": "integer", "minimum": 0, "maximum": MAX_STEPS - 1}
 # The fields of an entry of each form (``FigureKind.runs``) besides kind and title, as JSON schema; a kind with
