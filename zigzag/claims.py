@@ -188,37 +188,33 @@ def _zigzag_median_shares(runs: list[Run], series: str, at_least: float) -> tupl
     return "; ".join(parts), verdict, margin
 
 
-def sign_flips(runs: list[Run], t: dict) -> dict:
-    claim, paper = "about 90% of entries flip sign in the zigzag phase", "~90% (adjacent correlation -0.9)"
-    threshold = (f"median share of opposite signs between adjacent gradients inside the zigzag windows "
-                 f">= {t['sign_flip']} in every run with a zigzag step")
-    if not runs:
-        return _not_run(claim, paper, threshold)
-    measured, verdict, margin = _zigzag_median_shares(runs, "opposite", t["sign_flip"])
-    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold, margin=margin)
+# The sign-flip claims, one per count of flipped entries: (series of the trajectory, threshold key, claim, paper,
+# what the median is of). The first is the paper's wording (a share of all entries).
+SIGN_FLIP_COUNTS = (
+    ("opposite", "sign_flip", "about 90% of entries flip sign in the zigzag phase", "~90% (adjacent correlation -0.9)",
+     "share of opposite signs between adjacent gradients"),
+    ("opposite_nonzero", "sign_flip_nonzero", "about 90% of the entries non-zero in both flip sign in the zigzag phase",
+     "~90% (adjacent correlation -0.9)",
+     "share of opposite signs among the entries non-zero in both adjacent gradients"),
+    ("opposite_weight", "sign_flip_weight",
+     "the flipped entries carry about 90% of the adjacent gradients' overlap in the zigzag phase",
+     "~90% of entries (adjacent correlation -0.9)", "share of the overlap sum_i |g_(k-1)[i] g_k[i]| carried by "
+     "entries of opposite signs, adjacent gradients"),
+)
 
 
-def sign_flips_nonzero(runs: list[Run], t: dict) -> dict:
-    claim = "about 90% of the entries non-zero in both flip sign in the zigzag phase"
-    paper = "~90% (adjacent correlation -0.9)"
-    threshold = (f"median share of opposite signs among the entries non-zero in both adjacent gradients inside the "
-                 f"zigzag windows >= {t['sign_flip_nonzero']} in every run with a zigzag step")
-    if not runs:
-        return _not_run(claim, paper, threshold)
-    measured, verdict, margin = _zigzag_median_shares(runs, "opposite_nonzero", t["sign_flip_nonzero"])
-    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold, margin=margin)
-
-
-def sign_flips_weighted(runs: list[Run], t: dict) -> dict:
-    claim = "the flipped entries carry about 90% of the adjacent gradients' overlap in the zigzag phase"
-    paper = "~90% of entries (adjacent correlation -0.9)"
-    threshold = (f"median share of the overlap sum_i |g_(k-1)[i] g_k[i]| carried by entries of opposite signs, "
-                 f"adjacent gradients inside the zigzag windows, >= {t['sign_flip_weight']} in every run with a "
-                 f"zigzag step")
-    if not runs:
-        return _not_run(claim, paper, threshold)
-    measured, verdict, margin = _zigzag_median_shares(runs, "opposite_weight", t["sign_flip_weight"])
-    return _row(claim, paper, measured, [r.name for r in runs], verdict, threshold, margin=margin)
+def sign_flips(runs: list[Run], t: dict) -> list[dict]:
+    """One row per count of ``SIGN_FLIP_COUNTS``: its median over the adjacent pairs inside the zigzag windows, at
+    least its threshold in every run with a zigzag step."""
+    rows = []
+    for series, key, claim, paper, what in SIGN_FLIP_COUNTS:
+        threshold = f"median {what} inside the zigzag windows >= {t[key]} in every run with a zigzag step"
+        if not runs:
+            rows.append(_not_run(claim, paper, threshold))
+            continue
+        measured, verdict, margin = _zigzag_median_shares(runs, series, t[key])
+        rows.append(_row(claim, paper, measured, [r.name for r in runs], verdict, threshold, margin=margin))
+    return rows
 
 
 def zigzag_then_smooth(run: Run | None, t: dict) -> dict:
@@ -392,9 +388,7 @@ def claims_table(groups: dict[str, list[list[tuple[str, str, str] | None]]], thr
     t = thresholds
     per_seed = [[
         smooth_then_zigzag(first("cnn", i), t),
-        sign_flips(at("cnn", i) + at("sign_flips", i), t),
-        sign_flips_nonzero(at("cnn", i) + at("sign_flips", i), t),
-        sign_flips_weighted(at("cnn", i) + at("sign_flips", i), t),
+        *sign_flips(at("cnn", i) + at("sign_flips", i), t),
         zigzag_then_smooth(first("resnet", i), t),
         small_lr_zigzag(at("small_lr", i), t),
         loss_share(at("loss_share", i), t),
