@@ -11,6 +11,7 @@ workflow's rules carry each stage's hash as a param (``zigzag/pipeline.py``).
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -42,13 +43,20 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def _imported_names(name: str) -> set[str]:
+def _imported_names(name: str) -> frozenset[str]:
     """Every dotted name module ``name`` may import, anywhere in its source (module or function level),
     relative imports resolved; ``from a import b`` gives both ``a`` and ``a.b`` (``b`` may be a submodule)."""
     path = module_file(name)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    return _imports_in(path.read_text(), package)
+
+
+@functools.lru_cache(maxsize=None)
+def _imports_in(source: str, package: str) -> frozenset[str]:
+    """``_imported_names`` of a module of ``package`` with this ``source``, parsed once per process: a workflow
+    asks for every stage's hash, and each stage walks most of the package."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -56,7 +64,7 @@ def _imported_names(name: str) -> set[str]:
             base = ".".join(anchor + ([node.module] if node.module else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return found
+    return frozenset(found)
 
 
 def _runs(name: str) -> set[str]:
