@@ -1,6 +1,7 @@
 """The workflow's plan: what a figure rule's command reads is what the rule lists as inputs, for every
 figure of the shipped configs; the config's one addition (sharpness figures) is explicit."""
 
+import copy
 import shlex
 import subprocess
 from pathlib import Path
@@ -240,3 +241,20 @@ def test_the_model_costs_are_the_models_flop_counts():
 def test_usable_cpus_are_the_processes_affinity(monkeypatch):
     monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
     assert pipeline.usable_cpus() == 3
+
+
+def test_a_from_dataset_is_resolved_against_the_config_folder_and_prepared_from_it(tmp_path):
+    """``from`` is relative to the config file's folder: resolved in place, the prepare job's ``--from`` and inputs;
+    a missing one, or one with a torchvision setting, is one line."""
+    (tmp_path / "mine.npz").write_bytes(b"")
+    config = tiny()
+    config["datasets"]["tiny"] = {"from": "mine.npz", "train_size": 50}
+    checked = configcheck.checked_config(copy.deepcopy(config), SCHEMA, tmp_path)
+    path = str(tmp_path / "mine.npz")
+    assert pipeline.dataset_args(checked, "tiny") == f"--from {path} --seed 0 --train-size 50"
+    assert pipeline.dataset_inputs(checked, "tiny") == [path]
+    with pytest.raises(ZigzagError, match=r"^datasets\.tiny\.from: 'mine\.npz' not found"):
+        configcheck.checked_config(copy.deepcopy(config), SCHEMA, tmp_path / "elsewhere")
+    config["datasets"]["tiny"]["download"] = True
+    with pytest.raises(ZigzagError, match="data_root and download are for the built-in sources"):
+        configcheck.checked_config(config, SCHEMA, tmp_path)

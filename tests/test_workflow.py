@@ -297,3 +297,25 @@ def test_python_sources_pass_ruff():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "zigzag", "tests", "benchmarks"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_changed_file_of_a_from_folder_reprepares_it(tmp_path):
+    """A ``from`` folder, relative to the config file's folder: every file under it is an input of the prepare
+    job, so a dry run after one file changed plans that job again, for that file."""
+    from test_userdata import write_folder
+
+    write_folder(tmp_path / "cfg" / "imgs")
+    config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    config["datasets"] = {"tiny": {"from": "imgs"}}
+    (tmp_path / "cfg" / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "results" / "data" / "tiny.h5"
+    out.parent.mkdir(parents=True)
+    out.touch()
+    changed = tmp_path / "cfg" / "imgs" / "train" / "dog" / "1.png"
+    os.utime(changed, (out.stat().st_mtime + 5,) * 2)
+    dry = subprocess.run([*SNAKEMAKE, "-n", "--cores", "1", str(out.relative_to(tmp_path)), "--snakefile",
+                          str(ROOT / "Snakefile"), "--configfile", "cfg/config.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert dry.returncode == 0, dry.stderr
+    assert re.search(r"^rule prepare_dataset:$", dry.stdout, re.M), dry.stdout
+    assert re.search(rf"reason: Updated input files: .*{re.escape(str(changed))}", dry.stdout), dry.stdout

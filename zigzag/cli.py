@@ -75,9 +75,9 @@ def _prepare(args) -> int:
     if not 0 <= args.seed <= MAX_SEED:
         raise ZigzagError(f"invalid --seed {args.seed}: must be an integer in [0, {MAX_SEED}]")
     arrays = prepare(args.dataset, args.out, data_root=args.data_root, download=args.download,
-                     train_size=args.train_size, seed=args.seed)
+                     train_size=args.train_size, seed=args.seed, from_path=args.from_path)
     print(f"{args.out}: {len(arrays.train_labels)} train / {len(arrays.test_labels)} test images "
-          f"{tuple(arrays.train_images.shape[1:])}")
+          f"{tuple(arrays.train_images.shape[1:])} {arrays.train_images.dtype}, {arrays.num_classes} classes")
     return 0
 
 
@@ -239,8 +239,12 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     from zigzag.data import SOURCES, TORCHVISION_SOURCES
 
     p = sub.add_parser("prepare", help="write a dataset cache (zigzag-dataset HDF5)")
-    p.add_argument("--dataset", required=True,
-                   help="; ".join(f"{name} ({source.origin})" for name, source in SOURCES.items()))
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset",
+                        help="; ".join(f"{name} ({source.origin})" for name, source in SOURCES.items()))
+    source.add_argument("--from", dest="from_path", metavar="PATH",
+                        help="your own data: an .npz file (x_train, y_train, x_test, y_test) or an image folder "
+                             "(train/<class>/*, test/<class>/*); see zigzag/userdata.py")
     p.add_argument("--out", required=True)
     p.add_argument("--data-root", help=f"folder with the torchvision files ({', '.join(TORCHVISION_SOURCES)})")
     p.add_argument("--download", action="store_true", help="download through torchvision (needs internet)")

@@ -112,8 +112,9 @@ def _finite_number(checker, instance) -> bool:
             and (isinstance(instance, int) or math.isfinite(instance)))
 
 
-def checked_config(config: dict, schema_path: str | Path) -> dict:
-    """Validate ``config`` against the schema (filling its defaults in place) and across sections."""
+def checked_config(config: dict, schema_path: str | Path, config_dir: str | os.PathLike = ".") -> dict:
+    """Validate ``config`` against the schema (filling its defaults in place) and across sections; a dataset's
+    ``from`` path is resolved against ``config_dir``, the config file's folder."""
     def fill_defaults(validator, properties, instance, schema):  # jsonschema's documented recipe
         for name, subschema in properties.items():
             if "default" in subschema and isinstance(instance, dict):
@@ -132,7 +133,7 @@ def checked_config(config: dict, schema_path: str | Path) -> dict:
         config["sweeps"][name]["runs"] = runs  # the record later stages read (pipeline.sweep_runs)
     _check_kinds(config)
     _check_references(config)
-    _check_datasets(config)
+    _check_datasets(config, config_dir)
     _check_texts(config)
     _check_outputs_inside_results(config)
     return config
@@ -166,11 +167,21 @@ def _check_kinds(config: dict) -> None:
             raise ZigzagError(f"figures.{fid}.kind: {spec['kind']!r} is not allowed; allowed: {', '.join(KINDS)}")
 
 
-def _check_datasets(config: dict) -> None:
-    """A training subset no larger than its source's training split (known without reading it)."""
+def _check_datasets(config: dict, config_dir: str | os.PathLike) -> None:
+    """A training subset no larger than its source's training split (known without reading it); a ``from`` path
+    that exists, resolved against ``config_dir`` in place, and no torchvision setting beside it."""
     from zigzag.data import SOURCES
 
     for name, dataset in config["datasets"].items():
+        if "from" in dataset:
+            path = os.path.normpath(os.path.join(config_dir, dataset["from"]))
+            if not os.path.exists(path):
+                raise ZigzagError(f"datasets.{name}.from: {dataset['from']!r} not found (looked for {path}, "
+                                  f"relative to the config file's folder)")
+            if dataset["data_root"] or dataset["download"]:
+                raise ZigzagError(f"datasets.{name}: data_root and download are for the built-in sources, not from")
+            dataset["from"] = path
+            continue
         size, available = dataset["train_size"], SOURCES[dataset["source"]].train_images
         if size is not None and size > available:
             raise ZigzagError(f"datasets.{name}.train_size: {size} is not allowed; {dataset['source']} has "

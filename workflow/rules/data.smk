@@ -1,5 +1,7 @@
 rule prepare_dataset:
-    """Read a dataset source once into a compact uint8 HDF5 cache (zigzag-dataset)."""
+    """Read a dataset source once into a compact HDF5 cache (zigzag-dataset); a ``from`` source's files are inputs."""
+    input:
+        lambda w: pipeline.dataset_inputs(config, w.dataset),
     output:
         pipeline.data_file(config, "{dataset}"),
     log:
