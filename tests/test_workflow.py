@@ -111,7 +111,7 @@ def test_edited_trainer_reruns_training_and_everything_after(workdir):
 
 BAD_CONFIGS = {
     "model": (lambda c: c["runs"]["cnn_a"].update(model="mlp"),
-              "runs.cnn_a.model: 'mlp' is not allowed; allowed: cnn,"),
+              "runs.cnn_a: unknown model 'mlp'; valid models: cnn,"),
     "key": (lambda c: c["runs"]["cnn_a"].update(lrr=0.1), "runs.cnn_a: unknown key 'lrr'; allowed:"),
     "run": (lambda c: c["figures"]["fig_a"].update(run="nope"), "figures.fig_a.run: 'nope' is not defined"),
     "lr": (lambda c: c["runs"]["cnn_b"].update(lr=0), "runs.cnn_b.lr: 0 is not allowed; must be > 0"),
