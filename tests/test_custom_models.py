@@ -3,7 +3,6 @@ same module built in, its mistakes are one line, and the loss is the same in the
 sharpness."""
 
 import sys
-import textwrap
 
 import numpy as np
 import pytest
