@@ -109,9 +109,24 @@ def test_edited_trainer_reruns_training_and_everything_after(workdir):
                                      "figure_fig_sign": 1, "all_figures": 1}
 
 
+def test_the_factory_file_is_an_input_of_its_training_job(workdir):
+    """A ``module:factory`` model's file (found in the workflow's folder) is the training job's input: touching
+    an edit re-runs that job."""
+    (workdir / "mymodels.py").write_text("from zigzag.models import build_model\n\n\ndef cnn(**sizes):\n"
+                                         "    return build_model('cnn', width=0.25, batch_norm=False, **sizes)\n")
+    edit_config(workdir, lambda c: c["runs"]["cnn_b"].update(model="mymodels:cnn", batch_norm=True))
+    target = "results/runs/cnn_b/trajectory.h5"
+    trained = snakemake(workdir, target)
+    assert re.search(r"^    input: results/data/tiny.h5, mymodels.py$", trained.stdout + trained.stderr, re.M)
+    with open(workdir / "mymodels.py", "a") as f:
+        f.write("# an edit\n")
+    rerun = snakemake(workdir, "-n", target).stdout
+    assert "reason: Updated input files: mymodels.py" in rerun and re.search(r"^train\s+1$", rerun, re.M)
+
+
 BAD_CONFIGS = {
     "model": (lambda c: c["runs"]["cnn_a"].update(model="mlp"),
-              "runs.cnn_a.model: 'mlp' is not allowed; allowed: cnn,"),
+              "runs.cnn_a: unknown model 'mlp'; valid models: cnn,"),
     "key": (lambda c: c["runs"]["cnn_a"].update(lrr=0.1), "runs.cnn_a: unknown key 'lrr'; allowed:"),
     "run": (lambda c: c["figures"]["fig_a"].update(run="nope"), "figures.fig_a.run: 'nope' is not defined"),
     "lr": (lambda c: c["runs"]["cnn_b"].update(lr=0), "runs.cnn_b.lr: 0 is not allowed; must be > 0"),

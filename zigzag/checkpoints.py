@@ -1,13 +1,13 @@
 """Checkpoints of a training run: where they live, what they are bound to, and saving and loading them.
 
-Every ``checkpoint_every`` steps a run writes its state (model, optimizer, lag ring, schedule, sharpness
-solver, random generator, clock) to ``<out>.resume/checkpoint.pt``, beside the partial trajectory
-``<out>.resume/trajectory.h5``. A rerun with the same settings, the same dataset file contents (sha256), the
-same training code (``code_hash``) and the same arithmetic (device, precision and, on a CPU, the thread
-count: ``BINDING``) resumes there; anything else starts afresh and says why. A checkpoint that holds more
-than tensors, numbers, strings and plain containers (``torch.load(weights_only=True)``: nothing in it can
-run code) or cannot be read also starts afresh. A resume folder is deleted only while it holds nothing but
-the files a run writes there (``RESUME_FILES``).
+Every ``checkpoint_every`` steps a run writes its state (model, optimizer, lag ring, schedule, sharpness solver,
+random generator, clock) to ``<out>.resume/checkpoint.pt``, beside the partial trajectory
+``<out>.resume/trajectory.h5``. A rerun with the same settings, the same dataset file contents (sha256), the same
+training code (``code_hash``, and the file of a ``package.module:factory`` model) and the same arithmetic (device,
+precision and, on a CPU, the thread count: ``BINDING``) resumes there; anything else starts afresh and says why. A
+checkpoint that holds more than tensors, numbers, strings and plain containers (``torch.load(weights_only=True)``:
+nothing in it can run code) or cannot be read also starts afresh. A resume folder is deleted only while it holds
+nothing but the files a run writes there (``RESUME_FILES``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ import torch
 from zigzag import store
 from zigzag.codehash import code_hash
 from zigzag.errors import ZigzagError
+from zigzag.modelimport import factory_file, is_custom
 from zigzag.runconfig import RunConfig
 
 RESUME_FILES = ("trajectory.h5", "checkpoint.pt", "checkpoint.tmp")  # all a run writes into <out>.resume/
 
 # What a checkpoint is bound to besides the settings, each with how a change is named.
 BINDING = {"dataset_sha256": "the contents of the dataset file", "code": "the training code (zigzag package sources)",
+           "model_sha256": "the file of the model's factory",
            "device": "the device", "precision": "the precision", "threads": "the CPU thread count"}
 
 
@@ -78,7 +80,9 @@ class Checkpoint:
     def __init__(self, out: str | os.PathLike, config: RunConfig, device: torch.device):
         self.out, self.settings, self.dataset, self.device = Path(out), config.to_dict(), config.dataset, device
         # BINDING's values; the thread count changes the CPU's reductions, so it binds CPU runs only
+        model_file = factory_file(config.model, (Path.cwd(),)) if is_custom(config.model) else None
         self.binding = {"dataset_sha256": store.file_sha256(config.dataset), "code": code_hash("train"),
+                        "model_sha256": None if model_file is None else store.file_sha256(model_file),
                         "device": device.type if device.type != "cuda" else
                         f"cuda ({torch.cuda.get_device_name(device)})",
                         "precision": config.precision,
@@ -187,7 +191,7 @@ class Checkpoint:
             if state.get(key) != self.binding[key]:
                 if key == "dataset_sha256":
                     changed.append(f"{what} {self.dataset}")
-                elif key == "code":
+                elif key in ("code", "model_sha256"):
                     changed.append(what)
                 else:
                     changed.append(f"{what} ({state.get(key)}, now {self.binding[key]})")

@@ -18,6 +18,7 @@ import jsonschema
 from zigzag.analysisconfig import AnalysisConfig
 from zigzag.errors import ZigzagError
 from zigzag.figurekinds import KINDS, figure_schemas, kind_of
+from zigzag.modelimport import factory_file, is_custom
 from zigzag.pipeline import claim_groups, entry_references, planned_outputs, single_seed_settings
 from zigzag.settings import keys_schema
 from zigzag.sweeps import AXES, axis_schema, expand_sweeps
@@ -250,6 +251,10 @@ def _check_run_settings(name: str, run: dict) -> None:
 
     try:
         RunConfig.from_dict(single_seed_settings(run, run.get("seeds", [run["seed"]])[0], "<dataset>"))
+        if is_custom(run["model"]) and factory_file(run["model"], (os.getcwd(),)) is None:
+            module = run["model"].partition(":")[0]
+            raise ZigzagError(f"model {run['model']}: cannot find module {module} in the workflow's directory "
+                              f"({os.getcwd()}) or on PYTHONPATH")
     except ZigzagError as err:
         raise ZigzagError(f"runs.{name}: {err}") from None
 

@@ -11,7 +11,8 @@ from torch import nn
 
 from zigzag import store
 from zigzag.errors import ZigzagError
-from zigzag.models import build_model, count_parameters
+from zigzag.modelimport import is_custom
+from zigzag.models import build_custom, build_model, check_output, count_parameters, has_batch_norm
 from zigzag.runconfig import RunConfig
 from zigzag.sharpness import NCV_COLD
 
@@ -118,17 +119,28 @@ def build_on_device(config: RunConfig, data: DeviceData, device: torch.device, c
     """The run's model for ``data``, initialised from ``config.seed``, on ``device`` in train mode, once
     ``check_memory`` says it fits; on a CPU with ``channels_last`` its weights in that layout (the gradient
     views the recorder makes keep the default one); with ``init_perturbation`` eps > 0 the initial weights
-    perturbed by ``perturb`` (eps 0 leaves them, and every random stream, untouched)."""
+    perturbed by ``perturb`` (eps 0 leaves them, and every random stream, untouched). A ``package.module:factory``
+    model is built once (its factory may not run on the meta device), checked (``check_output`` on two training
+    images) and then measured."""
     shape = data.train_x.shape
-    if len(shape) != 4:
-        raise ZigzagError(f"model {config.model} takes images N x C x H x W, but dataset {config.dataset} holds "
-                          f"vectors {tuple(shape)}; train a model that takes (batch, D) vectors on it")
-    args = dict(width=config.width, in_channels=shape[1], image_size=shape[2], num_classes=data.num_classes,
-                batch_norm=config.batch_norm)
-    with torch.device("meta"):  # shapes only: the parameters are counted before anything is allocated
-        check_memory(config, count_parameters(build_model(config.model, **args)), device)
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, **args).to(device)
+    vectors = len(shape) == 2  # (N, D): D "channels" of a 1 x 1 image, so in_channels * image_size^2 = D
+    args = dict(in_channels=shape[1], image_size=1 if vectors else shape[2], num_classes=data.num_classes)
+    if is_custom(config.model):
+        torch.manual_seed(config.seed)
+        model = build_custom(config.model, **args, model_args=config.model_args)
+        check_memory(config, count_parameters(model), device)
+        model = model.to(device)
+        check_output(config.model, model, data.train_x[:2], data.num_classes)
+    else:
+        if vectors:
+            raise ZigzagError(f"model {config.model} takes images N x C x H x W, but dataset {config.dataset} holds "
+                              f"vectors {tuple(shape)}; train a model that takes (batch, D) vectors on it")
+        args.update(width=config.width, batch_norm=config.batch_norm)
+        with torch.device("meta"):  # shapes only: the parameters are counted before anything is allocated
+            check_memory(config, count_parameters(build_model(config.model, **args)), device)
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, **args).to(device)
+    config.check_sharpness_subset(has_batch_norm(model))
     if config.init_perturbation > 0:
         perturb(model, config.init_perturbation, config.seed)
     if channels_last and device.type == "cpu":

@@ -9,12 +9,16 @@
 
 Every channel count ``c`` becomes ``max(1, round(c * width))``. Parameters get PyTorch's default
 initialisation, so ``torch.manual_seed`` before ``build_model`` fixes them exactly.
+
+Any other network is an import path ``"package.module:factory"`` (zigzag/modelimport.py), called by
+``build_custom`` as ``factory(num_classes=..., in_channels=..., image_size=..., **model_args)``.
 """
 
 import torch
 from torch import nn
 
 from zigzag.errors import ZigzagError
+from zigzag.modelimport import IMPORT_PATH, import_factory, is_custom
 
 MODELS = ("cnn", "vgg16", "resnet18", "resnet34")
 
@@ -121,6 +125,48 @@ class ResNet(nn.Module):
         return self.linear(torch.flatten(out, 1))
 
 
+def check_model_name(name: str) -> None:
+    """One line unless ``name`` is a built-in model or a well-formed ``package.module:factory``."""
+    if is_custom(name) and not IMPORT_PATH.match(name):
+        raise ZigzagError(f"invalid model={name!r}: an import path must be package.module:factory (dotted Python "
+                          f"names, one colon)")
+    if not is_custom(name) and name not in MODELS:
+        raise ZigzagError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}, or package.module:factory")
+
+
+def build_custom(name: str, *, in_channels: int, image_size: int, num_classes: int,
+                 model_args: dict | None = None) -> nn.Module:
+    """The network of import path ``name``: ``factory(num_classes=, in_channels=, image_size=, **model_args)``,
+    checked to be an ``nn.Module`` with a parameter that requires a gradient."""
+    factory = import_factory(name)
+    model = factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **(model_args or {}))
+    if not isinstance(model, nn.Module):
+        raise ZigzagError(f"model {name}: the factory returned a {type(model).__name__}, not a torch nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ZigzagError(f"model {name}: no parameter requires a gradient, so there is nothing to train")
+    return model
+
+
+def check_output(name: str, model: nn.Module, images: torch.Tensor, num_classes: int) -> None:
+    """One line unless ``model`` maps ``images`` to logits of shape (batch, num_classes) (a tensor or an
+    object with ``.logits``); run in eval mode without gradients, so no statistic or random stream moves."""
+    from zigzag.losses import logits
+
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(images)
+    finally:
+        model.train(training)
+    out = logits(output) if isinstance(output, torch.Tensor) or hasattr(output, "logits") else None
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if shape != (len(images), num_classes):
+        got = f"shape {shape}" if shape is not None else f"a {type(output).__name__} (neither a tensor nor .logits)"
+        raise ZigzagError(f"model {name}: output of a batch of {len(images)} must have shape (batch, num_classes) = "
+                          f"({len(images)}, {num_classes}), got {got}")
+
+
 def build_model(
     name: str,
     *,
@@ -136,8 +182,9 @@ def build_model(
     the ResNets always use batch normalization. Raises ZigzagError on an unknown name, a
     non-positive width or size, or an image too small for the architecture's poolings.
     """
-    if name not in MODELS:
-        raise ZigzagError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    check_model_name(name)
+    if is_custom(name):
+        raise ZigzagError(f"model {name} is an import path: build it with build_custom")
     if not width > 0:
         raise ZigzagError(f"model width must be > 0, got {width}")
     for label, value in (("in_channels", in_channels), ("image_size", image_size),
@@ -156,9 +203,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether the built model holds a BatchNorm layer (any ``_BatchNorm``), whatever its name."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def batch_norm_semantics(model: nn.Module, micro_batch: int) -> str:
     """What g_k is for this model, in words: the one-giant-batch gradient, or one over ghost batches."""
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if not has_batch_norm(model):
         return "no batch normalisation: g_k equals the one-giant-batch gradient"
     return (f"ghost batches: BatchNorm in train mode normalises each micro-batch of {micro_batch} by its own "
             f"statistics; running statistics updated once per micro-batch")

@@ -20,6 +20,7 @@ import shlex
 from zigzag.analysisconfig import AnalysisConfig
 from zigzag.estimate import run_work, train_images
 from zigzag.figurekinds import kind_of, labelled_runs, references
+from zigzag.modelimport import factory_file, is_custom
 
 
 def claim_groups(config: dict) -> dict[str, list[str]]:
@@ -204,6 +205,17 @@ def dataset_file(config: dict, job: str) -> str:
     return data_file(config, config["runs"][run_of(config, job)]["dataset"])
 
 
+def model_files(config: dict, job: str) -> list[str]:
+    """The file that defines a ``package.module:factory`` model's module (none for a built-in model), found from
+    the workflow's directory (where Snakemake runs) or ``PYTHONPATH`` without importing it: only that file
+    counts, not what it imports. ``configcheck`` has made sure it is found."""
+    model = config["runs"][run_of(config, job)]["model"]
+    if not is_custom(model):
+        return []
+    path = factory_file(model, (os.getcwd(),))
+    return [os.path.relpath(path) if path.is_relative_to(os.getcwd()) else str(path)]
+
+
 def trajectory_file(config: dict, job: str) -> str:
     return f"{config['results']}/runs/{job}/trajectory.h5"
 
@@ -322,6 +334,8 @@ def table_command(config: dict, spec: dict) -> str:
 # Forward multiply-adds (millions) of one 32 x 32 one-channel image through each model at width 1, counted by
 # torch's flop counter (tests/test_pipeline.py recounts them); width w costs about w**2 of it.
 MODEL_MMACS = {"cnn": 9.75, "vgg16": 312.0, "resnet18": 554.2, "resnet34": 1158.2}
+# A package.module:factory model's cost is not known before it is built (width does not scale it): taken as the cnn's.
+CUSTOM_MMACS = MODEL_MMACS["cnn"]
 GRADIENT_FORWARDS = 3  # a gradient (forward and backward) costs about three forward passes
 HVP_GRADIENTS = 4.5  # gradient passes per Hessian-vector product (measured: 4.6 with BatchNorm, 2.3 without)
 HVPS_PER_SOLVE = 10  # Hessian-vector products of a typical warm-started sharpness solve
@@ -334,7 +348,8 @@ def job_cost(config: dict, job: str) -> float:
     run = config["runs"][run_of(config, job)]
     work = run_work(run, train_images(config, run["dataset"]))
     gradients = work.images + work.solves * HVPS_PER_SOLVE * HVP_GRADIENTS * work.subset
-    return gradients * GRADIENT_FORWARDS * MODEL_MMACS[run["model"]] * run["width"] ** 2 / 1e3
+    mmacs = MODEL_MMACS[run["model"]] * run["width"] ** 2 if run["model"] in MODEL_MMACS else CUSTOM_MMACS
+    return gradients * GRADIENT_FORWARDS * mmacs / 1e3
 
 
 def quickest_figure(config: dict) -> str:

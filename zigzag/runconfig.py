@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
 from zigzag.errors import ZigzagError
-from zigzag.models import MODELS
+from zigzag.losses import LOSSES
+from zigzag.modelimport import is_custom
+from zigzag.models import MODELS, build_model, check_model_name, has_batch_norm
 from zigzag.precision import PRECISIONS
 from zigzag.scheduleconfig import SCHEDULE, SCHEDULE_KEYS, schedule_setting
 from zigzag.settings import MAX_SEED, MAX_STEPS, Spec, json_schema, parse_step_selection, setting, specs
@@ -56,7 +60,11 @@ class RunConfig:
 
     dataset: str = setting(None, "prepared dataset file (zigzag prepare); in the workflow's config a key of "
                                  "datasets", unset=True)
-    model: str = setting(None, "the network", choices=tuple(MODELS), unset=True)
+    model: str = setting(None, f"the network: {', '.join(MODELS)}, or an import path package.module:factory "
+                               f"(called with num_classes, in_channels, image_size and model_args)", unset=True)
+    model_args: dict = setting({}, "keyword arguments of a package.module:factory model's factory", flag=False)
+    loss: str = setting("cross_entropy", "training loss: cross_entropy, or mse = the mean of 1/2 sum_c (f_c(x) - "
+                                         "onehot_c)^2", choices=LOSSES)
     lr: float = setting(0.0, "constant learning rate (required unless a warm-up schedule sets it)", low=0,
                         low_open=True, unset=True)
     steps: int = setting(0, "GD steps (epochs)", low=1, high=MAX_STEPS, unset=True)
@@ -149,6 +157,9 @@ class RunConfig:
 
         for name, spec in specs(type(self)).items():
             spec.check(name, getattr(self, name))
+        check_model_name(self.model)
+        if self.model_args and not is_custom(self.model):
+            bad("model_args", self.model_args, "empty for a built-in model (it is passed to a package.module:factory)")
         constant = self.schedule_setting("kind") == "constant"
         if constant and not self.lr > 0:
             bad("lr", self.lr, "a number > 0")
@@ -181,9 +192,16 @@ class RunConfig:
         for key, value in s.items():
             SHARPNESS[key].check(f"sharpness.{key}", value)
         parse_step_selection(s.get("every", "none"), *self.step_bound("sharpness.every"))
-        # With BatchNorm the loss depends on how samples are batched: the Hessian's loss must use the
-        # ghost batches of training (micro_batch), so the subset must split into them exactly.
-        if "subset" in s and self.has_batch_norm and s["subset"] % self.micro_batch:
+        if "subset" in s and not is_custom(self.model):  # a built-in's layers are known before any import
+            with torch.device("meta"):
+                self.check_sharpness_subset(has_batch_norm(build_model(self.model, batch_norm=self.batch_norm)))
+
+    def check_sharpness_subset(self, batch_norm: bool) -> None:
+        """With BatchNorm (``batch_norm``: read from the built model) the loss depends on how samples are batched:
+        the Hessian's loss must use the ghost batches of training (micro_batch), so the subset must split into
+        them exactly."""
+        s = self.sharpness
+        if "subset" in s and batch_norm and s["subset"] % self.micro_batch:
             below = s["subset"] // self.micro_batch * self.micro_batch
             nearest = " or ".join(str(v) for v in (below, below + self.micro_batch) if v > 0)
             raise ZigzagError(f"invalid sharpness.subset={s['subset']}: with BatchNorm it must be a multiple of "
@@ -197,11 +215,6 @@ class RunConfig:
     def schedule_setting(self, key: str):
         """``schedule.<key>`` as given, else its declared default."""
         return schedule_setting(self.schedule, key)
-
-    @property
-    def has_batch_norm(self) -> bool:
-        """vgg16 and the ResNets always have BatchNorm; the cnn has it when ``batch_norm`` is set."""
-        return self.model != "cnn" or self.batch_norm
 
     def _validate_schedule(self) -> None:
         s = self.schedule

@@ -3,13 +3,13 @@
 The loss is the one gradient descent follows (docs/design.md, "Steps, gradients and the loss"): over n
 training examples, split into micro-batches B_1..B_m in order,
 
-    L(theta) = (1/n) sum_j sum_{i in B_j} CE(f(x_i; theta), y_i)        (train mode)
+    L(theta) = (1/n) sum_j sum_{i in B_j} l(f(x_i; theta), y_i)        (train mode)
 
-so BatchNorm normalises each micro-batch by its own statistics ("ghost batches") and the Hessian is
-H = (1/n) sum_j d^2/dtheta^2 [sum_{i in B_j} CE_i]. For a vector v, each micro-batch contributes
-d/dtheta <g_j(theta), v> with g_j the gradient of its summed loss (double backward), so H v
-never forms H. theta is the flattened trainable parameters in ``model.parameters()`` order, the
-order of every other flat gradient in zigzag.
+with l the run's loss (cross-entropy or MSE, zigzag/losses.py), so BatchNorm normalises each micro-batch by its own
+statistics ("ghost batches") and the Hessian is H = (1/n) sum_j d^2/dtheta^2 [sum_{i in B_j} l_i]. For a vector v,
+each micro-batch contributes d/dtheta <g_j(theta), v> with g_j the gradient of its summed loss (double backward),
+so H v never forms H. theta is the flattened trainable parameters in ``model.parameters()`` order, the order of
+every other flat gradient in zigzag.
 
 The sharpness lambda_max(H) is the largest *algebraic* eigenvalue of H, the one that matters for
 stability: on a quadratic, gradient descent with step size eta diverges along the top eigenvector once
@@ -36,10 +36,10 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zigzag.errors import ZigzagError
+from zigzag.losses import logits, loss_sum
 from zigzag.settings import parse_step_selection
 
 TOL = 1e-3  # relative residual |H v - lambda v| / lambda at which a solve stops: lambda within 0.1 % of an eigenvalue
@@ -92,8 +92,9 @@ class HessianOperator:
     the operator is in use.
     """
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int):
-        self.model = model
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int,
+                 loss: str = "cross_entropy"):
+        self.model, self.loss = model, loss
         self.params = [p.detach().clone(memory_format=torch.contiguous_format).requires_grad_()
                        for p in _trainable(model)]
         self.names = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -105,7 +106,7 @@ class HessianOperator:
         self.gradients: list[tuple[torch.Tensor, ...]] | None = None
 
     def _gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """g_j with its graph: the gradient of the summed cross-entropy of (x, y) in train mode."""
+        """g_j with its graph: the gradient of the summed loss of (x, y) in train mode."""
         model = self.model
         batch_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         saved_modes = [(module, module.training) for module in model.modules()]
@@ -115,8 +116,8 @@ class HessianOperator:
             m.track_running_stats = False
         try:
             with torch.enable_grad():
-                out = torch.func.functional_call(model, dict(zip(self.names, self.params)), (x,))
-                loss = F.cross_entropy(out, y, reduction="sum")
+                out = logits(torch.func.functional_call(model, dict(zip(self.names, self.params)), (x,)))
+                loss = loss_sum(out, y, self.loss)
                 return torch.autograd.grad(loss, self.params, create_graph=True)
         finally:
             for m, track in saved_tracking:
@@ -149,10 +150,10 @@ class HessianOperator:
 
 
 def hessian_vector_product(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                           vector: torch.Tensor, micro_batch: int) -> torch.Tensor:
-    """H v for the mean cross-entropy over ``images`` (train mode, micro-batches of ``micro_batch``): one
+                           vector: torch.Tensor, micro_batch: int, loss: str = "cross_entropy") -> torch.Tensor:
+    """H v for the mean ``loss`` over ``images`` (train mode, micro-batches of ``micro_batch``): one
     product of a ``HessianOperator`` (see there); the model is left as found."""
-    return HessianOperator(model, images, labels, micro_batch)(vector)
+    return HessianOperator(model, images, labels, micro_batch, loss)(vector)
 
 
 def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
@@ -220,13 +221,13 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
 
 def top_eigenpair(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int, *,
                   v0: torch.Tensor | None = None, tol: float = TOL, max_iter: int = MAX_ITER,
-                  seed: int = 0, ncv: int | None = None) -> Eigenpair:
-    """Sharpness of the training loss at the model's current parameters: ``top_eigenpair_of`` applied
+                  seed: int = 0, ncv: int | None = None, loss: str = "cross_entropy") -> Eigenpair:
+    """Sharpness of the training loss ``loss`` at the model's current parameters: ``top_eigenpair_of`` applied
     to a ``HessianOperator`` (same arguments and semantics as both; the model is left as found).
 
     ``images``/``labels`` should already be on the model's device; the eigenvector comes back there.
     """
-    operator = HessianOperator(model, images, labels, micro_batch)
+    operator = HessianOperator(model, images, labels, micro_batch, loss)
     first = operator.params[0]
     return top_eigenpair_of(
         operator, sum(p.numel() for p in operator.params), device=first.device, dtype=first.dtype,
@@ -314,7 +315,7 @@ class SharpnessTracker:
     def __init__(self, config, train_x: torch.Tensor, train_y: torch.Tensor, total_steps: int, name: str = ""):
         """``config``: a ``zigzag.runconfig.RunConfig``; ``name``: the run, for its warnings."""
         self.name, self.setting = name, config.sharpness_setting
-        self.micro_batch, self.seed = config.micro_batch, config.seed
+        self.micro_batch, self.seed, self.loss = config.micro_batch, config.seed, config.loss
         self.steps = SolveSteps(parse_step_selection(self.setting("every"), total_steps, "sharpness.every"),
                                 *(self.setting(f"refine_{key}") for key in ("every", "from", "until")))
         n = len(train_x)
@@ -335,7 +336,8 @@ class SharpnessTracker:
     def measure(self, model: nn.Module, k: int, lr: float, grad: torch.Tensor) -> dict:
         """The sharpness row of step k at theta_k (learning rate ``lr``, gradient ``grad`` = g_k)."""
         pair = top_eigenpair(model, self.x, self.y, self.micro_batch, v0=self.eigenvector, tol=self.setting("tol"),
-                             max_iter=self.setting("max_iter"), ncv=self.setting("ncv"), seed=self.seed)
+                             max_iter=self.setting("max_iter"), ncv=self.setting("ncv"), seed=self.seed,
+                             loss=self.loss)
         self.eigenvector = pair.eigenvector
         self.steps.record(k, pair.eigenvalue, lr)
         if not pair.converged:

@@ -1,14 +1,14 @@
 """One training step's arithmetic: the gradient over all micro-batches (paper eq. 1), the test evaluation, and
 the training samples of a step.
 
-Full-batch GD: g_k = (1/n) sum_i grad l(f(x_i), y_i) at theta_k, accumulated as sum-reduced cross-entropy over
-micro-batches of the device-resident training set, each divided by n; for a model without batch statistics
-this equals the one-giant-batch gradient. With BatchNorm the model runs in train mode, so each micro-batch is
-normalised by its own statistics ("ghost batches" of size ``micro_batch``): g_k is then the gradient of the
-mean of per-micro-batch-normalised losses, the one-batch gradient only when ``micro_batch >= n``. Running
-statistics (used for the test evaluation) are updated once per micro-batch. SGD draws batches of
-``batch_size`` from a permutation per epoch, seeded by (seed, epoch), dropping the last incomplete batch; a
-step is one iteration. The update is the optimizer's: theta_k+1 = theta_k - eta_k g_k for plain GD.
+Full-batch GD: g_k = (1/n) sum_i grad l(f(x_i), y_i) at theta_k, accumulated as the sum-reduced loss (the run's
+``loss``, zigzag/losses.py) over micro-batches of the device-resident training set, each divided by n; for a model
+without batch statistics this equals the one-giant-batch gradient. With BatchNorm the model runs in train mode, so
+each micro-batch is normalised by its own statistics ("ghost batches" of size ``micro_batch``): g_k is then the
+gradient of the mean of per-micro-batch-normalised losses, the one-batch gradient only when ``micro_batch >= n``.
+Running statistics (used for the test evaluation) are updated once per micro-batch. SGD draws batches of
+``batch_size`` from a permutation per epoch, seeded by (seed, epoch), dropping the last incomplete batch; a step is
+one iteration. The update is the optimizer's: theta_k+1 = theta_k - eta_k g_k for plain GD.
 """
 
 from __future__ import annotations
@@ -16,39 +16,41 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from zigzag.errors import ZigzagError
+from zigzag.losses import logits, loss_sum
 from zigzag.runconfig import RunConfig
 from zigzag.settings import MAX_STEPS
 
 
 def accumulate_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add the gradient of the mean loss over (x, y) to the parameters' ``.grad``.
+                        micro_batch: int, loss: str = "cross_entropy") -> tuple[torch.Tensor, torch.Tensor]:
+    """Add the gradient of the mean ``loss`` over (x, y) to the parameters' ``.grad``.
 
-    Sum-reduced loss per micro-batch divided by n = len(x); returns (loss sum, correct count) as tensors.
+    Sum-reduced loss per micro-batch divided by n = len(x), so every example weighs 1/n whatever the
+    micro-batches; returns (loss sum, correct count) as tensors.
     """
     n = len(x)
-    loss_sum, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
+    total, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
     for i in range(0, n, micro_batch):
         xb, yb = x[i:i + micro_batch], y[i:i + micro_batch]
-        out = model(xb)
-        loss = F.cross_entropy(out, yb, reduction="sum")
-        (loss / n).backward()
-        loss_sum += loss.detach()
+        out = logits(model(xb))
+        batch_loss = loss_sum(out, yb, loss)
+        (batch_loss / n).backward()
+        total += batch_loss.detach()
         correct += (out.detach().argmax(1) == yb).sum()
-    return loss_sum, correct
+    return total, correct
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in eval mode (BatchNorm uses running statistics)."""
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int,
+             loss_name: str = "cross_entropy") -> tuple[float, float]:
+    """Mean loss ``loss_name`` and accuracy in eval mode (BatchNorm uses running statistics)."""
     model.eval()
     loss, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
     for i in range(0, len(x), micro_batch):
-        out = model(x[i:i + micro_batch])
-        loss += F.cross_entropy(out, y[i:i + micro_batch], reduction="sum")
+        out = logits(model(x[i:i + micro_batch]))
+        loss += loss_sum(out, y[i:i + micro_batch], loss_name)
         correct += (out.argmax(1) == y[i:i + micro_batch]).sum()
     model.train()
     return loss.item() / len(x), correct.item() / len(x)

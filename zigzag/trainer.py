@@ -70,7 +70,7 @@ class Trainer:
         cfg, (x, y) = self.config, self.batches(k)
         self.recorder.gradients.zero_()
         with self.precision.autocast():
-            loss_sum, correct = accumulate_gradient(self.step_model, x, y, cfg.micro_batch)
+            loss_sum, correct = accumulate_gradient(self.step_model, x, y, cfg.micro_batch, cfg.loss)
         self._scalars.copy_(torch.stack((loss_sum, correct)), non_blocking=True)
         statistics = self.recorder.measure()  # reaches the host after the device is done, so after the copy above
         loss_sum, correct = self._scalars.tolist()
@@ -81,7 +81,7 @@ class Trainer:
         if k % cfg.eval_every == 0 or k == self.total_steps - 1:
             with self.precision.autocast():
                 row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
-                                                                  cfg.micro_batch)
+                                                                  cfg.micro_batch, cfg.loss)
         if self.sharpness.due(k):
             row.update(self.sharpness.measure(self.model, k, row["lr"], self.recorder.gradients.flat))
         self.optimizer.step()

@@ -5,6 +5,7 @@ rule train:
     (zigzag/gpulease.py)."""
     input:
         lambda w: pipeline.dataset_file(config, w.job),
+        model=lambda w: pipeline.model_files(config, w.job),
     output:
         pipeline.trajectory_file(config, "{job}"),
     log:
