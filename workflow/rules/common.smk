@@ -1,4 +1,5 @@
 # Validation and helpers shared by every rule. A bad config stops here, before any job, with one line.
+import os
 import re
 import shlex
 import sys
@@ -9,7 +10,11 @@ from zigzag.errors import ZigzagError
 try:
     for path in workflow.configfiles:  # Snakemake's reader lets a repeated key (a run name) silently win
         configcheck.check_unique_keys(path)
-    configcheck.checked_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    configcheck.checked_config(
+        config,
+        workflow.source_path("../schemas/config.schema.yaml"),
+        os.path.dirname(workflow.configfiles[-1]) if workflow.configfiles else ".",
+    )
 except ZigzagError as err:
     sys.stderr.write(f"zigzag: config error: {err}\n")
     sys.exit(2)
