@@ -172,9 +172,10 @@ def tiny_cnn(traj, data, seed):
                        batch_norm=traj.config["batch_norm"])
 
 
-def test_a_gd_loop_records_what_zigzag_train_records_with_its_sharpness(trained, tmp_path):
+def test_a_gd_loop_records_what_zigzag_train_records_with_its_sharpness(trained, tmp_path, capsys):
     """The same model, data and seed in a plain full-batch GD loop: lag statistics within 1e-6 of the trainer's,
-    and the closure's sharpness at the same steps equal to the trainer's."""
+    and the closure's sharpness at the same steps equal to the trainer's; the file is analysed and its sharpness
+    figure drawn."""
     from zigzag import Recorder
 
     traj, data = trained
@@ -207,6 +208,10 @@ def test_a_gd_loop_records_what_zigzag_train_records_with_its_sharpness(trained,
     np.testing.assert_array_equal(np.isfinite(mine.steps["sharpness"]), solved)
     np.testing.assert_allclose(mine.steps["sharpness"][solved], traj.steps["sharpness"][solved], rtol=1e-4)
     assert json.loads(mine.attrs["config"])["sharpness"] == {"every": "every:2"}
+    zigzag_main(capsys, "analyze", tmp_path / "loop.h5", "--out", tmp_path / "an.h5", "--h", 3, "--windows", "none")
+    zigzag_main(capsys, "figure", "sharpness", "--trajectory", tmp_path / "loop.h5", "--analysis", tmp_path / "an.h5",
+                "--title", "mine", "--png", tmp_path / "s.png", "--pdf", tmp_path / "s.pdf")
+    assert (tmp_path / "s.png").stat().st_size > 0
 
 
 def test_under_adam_the_analysis_gives_eq3_of_the_raw_gradients(trained, tmp_path, capsys):
