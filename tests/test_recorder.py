@@ -1,5 +1,7 @@
 """The public Recorder in a loop of one's own: what it stores equals what the gradients give by brute force."""
 
+import copy
+import json
 import subprocess
 import sys
 
@@ -141,3 +143,172 @@ def test_per_layer_statistics_of_a_loop_of_ones_own_match_the_gradients_of_each_
                 assert traj.steps["layer_dot"][k, t, lag] == pytest.approx(  # float32 sums: 1e-6 of |a| |b|
                     a @ b, abs=1e-6 * np.linalg.norm(a) * np.linalg.norm(b))
                 assert traj.steps["layer_opposite"][k, t, lag] == np.mean(a * b < 0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``zigzag train`` on the tiny dataset: full-batch GD, 4 steps, sharpness at steps 0 and 2 (and its data)."""
+    from conftest import write_synthetic_dataset
+
+    from zigzag.cli import main
+    from zigzag.device import load_data
+
+    root = tmp_path_factory.mktemp("trained")
+    data = write_synthetic_dataset(root / "tiny.h5")
+    threads = torch.get_num_threads()
+    try:
+        assert main([str(a) for a in ("train", "--dataset", data, "--model", "cnn", "--width", "0.25", "--lr", "0.1",
+                                      "--steps", 4, "--lags", 3, "--micro-batch", 96, "--sharpness", "every:2",
+                                      "--seed", 3, "--device", "cpu", "--threads", 1, "--quiet",
+                                      "--out", root / "train.h5")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return store.read_trajectory(root / "train.h5"), load_data(str(data), torch.device("cpu"))
+
+
+def tiny_cnn(traj, data, seed):
+    torch.manual_seed(seed)
+    return build_model("cnn", width=0.25, in_channels=1, image_size=16, num_classes=data.num_classes,
+                       batch_norm=traj.config["batch_norm"])
+
+
+def test_a_gd_loop_records_what_zigzag_train_records_with_its_sharpness(trained, tmp_path, capsys):
+    """The same model, data and seed in a plain full-batch GD loop: lag statistics within 1e-6 of the trainer's,
+    and the closure's sharpness at the same steps equal to the trainer's; the file is analysed and its sharpness
+    figure drawn."""
+    from zigzag import Recorder
+
+    traj, data = trained
+    model = tiny_cnn(traj, data, seed=3).to(memory_format=torch.channels_last)  # as the trainer on a CPU
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = data.train_x.contiguous(memory_format=torch.channels_last), data.train_y
+
+    def loss():  # the trainer's sum over its one micro-batch, over n
+        return F.cross_entropy(model(x), y, reduction="sum") / len(x)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the trainer's --threads 1
+    try:
+        with Recorder(tmp_path / "loop.h5", model, lags=3, settings={"seed": 3}, closure=loss,
+                      sharpness={"every": "every:2"}) as recorder:
+            for _ in range(4):
+                optimizer.zero_grad()
+                value = loss()
+                value.backward()
+                recorder.record(loss=value.item(), lr=0.1)
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    mine = store.read_trajectory(tmp_path / "loop.h5")
+    np.testing.assert_allclose(mine.steps["loss"], traj.steps["loss"], rtol=1e-6)
+    for name in ("grad_norm", *store.LAG_SERIES):
+        np.testing.assert_allclose(mine.steps[name], traj.steps[name], rtol=1e-6, atol=1e-9, err_msg=name)
+    solved = np.isfinite(traj.steps["sharpness"])
+    assert solved.tolist() == [True, False, True, False]
+    np.testing.assert_array_equal(np.isfinite(mine.steps["sharpness"]), solved)
+    np.testing.assert_allclose(mine.steps["sharpness"][solved], traj.steps["sharpness"][solved], rtol=1e-4)
+    assert json.loads(mine.attrs["config"])["sharpness"] == {"every": "every:2"}
+    zigzag_main(capsys, "analyze", tmp_path / "loop.h5", "--out", tmp_path / "an.h5", "--h", 3, "--windows", "none")
+    zigzag_main(capsys, "figure", "sharpness", "--trajectory", tmp_path / "loop.h5", "--analysis", tmp_path / "an.h5",
+                "--title", "mine", "--png", tmp_path / "s.png", "--pdf", tmp_path / "s.pdf")
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_under_adam_the_analysis_gives_eq3_of_the_raw_gradients(trained, tmp_path, capsys):
+    """Adam with a schedule, gradients set to None: ``zigzag analyze`` on the file gives the mean correlation of
+    eq. 3 computed from the raw gradients by brute force."""
+    from zigzag import Recorder
+
+    _, data = trained
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    steps, h = 5, 3
+    with Recorder(tmp_path / "adam.h5", model, lags=2, raw_steps=1, raw_dtype="float64") as recorder:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(data.train_x), data.train_y)
+            loss.backward()
+            recorder.record(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+    zigzag_main(capsys, "analyze", tmp_path / "adam.h5", "--out", tmp_path / "an.h5", "--h", h, "--windows", "none")
+    with store.open_file(tmp_path / "adam.h5", store.TRAJECTORY) as f:
+        g = f["raw/gradients"][()]
+        assert f["steps/lr"][()].tolist() == [1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3]
+    mu = [g[k] @ g[k + 1] / np.linalg.norm(g[k]) / np.linalg.norm(g[k + 1]) for k in range(steps - 1)]
+    expected = [np.mean(mu[k: k + h - 1]) for k in range(steps - h + 1)]
+    found = store.read_analysis(tmp_path / "an.h5").mean_mu
+    np.testing.assert_allclose(found[: steps - h + 1], expected, rtol=1e-6)
+    assert np.isnan(found[steps - h + 1:]).all()
+
+
+def test_a_params_subset_records_only_those_gradients(tmp_path):
+    from zigzag import Recorder
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    chosen = list(model[1].parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    gradients = []
+    with Recorder(tmp_path / "run.h5", model, lags=1, params=chosen, per_layer=True) as recorder:
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(5, 4)).square().sum().backward()
+            gradients.append(torch.cat([p.grad.reshape(-1) for p in chosen]).double().numpy())
+            recorder.record(loss=0.0, lr=0.1)
+            optimizer.step()
+    traj = store.read_trajectory(tmp_path / "run.h5")
+    assert traj.attrs["n_params"] == 3 * 2 + 2 and list(traj.attrs["layer_names"]) == ["1.weight", "1.bias"]
+    g = np.array(gradients)
+    np.testing.assert_allclose(traj.steps["grad_norm"], np.linalg.norm(g, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(traj.steps["dot"][1:, 1], np.sum(g[1:] * g[:-1], axis=1), rtol=1e-6)
+    with pytest.raises(ValueError, match="require grad"):
+        Recorder(tmp_path / "bad.h5", model, params=[torch.zeros(2)])
+
+
+def test_resume_after_a_kill_continues_as_an_uninterrupted_loop(tmp_path):
+    """``resume=True`` on a loop closed without finishing (what it checkpointed at step 3, a step recorded
+    after that lost): the file continues from step 3 and equals an uninterrupted loop's, sharpness included."""
+    from zigzag import Recorder
+    from zigzag.recorder import ring_file
+
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+
+    def run(path, start, stop, state=None, kill_after=None):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        recorder = Recorder(path, model, lags=2, closure=lambda: F.cross_entropy(model(x), y),
+                            sharpness={"every": "every:2"}, resume=True)
+        assert recorder.step == start
+        for k in range(start, stop):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            recorder.record(loss=loss.item(), lr=0.3)
+            optimizer.step()
+            if k + 1 == kill_after:
+                recorder.checkpoint()
+                state = {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict())}
+        if kill_after is None:
+            recorder.finish()
+        else:
+            recorder.writer.close()  # killed: neither finished nor checkpointed again
+        return state
+
+    run(tmp_path / "whole.h5", 0, 7)
+    state = run(tmp_path / "run.h5", 0, 4, kill_after=3)
+    assert store.read_trajectory(tmp_path / "run.h5").attrs["status"] == "running"
+    run(tmp_path / "run.h5", 3, 7, state=state)
+    whole, resumed = store.read_trajectory(tmp_path / "whole.h5"), store.read_trajectory(tmp_path / "run.h5")
+    assert resumed.attrs["status"] == "completed" and not ring_file(tmp_path / "run.h5").exists()
+    assert resumed.attrs["trajectory_id"] != whole.attrs["trajectory_id"]
+    for name in ("loss", "grad_norm", "sharpness", *store.LAG_SERIES):
+        np.testing.assert_allclose(resumed.steps[name], whole.steps[name], rtol=1e-6, err_msg=name)
+    with pytest.raises(store.ZigzagError, match="nothing to resume"):
+        Recorder(tmp_path / "run.h5", torch.nn.Linear(6, 3), lags=2, resume=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from pathlib import Path
 
 import jsonschema
@@ -113,9 +114,10 @@ def _finite_number(checker, instance) -> bool:
             and (isinstance(instance, int) or math.isfinite(instance)))
 
 
-def checked_config(config: dict, schema_path: str | Path, config_dir: str | os.PathLike = ".") -> dict:
-    """Validate ``config`` against the schema (filling its defaults in place) and across sections; a dataset's
-    ``from`` path is resolved against ``config_dir``, the config file's folder."""
+def checked_config(config: dict, schema_path: str | Path, base: str | os.PathLike = ".") -> dict:
+    """Validate ``config`` against the schema (filling its defaults in place) and across sections; ``base``: the
+    folder of the config file, that a dataset's ``from`` path and the files of trajectory runs are relative to
+    (``recorded_run``)."""
     def fill_defaults(validator, properties, instance, schema):  # jsonschema's documented recipe
         for name, subschema in properties.items():
             if "default" in subschema and isinstance(instance, dict):
@@ -126,15 +128,27 @@ def checked_config(config: dict, schema_path: str | Path, config_dir: str | os.P
     types = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number)
     validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": fill_defaults},
                                              type_checker=types)
+    runs = config.get("runs")
+    recorded = {name: run for name, run in runs.items() if isinstance(run, dict) and "trajectory" in run} \
+        if isinstance(runs, dict) else {}
+    for name in recorded:  # checked and read on their own: they have no training settings
+        del runs[name]
     _validate(validator(schema), config)
     sweep_runs = expand_sweeps(config)
     if sweep_runs:
         _validate(validator(schema), config)  # the sweeps' runs, like any run
     for name, runs in sweep_runs.items():
         config["sweeps"][name]["runs"] = runs  # the record later stages read (pipeline.sweep_runs)
+    name_pattern = schema["$defs"]["name"]["pattern"]
+    for name, run in recorded.items():
+        if not re.match(name_pattern, name):
+            raise ZigzagError(f"runs: name {name!r} is not allowed; names must match {name_pattern}")
+        config["runs"][name] = recorded_run(name, run, base)
+    if not config["runs"]:
+        raise ZigzagError("runs: {} should be non-empty")
     _check_kinds(config)
     _check_references(config)
-    _check_datasets(config, config_dir)
+    _check_datasets(config, base)
     _check_texts(config)
     _check_outputs_inside_results(config)
     return config
@@ -204,6 +218,50 @@ def _check_texts(config: dict) -> None:
                     raise ZigzagError(f"figures.{fid}.{where}: {err}") from None
 
 
+def recorded_run(name: str, run: dict, base: str | os.PathLike) -> dict:
+    """A trajectory run (``runs.<name>: {trajectory: FILE or [FILE, ...]}``) as what its files recorded: the files
+    (relative to ``base``), one seed each, and the settings the config checks read (``lags``, ``steps``, and
+    ``sharpness``, ``per_layer``, ``raw_parameters`` where every file has what they record). One line for a
+    missing file, a file that is not a finished zigzag trajectory, and a run with training settings."""
+    from zigzag import store
+
+    extra = sorted(set(run) - {"trajectory"})
+    if extra:
+        raise ZigzagError(f"runs.{name}: a trajectory run is not trained, so it takes no training settings; remove "
+                          f"{', '.join(extra)}")
+    listed = isinstance(run["trajectory"], list)
+    files = run["trajectory"] if listed else [run["trajectory"]]
+    if not files or not all(isinstance(file, str) and file for file in files) or len(set(files)) < len(files):
+        raise ZigzagError(f"runs.{name}.trajectory: {run['trajectory']!r} is not allowed; must be a file or a list "
+                          f"of distinct files, one per seed")
+    paths, seeds, lags, steps, has = [], [], [], [], []
+    for i, file in enumerate(files):
+        where, path = f"runs.{name}.trajectory" + f".{i}" * listed, os.path.normpath(os.path.join(base, file))
+        try:
+            with store.open_file(path, store.TRAJECTORY) as f:
+                attrs, recorded = dict(f.attrs), store.file_config(f)
+                has.append({"sharpness": "sharpness" in f["steps"], "per_layer": "layer_names" in f.attrs,
+                            "raw_parameters": "raw/parameters" in f})
+        except ZigzagError as err:
+            raise ZigzagError(f"{where}: {err}") from None
+        if "total_steps" not in attrs:
+            raise ZigzagError(f"{where}: {path} is unfinished (status {store.attr_value(attrs['status'])}); finish "
+                              f"its recorder first (Recorder.finish, or leave its with-block)")
+        seed = recorded.get("seed", i if listed else 0)
+        if seed in seeds:
+            raise ZigzagError(f"{where}: {path} records seed {seed}, as does another file of runs.{name}; give "
+                              f"each file of a run its own seed")
+        paths.append(path)
+        seeds.append(seed)
+        lags.append(int(attrs["lags"]))
+        steps.append(int(attrs["total_steps"]))
+    everywhere = {key: all(found[key] for found in has) for key in has[0]}
+    return {"trajectory": paths, "seed": seeds[0], **({"seeds": seeds} if listed else {}), "lags": min(lags),
+            "steps": min(steps), "sharpness": {"every": "recorded"} if everywhere["sharpness"] else {},
+            "per_layer": everywhere["per_layer"], "raw_parameters": "recorded" if everywhere["raw_parameters"]
+            else "none", **({"lr": recorded["lr"]} if "lr" in recorded else {})}
+
+
 def _check_references(config: dict) -> None:
     try:
         AnalysisConfig(**config["analysis"]).validate()
@@ -211,6 +269,11 @@ def _check_references(config: dict) -> None:
         raise ZigzagError(f"analysis: {err}") from None
     datasets, runs, h = config["datasets"], config["runs"], config["analysis"]["h"]
     for name, run in runs.items():
+        if "trajectory" in run:
+            if h > run["lags"] + 1:
+                raise ZigzagError(f"analysis.h: {h} needs lags >= {h - 1}, the files of runs.{name} have lags "
+                                  f"{run['lags']}; record with more lags or lower h")
+            continue
         if run["dataset"] not in datasets:
             raise ZigzagError(f"runs.{name}.dataset: {run['dataset']!r} is not defined; "
                               f"defined datasets: {', '.join(datasets)}")
@@ -222,6 +285,9 @@ def _check_references(config: dict) -> None:
         for name in names:
             if name not in runs:
                 raise ZigzagError(f"claims.{group}: run {name!r} is not defined; defined runs: {', '.join(runs)}")
+            if "trajectory" in runs[name]:
+                raise ZigzagError(f"claims.{group}: run {name!r} is a trajectory run; the claims train every run "
+                                  f"on claims.seeds")
     early = config["claims"]["thresholds"]["early_steps"]
     for name in claim_groups(config).get("cnn", []):
         if runs[name].get("steps") is not None and early >= runs[name]["steps"]:
@@ -236,6 +302,9 @@ def _check_references(config: dict) -> None:
             for where, run, step in entry_references(section, fid, spec):
                 if run not in runs:
                     raise ZigzagError(f"{where}.run: {run!r} is not defined; defined runs: {', '.join(runs)}")
+                if needs and runs[run].get(needs) in (None, False, "none") and "trajectory" in runs[run]:
+                    raise ZigzagError(f"{where}.run: kind {spec['kind']} reads what {needs} records, but the files "
+                                      f"of runs.{run} lack it; record them with it")
                 if needs and runs[run].get(needs) in (None, False, "none"):
                     raise ZigzagError(f"{where}.run: kind {spec['kind']} reads what {needs} records, but runs.{run} "
                                       f"has {needs} {runs[run].get(needs)!r}; set it in runs.{run}")

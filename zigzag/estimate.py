@@ -64,8 +64,8 @@ def timing_key(run) -> tuple[str, bool, int]:
 
 
 def preset_runs(preset: dict) -> dict[str, tuple]:
-    """Each run of a workflow config, its sweeps' runs included (``zigzag.sweeps.expand``), as (its ``RunConfig``,
-    defaults filled in; its number of seeds)."""
+    """Each run of a workflow config that trains, its sweeps' runs included (``zigzag.sweeps.expand``), as (its
+    ``RunConfig``, defaults filled in; its number of seeds)."""
     from zigzag.runconfig import RunConfig
     from zigzag.sweeps import expand
 
@@ -74,6 +74,8 @@ def preset_runs(preset: dict) -> dict[str, tuple]:
         declared.update(expand(name, sweep, preset["runs"]))
     runs = {}
     for name, run in declared.items():
+        if "trajectory" in run:  # recorded by a loop of one's own: nothing to train
+            continue
         config = RunConfig.from_dict({key: value for key, value in run.items() if key != "seeds"})
         runs[name] = config, len(run.get("seeds", [config.seed]))
     return runs

@@ -107,6 +107,18 @@ def all_jobs(config: dict) -> dict[str, tuple[str, int]]:
     return jobs
 
 
+def recorded_files(config: dict) -> dict[str, str]:
+    """Job -> the file of a trajectory run (``configcheck.recorded_run``): its analysis input, never trained."""
+    return {job_name(config, run, seed): path for run, spec in config["runs"].items() if "trajectory" in spec
+            for seed, path in zip(seeds(spec), spec["trajectory"], strict=True)}
+
+
+def trained_jobs(config: dict) -> list[str]:
+    """The jobs of the training rule: every job but those of trajectory runs."""
+    recorded = recorded_files(config)
+    return [job for job in all_jobs(config) if job not in recorded]
+
+
 def single_seed_settings(run: dict, seed: int, dataset_path: str) -> dict:
     settings = {key: value for key, value in run.items() if key != "seeds"}
     settings.update(seed=seed, dataset=dataset_path)
@@ -217,7 +229,8 @@ def model_files(config: dict, job: str) -> list[str]:
 
 
 def trajectory_file(config: dict, job: str) -> str:
-    return f"{config['results']}/runs/{job}/trajectory.h5"
+    """A job's trajectory: what it trains, or the file of a trajectory run."""
+    return recorded_files(config).get(job) or f"{config['results']}/runs/{job}/trajectory.h5"
 
 
 def analysis_file(config: dict, job: str) -> str:
@@ -276,9 +289,10 @@ def planned_outputs(config: dict) -> list[str]:
     paths = [gpu_locks_folder(config)]
     for name in config["datasets"]:
         paths += [data_file(config, name), log_file(config, "prepare_dataset", name)]
+    for job in trained_jobs(config):
+        paths += [trajectory_file(config, job), log_file(config, "train", job), benchmark_file(config, job)]
     for job in all_jobs(config):
-        paths += [trajectory_file(config, job), log_file(config, "train", job), benchmark_file(config, job),
-                  analysis_file(config, job), log_file(config, "analyze", job)]
+        paths += [analysis_file(config, job), log_file(config, "analyze", job)]
     for fid in config["figures"]:
         paths += [figure_file(config, fid, ext) for ext in FIGURE_EXTS] + [log_file(config, "figures", fid)]
     for tid in [*config["tables"], "claims"]:
@@ -346,6 +360,8 @@ def job_cost(config: dict, job: str) -> float:
     gradients of, plus its sharpness solves' Hessian-vector products, times the model's cost per image
     (``estimate.run_work``). Evaluations (a forward pass of the test set every ``eval_every`` steps) are left out."""
     run = config["runs"][run_of(config, job)]
+    if "trajectory" in run:  # recorded, not trained
+        return 0.0
     work = run_work(run, train_images(config, run["dataset"]))
     gradients = work.images + work.solves * HVPS_PER_SOLVE * HVP_GRADIENTS * work.subset
     mmacs = MODEL_MMACS[run["model"]] * run["width"] ** 2 if run["model"] in MODEL_MMACS else CUSTOM_MMACS

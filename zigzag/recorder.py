@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import SimpleNamespace
 
+import h5py
 import torch
 from torch import nn
 
 from zigzag import fingerprint, store
+from zigzag.errors import ZigzagError
 from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.rawdump import RawGradientWriter
-from zigzag.settings import selected
+from zigzag.settings import MAX_STEPS, selected
+from zigzag.sharpness import ClosureHessian, SharpnessTracker
 
 
 class Recorder:
@@ -45,6 +52,28 @@ class Recorder:
     loop that zeroes gradients in place (``zero_grad(set_to_none=False)``) is read without a copy; one that
     sets them to None (torch's default) has them copied into the buffer at ``record``.
 
+    ``params``: record the gradients of these parameters only (in this order) instead of every one that requires
+    a gradient. Any optimizer and schedule: ``record`` reads the gradient the loop computed, before the step uses
+    it. With gradient clipping call ``record`` after ``clip_grad_norm_``, and with mixed precision after
+    ``scaler.unscale_(optimizer)``: g_k is then the gradient the optimizer steps with (clipped, unscaled), the
+    one whose successive directions the correlations describe. Pass ``lr`` to ``record`` each step.
+
+    Sharpness: with ``closure`` (a function returning the training loss at the parameters as they are, e.g.
+    ``lambda: F.cross_entropy(model(x), y)``) and ``sharpness`` (a run's ``sharpness`` settings, e.g.
+    ``{"every": "every:10"}``), ``record`` also solves for lambda_max of the closure's Hessian at the steps a run
+    would (``SharpnessTracker``: the grid refined near 2/lr) and writes the same series as ``zigzag train``
+    (``store.SHARPNESS_SERIES``), so the sharpness figure and the edge-of-stability analysis read the file.
+    ``settings`` (stored as the file's ``config``) may hold what the loop is, partially: ``seed`` (what the
+    workflow takes as a trajectory run's seed), ``lr``, ``optimizer`` ("sgd" draws curves per iteration), ...
+
+    Resuming a killed loop: create the recorder with ``resume=True`` and call ``checkpoint()`` where the loop
+    saves its own model and optimizer (after the optimizer step; ``close`` checkpoints too). The lag ring
+    (the last L + 1 gradients, and the sharpness solver's warm start) goes to ``<path>.ring.h5`` beside the
+    file, plain arrays. A new ``Recorder(path, model, lags, resume=True)`` on the unfinished file reloads it and
+    truncates the file to the steps it covers: continue the loop at ``recorder.step`` with the model and
+    optimizer saved at that step, and the statistics equal those of an uninterrupted loop. Without a file there
+    it starts afresh; ``finish`` removes the ring file.
+
     A context manager: leaving the block normally finishes the file (status ``completed``); leaving it by an
     exception closes it as it stands (status ``running``, unfinished).
 
@@ -57,24 +86,43 @@ class Recorder:
                 optimizer.step()
     """
 
-    def __init__(self, path: str | os.PathLike, model: nn.Module, lags: int = 8, *, settings: dict | None = None,
-                 n_train: int = 0, raw_steps: set[int] | int | None = None, raw_dtype: str = "float32",
+    def __init__(self, path: str | os.PathLike, model: nn.Module, lags: int = 8, *,
+                 params: Iterable[torch.Tensor] | None = None, settings: dict | None = None, n_train: int = 0,
+                 raw_steps: set[int] | int | None = None, raw_dtype: str = "float32",
                  raw_compression: str | None = None, extra_series: dict[str, str] | None = None,
                  parameter_steps: set[int] | int | None = None, attrs: dict | None = None,
-                 per_layer: bool = False, resume: dict | None = None):
+                 per_layer: bool = False, closure: Callable[[], torch.Tensor] | None = None,
+                 sharpness: dict | None = None, resume: dict | bool | None = None):
         """Create ``path`` (``settings``: the run's settings, stored as its ``config``; ``n_train``: training
         examples; ``attrs``: more file attributes, beside the arithmetic's fingerprint), or with ``resume`` (a
         ``state_dict`` with ``n_steps`` and ``elapsed`` added) reopen the unfinished file there, truncated to its
-        first ``n_steps`` steps (``store.ZigzagError`` if it is damaged); ``parameter_steps``: the steps whose
-        theta_k goes to ``/raw/parameters`` (None: none)."""
-        self.gradients = FlatGradients(model)
+        first ``n_steps`` steps (``store.ZigzagError`` if it is damaged); ``resume=True``: the same from
+        ``<path>.ring.h5`` (see the class); ``parameter_steps``: the steps whose theta_k goes to
+        ``/raw/parameters`` (None: none)."""
+        self.parameters = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
+        if not self.parameters or not all(p.requires_grad for p in self.parameters):
+            raise ValueError("params must be a non-empty iterable of parameters that require grad")
+        self.model, self.closure = model, closure
+        self.tracker = None
+        if closure is not None:
+            if (sharpness or {}).get("every", "none") == "none":
+                raise ValueError("closure records sharpness: give sharpness={'every': 'every:K' or a list of steps}")
+            self.tracker = SharpnessTracker(_sharpness_settings(sharpness, (settings or {}).get("seed", 0)), None, None,
+                                            MAX_STEPS, str(path))
+            settings = {**(settings or {}), "sharpness": sharpness}
+            extra_series = {**(extra_series or {}), **store.SHARPNESS_SERIES}
+        self.gradients = FlatGradients(model, self.parameters)
         n_params = self.gradients.flat.numel()
         device = self.gradients.flat.device
         self.raw_steps, self.parameter_steps = raw_steps, parameter_steps
-        self.parameters = [p for p in model.parameters() if p.requires_grad]
-        layers = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad} if per_layer else None
+        names = {id(p): name for name, p in model.named_parameters()}
+        layers = {names.get(id(p), f"parameter{i}"): p.numel() for i, p in enumerate(self.parameters)} \
+            if per_layer else None
         # allocated before the file is touched
         self.ring = LagRing(n_params, lags, device, layer_sizes=list(layers.values()) if per_layer else None)
+        self.ring_path = ring_file(path)
+        if resume is True:
+            resume = self._saved_state(path) if os.path.exists(path) else None
         if resume is None:
             self.writer = store.TrajectoryWriter.create(
                 path, settings or {}, n_params=n_params, n_train=n_train, lags=lags,
@@ -85,9 +133,37 @@ class Recorder:
         else:
             self.writer = store.TrajectoryWriter.reopen(path, resume["n_steps"])
             self.ring.load_state_dict(resume["ring"])
+            if self.tracker is not None and "sharpness" in resume:
+                self.tracker.load_state_dict(resume["sharpness"])
             elapsed = resume["elapsed"]
         self.raw = RawGradientWriter(self.writer, n_params, raw_dtype, device) if raw_steps is not None else None
         self.started = time.perf_counter() - elapsed
+
+    def _saved_state(self, path) -> dict:
+        """What ``checkpoint`` saved for the unfinished file ``path``, as a ``resume`` state (``ZigzagError`` if
+        there is none for it)."""
+        with store.open_file(path, store.TRAJECTORY) as f:
+            status, trajectory_id = f.attrs["status"], str(f.attrs["trajectory_id"])
+        if status != "running":
+            raise ZigzagError(f"{path}: finished (status {status}); nothing to resume: delete it to start afresh")
+        try:
+            with h5py.File(self.ring_path, "r") as f:
+                if str(f.attrs["trajectory_id"]) != trajectory_id:
+                    raise ZigzagError(f"{self.ring_path} belongs to another trajectory than {path}; delete both "
+                                      f"to start afresh")
+                values, signs = torch.from_numpy(f["values"][()]), torch.from_numpy(f["signs"][()])
+                state = {"n_steps": int(f.attrs["step"]), "elapsed": float(f.attrs["elapsed"]),
+                         "ring": {"values": values, "signs": signs, "step": int(f.attrs["step"])}}
+                if "eigenvector" in f:
+                    state["sharpness"] = {"eigenvector": torch.from_numpy(f["eigenvector"][()]),
+                                          "steps": json.loads(f.attrs["solve_steps"])}
+        except (OSError, KeyError) as err:
+            raise ZigzagError(f"{path}: no lag ring to resume from ({self.ring_path}: {err}); delete {path} to start "
+                              f"afresh") from None
+        if values.shape != self.ring.values.shape:
+            raise ZigzagError(f"{self.ring_path}: a lag ring of shape {tuple(values.shape)}, this recorder's is "
+                              f"{tuple(self.ring.values.shape)} (lags + 1, parameters): other lags or parameters")
+        return state
 
     @property
     def step(self) -> int:
@@ -127,7 +203,13 @@ class Recorder:
     def record(self, **series) -> dict:
         """Record step k: the lag statistics of g_k (see the class) and ``series`` (e.g. ``loss=``, ``lr=``);
         returns the row written."""
+        k = self.step
         row = {**series, **self.measure()}
+        if self.tracker is not None and self.tracker.due(k):
+            if "lr" not in series:
+                raise ValueError("record(lr=...) is needed with sharpness: the solve compares it with 2/lr")
+            row.update(self.tracker.measure(self.model, k, series["lr"], self.gradients.flat,
+                                            ClosureHessian(self.closure, self.parameters)))
         self.write(row)
         return row
 
@@ -136,6 +218,20 @@ class Recorder:
         if self.raw is not None:
             self.raw.drain()
         self.writer.flush()
+
+    def checkpoint(self) -> None:
+        """Flush the file and save what ``resume=True`` continues from (the class says where and how)."""
+        self.flush()
+        state = self.ring.state_dict()
+        partial = self.ring_path.with_name(self.ring_path.name + ".tmp")
+        with h5py.File(partial, "w") as f:
+            f.attrs.update(trajectory_id=str(self.writer.f.attrs["trajectory_id"]), step=state["step"],
+                           elapsed=time.perf_counter() - self.started)
+            f["values"], f["signs"] = state["values"].cpu().numpy(), state["signs"].cpu().numpy()
+            if self.tracker is not None and self.tracker.eigenvector is not None:
+                f["eigenvector"] = self.tracker.eigenvector.cpu().numpy()
+                f.attrs["solve_steps"] = json.dumps(self.tracker.steps.state_dict())
+        os.replace(partial, self.ring_path)
 
     def state_dict(self) -> dict:
         """What a resume needs besides the file: the lag ring and the file's ``trajectory_id``."""
@@ -149,11 +245,14 @@ class Recorder:
         if "total_steps" not in self.writer.f.attrs:
             attrs = {"total_steps": self.writer.n_steps, **attrs}
         self.writer.finish(status, **attrs)
+        self.ring_path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Write what is left and close the file as it stands (unfinished: status ``running``)."""
+        """Write what is left and close the file as it stands (unfinished: status ``running``), with the lag ring
+        saved for ``resume=True`` (``checkpoint``)."""
         if self.raw is not None:
             self.raw.close()
+        self.checkpoint()
         self.writer.close()
 
     def __enter__(self) -> Recorder:
@@ -165,3 +264,22 @@ class Recorder:
         else:
             self.close()
 
+
+
+def ring_file(path: str | os.PathLike) -> Path:
+    """Where ``Recorder.checkpoint`` saves the lag ring of the trajectory ``path``: ``<path>.ring.h5``."""
+    return Path(str(path) + ".ring.h5")
+
+
+def _sharpness_settings(sharpness: dict, seed: int) -> SimpleNamespace:
+    """What ``SharpnessTracker`` reads of a run's settings, for a loop's ``sharpness`` mapping (checked like a
+    run's ``sharpness``)."""
+    from zigzag.runconfig import SHARPNESS
+
+    for key, value in sharpness.items():
+        if key not in SHARPNESS or key == "subset":
+            raise ValueError(f"sharpness key {key!r}: valid are {', '.join(k for k in SHARPNESS if k != 'subset')}")
+        if key != "every":
+            SHARPNESS[key].check(f"sharpness.{key}", value)
+    return SimpleNamespace(sharpness_setting=lambda key: sharpness.get(key, SHARPNESS[key].default), micro_batch=0,
+                           seed=seed, loss="cross_entropy")  # the loss of the default operator, which a closure replaces

@@ -307,24 +307,51 @@ def gradient_eigenvector_cosine(grad: torch.Tensor, eigvec: torch.Tensor) -> flo
     return abs((g @ v).item()) / denominator
 
 
+class ClosureHessian:
+    """v -> H v for the loss a closure returns (a differentiable scalar at the parameters ``params`` as they are
+    now): one forward, backward with its graph at the first product (the closure is called once per solve),
+    then one double backward per product. ``.grad`` is left untouched; whatever the closure's forward changes
+    (e.g. BatchNorm's running statistics in train mode) it changes."""
+
+    def __init__(self, closure: Callable[[], torch.Tensor], params: list[torch.Tensor]):
+        self.closure, self.params = closure, params
+        self.gradient: tuple[torch.Tensor, ...] | None = None
+
+    def __call__(self, vector: torch.Tensor) -> torch.Tensor:
+        first = self.params[0]
+        vector = vector.detach().to(device=first.device, dtype=first.dtype)
+        if self.gradient is None:
+            with torch.enable_grad():
+                self.gradient = torch.autograd.grad(self.closure(), self.params, create_graph=True)
+        tangents = [v.view_as(p) for p, v in zip(self.params, vector.split([p.numel() for p in self.params]))]
+        hv = torch.autograd.grad(self.gradient, self.params, grad_outputs=tangents, retain_graph=True,
+                                 allow_unused=True, materialize_grads=True)
+        return torch.cat([h.reshape(-1) for h in hv])
+
+
 class SharpnessTracker:
     """lambda_max at the steps a run's ``sharpness`` settings select (``SolveSteps``), on a fixed seeded
     subset of the training set (in its order, so its micro-batches stay the same), each solve warm-started
     from the last eigenvector."""
 
-    def __init__(self, config, train_x: torch.Tensor, train_y: torch.Tensor, total_steps: int, name: str = ""):
-        """``config``: a ``zigzag.runconfig.RunConfig``; ``name``: the run, for its warnings."""
+    def __init__(self, config, train_x: torch.Tensor | None, train_y: torch.Tensor | None, total_steps: int,
+                 name: str = ""):
+        """``config``: a ``zigzag.runconfig.RunConfig`` (or what has its ``sharpness_setting``, ``micro_batch``,
+        ``seed`` and ``loss``); ``name``: the run, for its warnings. Without ``train_x`` every ``measure`` brings its operator."""
         self.name, self.setting = name, config.sharpness_setting
         self.micro_batch, self.seed, self.loss = config.micro_batch, config.seed, config.loss
         self.steps = SolveSteps(parse_step_selection(self.setting("every"), total_steps, "sharpness.every"),
                                 *(self.setting(f"refine_{key}") for key in ("every", "from", "until")))
+        self.eigenvector: torch.Tensor | None = None  # the warm start of the next solve
+        if train_x is None:
+            self.x = self.y = None
+            return
         n = len(train_x)
         subset = self.setting("subset") or n
         if subset > n:
             raise ZigzagError(f"invalid sharpness.subset={subset}: larger than the training set ({n})")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:subset].sort().values
         self.x, self.y = train_x[order.to(train_x.device)], train_y[order.to(train_x.device)]
-        self.eigenvector: torch.Tensor | None = None  # the warm start of the next solve
 
     @property
     def enabled(self) -> bool:
@@ -333,11 +360,15 @@ class SharpnessTracker:
     def due(self, k: int) -> bool:
         return self.steps.due(k)
 
-    def measure(self, model: nn.Module, k: int, lr: float, grad: torch.Tensor) -> dict:
-        """The sharpness row of step k at theta_k (learning rate ``lr``, gradient ``grad`` = g_k)."""
-        pair = top_eigenpair(model, self.x, self.y, self.micro_batch, v0=self.eigenvector, tol=self.setting("tol"),
-                             max_iter=self.setting("max_iter"), ncv=self.setting("ncv"), seed=self.seed,
-                             loss=self.loss)
+    def measure(self, model: nn.Module, k: int, lr: float, grad: torch.Tensor,
+                operator: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+        """The sharpness row of step k at theta_k (learning rate ``lr``, gradient ``grad`` = g_k); ``operator``:
+        v -> H v with ``params`` (default: the ``HessianOperator`` of the run's mean loss on the subset)."""
+        operator = operator or HessianOperator(model, self.x, self.y, self.micro_batch, self.loss)
+        first = operator.params[0]
+        pair = top_eigenpair_of(operator, sum(p.numel() for p in operator.params), device=first.device,
+                                dtype=first.dtype, v0=self.eigenvector, tol=self.setting("tol"),
+                                max_iter=self.setting("max_iter"), ncv=self.setting("ncv"), seed=self.seed)
         self.eigenvector = pair.eigenvector
         self.steps.record(k, pair.eigenvalue, lr)
         if not pair.converged:
@@ -350,7 +381,7 @@ class SharpnessTracker:
 
     def attrs(self) -> dict:
         """The sample the sharpness is taken on and the batches its loss is split into (none: no sharpness)."""
-        if not self.enabled:
+        if not self.enabled or self.x is None:
             return {}
         return {"sharpness_subset": len(self.x), "sharpness_batch": min(self.micro_batch, len(self.x))}
 

@@ -12,6 +12,9 @@ rule train:
         pipeline.log_file(config, "train", "{job}"),
     benchmark:
         pipeline.benchmark_file(config, "{job}")
+    # not the jobs of trajectory runs: their file is recorded, never trained
+    wildcard_constraints:
+        job="|".join(re.escape(name) for name in pipeline.trained_jobs(config)) or "^$",
     priority: lambda w: pipeline.train_priority(config, w.job)
     # One torch thread per job: the thread count changes the CPU's sums (a run's numbers), so one thread keeps
     # them the same on every machine, and two one-thread jobs use two cores better than one two-thread job.
