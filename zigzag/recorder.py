@@ -282,4 +282,4 @@ def _sharpness_settings(sharpness: dict, seed: int) -> SimpleNamespace:
         if key != "every":
             SHARPNESS[key].check(f"sharpness.{key}", value)
     return SimpleNamespace(sharpness_setting=lambda key: sharpness.get(key, SHARPNESS[key].default), micro_batch=0,
-                           seed=seed, loss="cross_entropy")  # the loss of the default operator, which a closure replaces
+                           seed=seed, loss="cross_entropy")  # the default operator's loss; the closure replaces it

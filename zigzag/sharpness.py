@@ -337,7 +337,8 @@ class SharpnessTracker:
     def __init__(self, config, train_x: torch.Tensor | None, train_y: torch.Tensor | None, total_steps: int,
                  name: str = ""):
         """``config``: a ``zigzag.runconfig.RunConfig`` (or what has its ``sharpness_setting``, ``micro_batch``,
-        ``seed`` and ``loss``); ``name``: the run, for its warnings. Without ``train_x`` every ``measure`` brings its operator."""
+        ``seed`` and ``loss``); ``name``: the run, for its warnings. Without ``train_x`` every ``measure`` brings its
+        operator."""
         self.name, self.setting = name, config.sharpness_setting
         self.micro_batch, self.seed, self.loss = config.micro_batch, config.seed, config.loss
         self.steps = SolveSteps(parse_step_selection(self.setting("every"), total_steps, "sharpness.every"),
