@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zigzag.distributed import Group
 from zigzag.errors import ZigzagError
 from zigzag.settings import parse_step_selection
 
@@ -92,14 +93,17 @@ class HessianOperator:
     the operator is in use.
     """
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int):
-        self.model = model
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int,
+                 group: Group | None = None):
+        """``group``: the processes a run is split across (zigzag/distributed.py); each takes its chunk of the
+        micro-batches and the products are summed across them."""
+        self.model, self.group = model, group or Group()
         self.params = [p.detach().clone(memory_format=torch.contiguous_format).requires_grad_()
                        for p in _trainable(model)]
         self.names = [name for name, p in model.named_parameters() if p.requires_grad]
         self.batches = [(images[i: i + micro_batch].clone(memory_format=torch.contiguous_format),
                          labels[i: i + micro_batch])
-                        for i in range(0, len(images), micro_batch)]
+                        for i in range(*self.group.batch_share(len(images), micro_batch), micro_batch)]
         self.n = len(images)
         self.retain = True  # keep every micro-batch's graph between products
         self.gradients: list[tuple[torch.Tensor, ...]] | None = None
@@ -134,7 +138,7 @@ class HessianOperator:
             hv = torch.autograd.grad(gradient, self.params, grad_outputs=tangents, retain_graph=self.retain,
                                      allow_unused=True, materialize_grads=True)
             result += torch.cat([h.reshape(-1) for h in hv])
-        return result / self.n
+        return self.group.sum(result) / self.n
 
     def __call__(self, vector: torch.Tensor) -> torch.Tensor:
         first = self.params[0]
@@ -220,13 +224,14 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
 
 def top_eigenpair(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int, *,
                   v0: torch.Tensor | None = None, tol: float = TOL, max_iter: int = MAX_ITER,
-                  seed: int = 0, ncv: int | None = None) -> Eigenpair:
+                  seed: int = 0, ncv: int | None = None, group: Group | None = None) -> Eigenpair:
     """Sharpness of the training loss at the model's current parameters: ``top_eigenpair_of`` applied
-    to a ``HessianOperator`` (same arguments and semantics as both; the model is left as found).
+    to a ``HessianOperator`` (same arguments and semantics as both; the model is left as found). Split across
+    ``group``, every rank solves on the same summed products from the same start: the same vectors everywhere.
 
     ``images``/``labels`` should already be on the model's device; the eigenvector comes back there.
     """
-    operator = HessianOperator(model, images, labels, micro_batch)
+    operator = HessianOperator(model, images, labels, micro_batch, group)
     first = operator.params[0]
     return top_eigenpair_of(
         operator, sum(p.numel() for p in operator.params), device=first.device, dtype=first.dtype,
@@ -311,9 +316,11 @@ class SharpnessTracker:
     subset of the training set (in its order, so its micro-batches stay the same), each solve warm-started
     from the last eigenvector."""
 
-    def __init__(self, config, train_x: torch.Tensor, train_y: torch.Tensor, total_steps: int, name: str = ""):
-        """``config``: a ``zigzag.runconfig.RunConfig``; ``name``: the run, for its warnings."""
-        self.name, self.setting = name, config.sharpness_setting
+    def __init__(self, config, train_x: torch.Tensor, train_y: torch.Tensor, total_steps: int, name: str = "",
+                 group: Group | None = None):
+        """``config``: a ``zigzag.runconfig.RunConfig``; ``name``: the run, for its warnings; ``group``: the
+        processes the products are split across."""
+        self.name, self.setting, self.group = name, config.sharpness_setting, group
         self.micro_batch, self.seed = config.micro_batch, config.seed
         self.steps = SolveSteps(parse_step_selection(self.setting("every"), total_steps, "sharpness.every"),
                                 *(self.setting(f"refine_{key}") for key in ("every", "from", "until")))
@@ -335,7 +342,8 @@ class SharpnessTracker:
     def measure(self, model: nn.Module, k: int, lr: float, grad: torch.Tensor) -> dict:
         """The sharpness row of step k at theta_k (learning rate ``lr``, gradient ``grad`` = g_k)."""
         pair = top_eigenpair(model, self.x, self.y, self.micro_batch, v0=self.eigenvector, tol=self.setting("tol"),
-                             max_iter=self.setting("max_iter"), ncv=self.setting("ncv"), seed=self.seed)
+                             max_iter=self.setting("max_iter"), ncv=self.setting("ncv"), seed=self.seed,
+                             group=self.group)
         self.eigenvector = pair.eigenvector
         self.steps.record(k, pair.eigenvalue, lr)
         if not pair.converged:
