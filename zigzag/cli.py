@@ -66,9 +66,14 @@ def _train(args) -> int:
     group = join(config.device)  # a torchrun launch: rank 0 alone holds the lock, writes and prints
     if not group.leader:
         sys.stdout = sys.stderr = open(os.devnull, "w")
-    with store.output_lock(*[args.out][:group.leader]):  # before the GPU lease: a second writer stops at once
-        lease = gpulease.lease_for(config.device, args.gpu_locks)  # held until this process exits (one per rank)
-        status = Trainer(config, args.out, progress=not args.quiet, lease=lease).run()
+    try:
+        with store.output_lock(*[args.out][:group.leader]):  # before the GPU lease: a second writer stops at once
+            lease = gpulease.lease_for(config.device, args.gpu_locks)  # held until this process exits (one per rank)
+            status = Trainer(config, args.out, progress=not args.quiet, lease=lease).run()
+    except Exception as err:
+        if not isinstance(err, ZigzagError):  # a failure of this rank's own: its traceback shows
+            sys.stderr = sys.__stderr__
+        raise
     print(f"{args.out}: {status}")
     return 0
 
