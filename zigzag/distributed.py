@@ -23,8 +23,6 @@ from torch import nn
 from zigzag.errors import ZigzagError
 
 TIMEOUT = timedelta(seconds=60)  # a collective waits this long for a peer before the job ends
-# what a collective raises when a peer process is gone: the run then stops as if interrupted
-PEER_LOST = (torch.distributed.DistError,) if hasattr(torch.distributed, "DistError") else ()
 
 
 class Group:
@@ -68,15 +66,20 @@ class Group:
         first, last = self.share(-(-n // micro_batch))
         return first * micro_batch, min(last * micro_batch, n)
 
+    def stopped(self, err: BaseException) -> bool:
+        """Whether ``err`` stops the run as an interrupt does (saying where a rerun resumes): Ctrl-C or SIGTERM
+        (``KeyboardInterrupt``), or a collective that failed because a peer process is gone (gloo raises a
+        plain ``RuntimeError`` naming itself)."""
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        lost = isinstance(err, torch.distributed.DistError) or "gloo" in str(err) or "NCCL" in str(err)
+        return self.distributed and isinstance(err, RuntimeError) and lost
+
     def decide(self, value, choices: tuple):
         """Rank 0's ``value`` (one of ``choices``) on every rank: a decision taken from rank 0's files."""
         if not self.distributed:
             return value
         return choices[int(self.broadcast(torch.tensor(choices.index(value))))]
-
-    def attrs(self) -> dict:
-        """The trajectory file's record of the split: ``processes`` (none for one process)."""
-        return {"processes": self.size} if self.distributed else {}
 
     def gather(self, tensor: torch.Tensor, total: int) -> torch.Tensor:
         """The slices ``tensor`` [..., stop - start] of every rank (``share(total)`` along the last dimension)

@@ -49,8 +49,8 @@ class StepGradient:
     (each its chunk of the micro-batches, ``Group.batch_share``), then one all-reduce of ``flat`` and the
     scalars, and BatchNorm's running statistics made one process's (``BatchNormStatistics``)."""
 
-    def __init__(self, group: Group, model: torch.nn.Module, micro_batch: int):
-        self.group, self.micro_batch = group, micro_batch
+    def __init__(self, group: Group, model: torch.nn.Module, config: RunConfig):
+        self.group, self.micro_batch = group, config.micro_batch
         self.batch_norm = BatchNormStatistics(model, group) if group.distributed else None
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,

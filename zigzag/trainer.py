@@ -21,7 +21,7 @@ import torch
 from zigzag import gpulease, store
 from zigzag.checkpoints import Checkpoint, check_run_paths
 from zigzag.device import build_on_device, check_memory, load_data, resolve_device
-from zigzag.distributed import PEER_LOST, gpu_index, join
+from zigzag.distributed import gpu_index, join
 from zigzag.errors import Interrupted, ZigzagError
 from zigzag.models import batch_norm_semantics, count_parameters
 from zigzag.precision import Precision
@@ -58,8 +58,7 @@ class Trainer:
         self.model = build_on_device(config, self.data, self.device, self.precision.channels_last)
         # the module the training step calls: compiled (same parameters) when ``compile`` is set
         self.step_model = torch.compile(self.model) if config.compile else self.model
-        self.n_params, self.gradient = count_parameters(self.model), StepGradient(self.group, self.model,
-                                                                                   config.micro_batch)
+        self.n_params, self.gradient = count_parameters(self.model), StepGradient(self.group, self.model, config)
         self.optimizer = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad],
                                          lr=config.effective_lr, momentum=config.momentum, nesterov=config.nesterov,
                                          weight_decay=config.weight_decay)
@@ -107,7 +106,9 @@ class Trainer:
                     # CPU weights in channels_last accumulate into gradient views of the default layout on purpose
                     warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
                     return self._loop()
-        except (KeyboardInterrupt, *PEER_LOST):
+        except (KeyboardInterrupt, RuntimeError) as err:  # Ctrl-C, SIGTERM, or a peer process gone (torchrun)
+            if not self.group.stopped(err):
+                raise
             where = "before the first step" if self.at_step is None else f"at step {self.at_step} of {self.total_steps}"
             raise Interrupted(f"interrupted {where}; {self.checkpoint.resume_hint()}") from None
 
@@ -179,7 +180,7 @@ class Trainer:
             parameter_steps=parse_step_selection(cfg.raw_parameters, self.total_steps, "raw_parameters"),
             raw_compression=None if cfg.raw_compression == "none" else cfg.raw_compression,
             extra_series=store.SHARPNESS_SERIES if self.sharpness.enabled else None,
-            attrs={"device": str(self.device), "batch_norm_semantics": semantics, **self.group.attrs(),
+            attrs={"device": str(self.device), "batch_norm_semantics": semantics,
                    "total_steps": self.total_steps, "batches_per_epoch": self.batches.per_epoch,
                    "dataset_sha256": bound["dataset_sha256"], "code_hash": bound["code"],
                    **self.gpu_attrs, **self.sharpness.attrs(), **self.precision.attrs()},
