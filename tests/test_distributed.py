@@ -26,6 +26,8 @@ SETTINGS = dict(model="cnn", width=0.5, lr=0.05, steps=STEPS, lags=3, micro_batc
                 checkpoint_every=2, device="cpu", raw_gradients="every:1", per_layer=True,
                 sharpness={"every": "every:1", "subset": 48, "tol": 1e-6, "ncv": 12})
 
+FLIPS = 3  # entries within rounding of zero whose sign the summation order may flip, per tensor
+
 
 def train_here(data, out, stop_at=None):
     """One process, in this one, on one thread (the thread count binds a checkpoint); with ``stop_at``
@@ -76,8 +78,9 @@ def read(path):
 
 def assert_same_numbers(one, other):
     """Dots, losses, accuracies within 1e-6 (dots relative to |g_k| |g_(k-l)|: the summation order), the
-    opposite shares within 1e-5 outside the tensors whose gradient is rounding noise (a convolution's bias
-    before BatchNorm: its signs are arbitrary), sharpness within the solver's tol, raw gradients to rounding."""
+    opposite counts within ``FLIPS`` entries per tensor outside the tensors whose gradient is rounding noise (a
+    convolution's bias before BatchNorm: its signs are arbitrary), sharpness within the solver's tol, raw
+    gradients to rounding."""
     a, b = one.steps, other.steps
     for key in ("loss", "accuracy", "test_loss", "test_accuracy", "grad_norm", "grad_eigvec_cosine"):
         np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-9, err_msg=key)
@@ -86,10 +89,12 @@ def assert_same_numbers(one, other):
     np.testing.assert_allclose(b["layer_dot"], a["layer_dot"], rtol=1e-6, atol=1e-6 * scale)
     noise = a["layer_dot"][:, :, 0].max(0) < 1e-12 * a["dot"][:, 0].max()
     assert noise.sum() == 3  # the biases of the three convolutions before BatchNorm
-    np.testing.assert_allclose(b["layer_opposite"][:, ~noise], a["layer_opposite"][:, ~noise], atol=1e-5)
-    noisy_share = np.asarray(one.attrs["layer_sizes"])[noise].sum() / one.attrs["n_params"]
+    sizes = np.asarray(one.attrs["layer_sizes"])
+    flips = np.abs(b["layer_opposite"] - a["layer_opposite"]) * sizes[None, :, None]
+    assert np.nanmax(flips[:, ~noise]) <= FLIPS + 1e-6
+    share = (sizes[noise].sum() + FLIPS) / one.attrs["n_params"]
     for key in ("opposite", "opposite_nonzero", "opposite_weight"):
-        np.testing.assert_allclose(b[key], a[key], atol=1e-5 + noisy_share, err_msg=key)
+        np.testing.assert_allclose(b[key], a[key], atol=share, err_msg=key)
     np.testing.assert_allclose(b["sharpness"], a["sharpness"], rtol=SETTINGS["sharpness"]["tol"])
     with h5py.File(one.path) as f, h5py.File(other.path) as g:
         assert f["raw/gradients"].shape == g["raw/gradients"].shape == (STEPS, one.attrs["n_params"])
@@ -147,4 +152,4 @@ def test_more_processes_than_micro_batches_stop_before_the_first_step():
     """One line naming the limit; the split gives every rank whole micro-batches, in the one-process order."""
     with pytest.raises(ZigzagError, match="invalid processes=5: a step has only 4 micro-batch"):
         Group(0, 5).check_launch({}, 4)
-    assert [Group(r, 3).batch_share(100, 24) for r in range(3)] == [(0, 48), (48, 72), (72, 100)]
+    assert [Group(r, 3).batch_share(100, 24) for r in range(3)] == [(0, 48), (48, 96), (96, 100)]

@@ -240,3 +240,22 @@ def test_the_model_costs_are_the_models_flop_counts():
 def test_usable_cpus_are_the_processes_affinity(monkeypatch):
     monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
     assert pipeline.usable_cpus() == 3
+
+
+def test_a_run_of_several_processes_launches_torchrun_with_one_gpu_each():
+    """processes: N is the workflow's (not a setting of ``zigzag train``): the rule starts torchrun with N
+    processes on one node and asks for N GPUs on CUDA; 1 (the default) is the plain command; 0 is refused."""
+    config = tiny()
+    config["runs"]["cnn_a"].update(processes=2, device="cuda")
+    config = configcheck.checked_config(config, SCHEMA)
+    job = pipeline.run_jobs(config, "cnn_a")[0]
+    launch = shlex.split(pipeline.train_launcher(config, job))
+    assert launch[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "zigzag"]
+    assert pipeline.uses_gpu(config, job) * pipeline.run_processes(config, job) == 2
+    assert "processes" not in pipeline.run_settings(config, job, "data.h5")
+    other = next(j for j in pipeline.all_jobs(config) if pipeline.run_of(config, j) != "cnn_a")
+    assert pipeline.train_launcher(config, other) == "zigzag" and pipeline.run_processes(config, other) == 1
+    config = tiny()
+    config["runs"]["cnn_a"]["processes"] = 0
+    with pytest.raises(ZigzagError, match="processes"):
+        configcheck.checked_config(config, SCHEMA)
