@@ -6,8 +6,9 @@ each (``torchrun --nproc-per-node 2 -m zigzag train``) against one process of tw
 Both train the same run (ResNet-18 at ``--width`` on ``--samples`` synthetic 3 x 32 x 32 images, micro-batch
 32, lags 8, no sharpness) through the command line; a step's time is the median of the differences of the
 trajectory's ``time`` column after the first step (so neither start-up nor the first step's allocations
-count). Prints both medians and their ratio (2 ranks / 1 process; above 1: the split costs more than it
-gains). The scaling of a step over several GPUs is not measured here (one GPU at most is lent to this project).
+count). Prints the medians, also of one process of one thread, and the ratios (2 ranks / 1 process; above 1:
+the split costs more than it gains). The scaling of a step over several GPUs is not measured here (one GPU at
+most is lent to this project).
 """
 
 from __future__ import annotations
@@ -48,15 +49,17 @@ def main() -> None:
                                    checkpoint_every=args.steps))
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         train = ["-m", "zigzag", "train", "--settings", settings, "--quiet"]
-        subprocess.run([sys.executable, *train, "--threads", "2", "--out", str(folder / "one.h5")], env=env,
-                       check=True)
+        for threads in (2, 1):
+            out = folder / f"one{threads}.h5"
+            subprocess.run([sys.executable, *train, "--threads", str(threads), "--out", str(out)], env=env, check=True)
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         *train, "--threads", "1", "--out", str(folder / "two.h5")], env=env, check=True)
-        one, two = step_seconds(folder / "one.h5"), step_seconds(folder / "two.h5")
+        one, single, two = (step_seconds(folder / f"{name}.h5") for name in ("one2", "one1", "two"))
     print(f"resnet18 width {args.width:g}, {args.samples} images, {args.steps} steps")
     print(f"one process, 2 threads : {one * 1000:8.1f} ms per step")
+    print(f"one process, 1 thread  : {single * 1000:8.1f} ms per step")
     print(f"2 ranks, 1 thread each : {two * 1000:8.1f} ms per step")
-    print(f"ratio (2 ranks / 1 process): {two / one:.2f}")
+    print(f"ratio (2 ranks / 1 process of 2 threads): {two / one:.2f}; (2 ranks / 1 thread): {two / single:.2f}")
 
 
 if __name__ == "__main__":
