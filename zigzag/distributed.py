@@ -26,10 +26,17 @@ TIMEOUT = timedelta(seconds=60)  # a collective waits this long for a peer befor
 
 
 class Group:
-    """The processes of one run: ``rank`` of ``size``; ``slice`` is this rank's share of a flat vector."""
+    """The processes of one run: ``rank`` of ``size``, whose collectives run on ``device`` (with ``nccl``, the
+    process's GPU: a tensor elsewhere goes there and back)."""
 
-    def __init__(self, rank: int = 0, size: int = 1):
-        self.rank, self.size = rank, size
+    def __init__(self, rank: int = 0, size: int = 1, nccl: bool = False):
+        self.rank, self.size, self.nccl = rank, size, nccl
+
+    @property
+    def device(self) -> torch.device:
+        """Where the collectives run: the CPU (gloo), or the current GPU (NCCL; the trainer pins each process to
+        its own, ``device.resolve_device``)."""
+        return torch.device("cuda", torch.cuda.current_device()) if self.nccl else torch.device("cpu")
 
     @property
     def distributed(self) -> bool:
@@ -43,13 +50,19 @@ class Group:
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over the ranks, in place (itself with one process)."""
         if self.distributed:
-            torch.distributed.all_reduce(tensor)
+            moved = tensor.to(self.device)
+            torch.distributed.all_reduce(moved)
+            if moved is not tensor:
+                tensor.copy_(moved)
         return tensor
 
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rank 0's ``tensor`` on every rank, in place."""
         if self.distributed:
-            torch.distributed.broadcast(tensor, 0)
+            moved = tensor.to(self.device)
+            torch.distributed.broadcast(moved, 0)
+            if moved is not tensor:
+                tensor.copy_(moved)
         return tensor
 
     def share(self, n: int, rank: int | None = None) -> tuple[int, int]:
@@ -87,12 +100,13 @@ class Group:
         if not self.distributed:
             return tensor
         width = -(-total // self.size)
-        padded = torch.zeros(*tensor.shape[:-1], width, dtype=tensor.dtype, device=tensor.device)
+        padded = torch.zeros(*tensor.shape[:-1], width, dtype=tensor.dtype, device=self.device)
         padded[..., :tensor.shape[-1]] = tensor
         pieces = [torch.empty_like(padded) for _ in range(self.size)]
         torch.distributed.all_gather(pieces, padded)
         return torch.cat([piece[..., :b - a] for piece, (a, b) in
-                          zip(pieces, (self.share(total, r) for r in range(self.size)), strict=True)], -1)
+                          zip(pieces, (self.share(total, r) for r in range(self.size)), strict=True)], -1
+                         ).to(tensor.device)
 
     def check_launch(self, what: dict, n_micro_batches: int) -> None:
         """One line, on every rank, before the first step: if some rank would take none of a step's
@@ -104,7 +118,7 @@ class Group:
             raise ZigzagError(f"invalid processes={self.size}: a step has only {n_micro_batches} micro-batch(es) to "
                               f"split among them; launch at most {n_micro_batches} processes or lower micro_batch")
         digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).digest()
-        mine = torch.tensor(list(digest), dtype=torch.uint8)
+        mine = torch.tensor(list(digest), dtype=torch.uint8, device=self.device)
         everyone = [torch.empty_like(mine) for _ in range(self.size)]
         torch.distributed.all_gather(everyone, mine)
         differing = [r for r, theirs in enumerate(everyone) if not torch.equal(theirs, everyone[0])]
@@ -124,11 +138,11 @@ def join(device_name: str) -> Group:
     ``KeyboardInterrupt``, so the run says where a rerun resumes."""
     if not launched() or int(os.environ["WORLD_SIZE"]) == 1:
         return Group()
+    cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if not torch.distributed.is_initialized():
-        cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
         torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return Group(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return Group(torch.distributed.get_rank(), torch.distributed.get_world_size(), cuda)
 
 
 def gpu_index() -> int | None:

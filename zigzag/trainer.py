@@ -6,7 +6,8 @@ the learning-rate schedule (zigzag/runschedule.py), the sharpness solves (zigzag
 checkpoints that let a rerun resume (zigzag/checkpoints.py). Loss and accuracy of step k come from the same
 forward passes that computed g_k. The finished trajectory is renamed from ``<out>.resume/`` to ``<out>`` at
 the end. A run holds the lock of ``<out>`` (``store.output_lock``) while it trains, so a second run of the
-same output stops at once.
+same output stops at once. Under torchrun the run is split across the launch's processes (zigzag/distributed.py):
+the step's micro-batches, the lag ring and the sharpness's products; rank 0 alone evaluates, writes and prints.
 """
 
 from __future__ import annotations
