@@ -258,3 +258,22 @@ def test_a_from_dataset_is_resolved_against_the_config_folder_and_prepared_from_
     config["datasets"]["tiny"]["download"] = True
     with pytest.raises(ZigzagError, match="data_root and download are for the built-in sources"):
         configcheck.checked_config(config, SCHEMA, tmp_path)
+
+
+def test_a_run_of_several_processes_launches_torchrun_with_one_gpu_each():
+    """processes: N is the workflow's (not a setting of ``zigzag train``): the rule starts torchrun with N
+    processes on one node and asks for N GPUs on CUDA; 1 (the default) is the plain command; 0 is refused."""
+    config = tiny()
+    config["runs"]["cnn_a"].update(processes=2, device="cuda")
+    config = configcheck.checked_config(config, SCHEMA)
+    job = pipeline.run_jobs(config, "cnn_a")[0]
+    launch = shlex.split(pipeline.train_launcher(config, job))
+    assert launch[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "zigzag"]
+    assert pipeline.uses_gpu(config, job) * pipeline.run_processes(config, job) == 2
+    assert "processes" not in pipeline.run_settings(config, job, "data.h5")
+    other = next(j for j in pipeline.all_jobs(config) if pipeline.run_of(config, j) != "cnn_a")
+    assert pipeline.train_launcher(config, other) == "zigzag" and pipeline.run_processes(config, other) == 1
+    config = tiny()
+    config["runs"]["cnn_a"]["processes"] = 0
+    with pytest.raises(ZigzagError, match="processes"):
+        configcheck.checked_config(config, SCHEMA)

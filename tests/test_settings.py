@@ -37,7 +37,7 @@ def config(**runs) -> dict:
 
 def test_every_run_setting_is_a_train_flag_and_a_config_key_with_its_default():
     schema = configcheck.load_schema(SCHEMA)["properties"]["runs"]["additionalProperties"]
-    assert set(schema["properties"]) == {f.name for f in dataclasses.fields(RunConfig)} | {"seeds"}
+    assert set(schema["properties"]) == {f.name for f in dataclasses.fields(RunConfig)} | {"seeds", "processes"}
     assert schema["required"] == ["dataset", "model"]
     train = flags("train")
     for name, spec in specs(RunConfig).items():

@@ -77,8 +77,10 @@ class Checkpoint:
     """The checkpoint of the run of ``config`` on ``device`` that writes ``out``; ``step`` is the step of the
     last checkpoint on disk (None: none yet)."""
 
-    def __init__(self, out: str | os.PathLike, config: RunConfig, device: torch.device):
+    def __init__(self, out: str | os.PathLike, config: RunConfig, device: torch.device, writes: bool = True):
+        """``writes``: False in the processes of a launch other than rank 0, which read the checkpoint only."""
         self.out, self.settings, self.dataset, self.device = Path(out), config.to_dict(), config.dataset, device
+        self.writes = writes
         # BINDING's values; the thread count changes the CPU's reductions, so it binds CPU runs only
         model_file = factory_file(config.model, (Path.cwd(),)) if is_custom(config.model) else None
         self.binding = {"dataset_sha256": store.file_sha256(config.dataset), "code": code_hash("train"),
@@ -97,6 +99,9 @@ class Checkpoint:
         loads with ``weights_only=True``) as the state after ``n_steps`` steps, once the trajectory file holds
         all of them. A failed write (disk full) raises ``OSError`` naming the file, after removing the
         half-written one."""
+        if not self.writes:
+            self.step = n_steps
+            return
         state = {"config": self.settings, **self.binding, "n_steps": n_steps, **state}
         tmp = self.path.with_suffix(".tmp")
         last = self.path.stat().st_size if self.path.exists() else 0
@@ -134,8 +139,8 @@ class Checkpoint:
     def finished(self) -> str | None:
         """The status of ``out`` if it is the finished trajectory of the run whose checkpoint is still in the
         resume folder (killed between the final rename and the cleanup) and that run is this one; the leftover
-        folder is then removed. None otherwise."""
-        if self.partial.exists() or not (self.out.is_file() and self.path.exists()):
+        folder is then removed. None otherwise (and in a process that does not write)."""
+        if not self.writes or self.partial.exists() or not (self.out.is_file() and self.path.exists()):
             return None
         state = self._read()
         if state is None or self._changes(state):
@@ -161,7 +166,25 @@ class Checkpoint:
     def remove(self) -> None:
         """Delete the resume folder (checkpoint and partial trajectory); one line, deleting nothing, if it holds
         anything else (``remove_resume_folder``)."""
-        remove_resume_folder(self.folder)
+        if self.writes:
+            remove_resume_folder(self.folder)
+
+    def publish(self) -> None:
+        """Rename the finished partial trajectory to ``out`` and delete the resume folder (a warning, keeping the
+        exit status, if it holds anything else)."""
+        if not self.writes:
+            return
+        os.replace(self.partial, self.out)
+        try:
+            self.remove()
+        except ZigzagError as err:  # the output is complete: say what was left, keep the exit status
+            print(f"warning: {err}", file=sys.stderr)
+
+    def start_afresh(self) -> None:
+        """An empty resume folder for a run from step 0 (what was there removed)."""
+        self.remove()
+        if self.writes:
+            self.folder.mkdir(parents=True)
 
     def _read(self) -> dict | None:
         """The checkpoint's state, loaded so that nothing in it can run code (``weights_only=True``); None

@@ -59,12 +59,21 @@ def _train(args) -> int:
 
     from zigzag import gpulease, store
     from zigzag.checkpoints import check_run_paths
+    from zigzag.distributed import join
     from zigzag.trainer import Trainer
 
     check_run_paths(args.out, [config.dataset, *([args.config] if args.config else [])])
-    with store.output_lock(args.out):  # before the GPU lease: a second writer of this output stops at once
-        lease = gpulease.lease_for(config.device, args.gpu_locks)  # held until this process exits
-        status = Trainer(config, args.out, progress=not args.quiet, lease=lease).run()
+    group = join(config.device)  # a torchrun launch: rank 0 alone holds the lock, writes and prints
+    if not group.leader:
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+    try:
+        with store.output_lock(*[args.out][:group.leader]):  # before the GPU lease: a second writer stops at once
+            lease = gpulease.lease_for(config.device, args.gpu_locks)  # held until this process exits (one per rank)
+            status = Trainer(config, args.out, progress=not args.quiet, lease=lease).run()
+    except Exception as err:
+        if not isinstance(err, ZigzagError):  # a failure of this rank's own: its traceback shows
+            sys.stderr = sys.__stderr__
+        raise
     print(f"{args.out}: {status}")
     return 0
 

@@ -21,7 +21,7 @@ from zigzag.errors import ZigzagError
 from zigzag.figurekinds import KINDS, figure_schemas, kind_of
 from zigzag.modelimport import factory_file, is_custom
 from zigzag.pipeline import claim_groups, entry_references, planned_outputs, single_seed_settings
-from zigzag.settings import keys_schema
+from zigzag.settings import PROCESSES, keys_schema
 from zigzag.sweeps import AXES, axis_schema, expand_sweeps
 
 
@@ -90,7 +90,8 @@ def load_schema(schema_path: str | Path) -> dict:
     schema = yaml.safe_load(Path(schema_path).read_text())
     run, sections = RunConfig.json_schema(), schema["properties"]
     entry = sections["runs"]["additionalProperties"]  # holds what is not a run setting (seeds)
-    entry.update(required=run["required"], properties={**run["properties"], **entry.get("properties", {})})
+    entry.update(required=run["required"], properties={**run["properties"], **entry.get("properties", {}),
+                                                        "processes": PROCESSES.json_schema()})
     sections["analysis"].update(AnalysisConfig.json_schema(), default={})
     dataset = sections["datasets"]["additionalProperties"]["properties"]
     dataset["source"]["enum"] = list(SOURCES)

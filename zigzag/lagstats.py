@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -51,6 +51,34 @@ class LagStats(NamedTuple):
     opposite: torch.Tensor
     opposite_nonzero: torch.Tensor
     opposite_weight: torch.Tensor
+
+
+class LagSums(NamedTuple):
+    """One step's partial sums against each ring row (ring order, float64 on the CPU), over the entries the ring
+    holds: <g_k, g_j>, sum |g_k g_j|, the opposite-sign count, the entries non-zero in both, and per tensor
+    [n_layers, L+1] the dot and the opposite count (None without layers). Sums over slices of the vector add up
+    to the whole vector's."""
+
+    dot: torch.Tensor
+    overlap: torch.Tensor
+    opposite: torch.Tensor
+    nonzero: torch.Tensor
+    layer_dot: torch.Tensor | None
+    layer_opposite: torch.Tensor | None
+
+    def flatten(self) -> torch.Tensor:
+        return torch.cat([series.reshape(-1) for series in self if series is not None])
+
+    def unflatten(self, flat: torch.Tensor) -> LagSums:
+        """These sums' shapes filled from ``flat`` (what ``flatten`` gave, after a reduction)."""
+        pieces, offset = [], 0
+        for series in self:
+            if series is None:
+                pieces.append(None)
+                continue
+            pieces.append(flat[offset:offset + series.numel()].view_as(series))
+            offset += series.numel()
+        return LagSums(*pieces)
 
 
 class LayerStats(NamedTuple):
@@ -106,9 +134,12 @@ class LagRing:
     """Ring buffer of the last ``lags + 1`` gradients; ``push(g)`` returns the step's ``LagStats``."""
 
     def __init__(self, n_params: int, lags: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, layer_sizes: list[int] | None = None):
+                 dtype: torch.dtype = torch.float32, layer_sizes: list[int] | None = None,
+                 total: int | None = None, layer_totals: list[int] | None = None):
         """``layer_sizes``: the entries of each parameter tensor in the flat gradient's order (summing to
-        ``n_params``), for ``push_layers``."""
+        ``n_params``), for ``push_layers``. A ring of one slice of a longer vector (``push``'s ``reduce``) holds
+        ``n_params`` of its ``total`` entries, ``layer_sizes`` of each tensor's ``layer_totals`` (0 for a tensor
+        outside the slice)."""
         if lags < 1:
             raise ValueError("lags must be >= 1")
         self.lags = lags
@@ -129,19 +160,32 @@ class LagRing:
         span = CHUNK * (GPU_SPAN if torch.device(device).type == "cuda" else 1)
         self._abs = torch.empty(lags + 1, min(span, n_params), dtype=dtype, device=device)
         self.layers = None if layer_sizes is None else _LayerBlocks(layer_sizes, n_params, lags, dtype, device)
+        self.total = n_params if total is None else total
+        if layer_sizes is not None:
+            self.layer_totals = torch.tensor(layer_totals or layer_sizes, dtype=torch.float64).unsqueeze(1)
         self.step = 0  # number of gradients pushed so far
 
-    def push(self, grad: torch.Tensor) -> LagStats:
-        """Store g_k (k = number pushed before) and return its ``LagStats`` (float64 on the CPU)."""
-        return self._push(grad, layers=False)[0]
+    def push(self, grad: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LagStats:
+        """Store g_k (k = number pushed before) and return its ``LagStats`` (float64 on the CPU). ``reduce``: for
+        a ring of one slice of the vector, the sum across the slices of a flat float64 tensor of partial sums
+        (``LagSums``), applied before the ratios are formed."""
+        return self._push(grad, layers=False, reduce=reduce)[0]
 
-    def push_layers(self, grad: torch.Tensor) -> tuple[LagStats, LayerStats]:
+    def push_layers(self, grad: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> tuple[LagStats, LayerStats]:
         """``push``, and the same step's ``LayerStats`` (a ring made with ``layer_sizes``)."""
         if self.layers is None:
             raise ValueError("push_layers needs a LagRing made with layer_sizes")
-        return self._push(grad, layers=True)
+        return self._push(grad, layers=True, reduce=reduce)
 
-    def _push(self, grad: torch.Tensor, layers: bool) -> tuple[LagStats, LayerStats | None]:
+    def _push(self, grad: torch.Tensor, layers: bool, reduce) -> tuple[LagStats, LayerStats | None]:
+        sums = self._sums(grad, layers)
+        if reduce is not None:
+            sums = sums.unflatten(reduce(sums.flatten()))
+        return self._ratios(sums)
+
+    def _sums(self, grad: torch.Tensor, layers: bool) -> LagSums:
+        """Store g_k in the ring and return its partial sums against every ring row (ring order)."""
         k, width = self.step, self.lags + 1
         row = k % width
         self.values[row].copy_(grad)
@@ -152,27 +196,34 @@ class LagRing:
         target = torch.neg(self.signs[row], out=self._target)
         ring_dot, ring_abs = self._dot64(grad)
         # Row by row into one reused buffer: no (L+1) x P temporary.
+        layer_dot = layer_opposite = None
         if layers:  # counted per tensor slice: their sum is the whole count
             layer_opposite = torch.stack([self.layers.count(torch.eq(self.signs[i], target, out=self._match))
                                           for i in range(width)]).cpu()
             ring_opposite = layer_opposite.sum(1)
+            layer_dot, layer_opposite = self.layers.dot(self.values, grad, self._partials).cpu(), layer_opposite.T
         else:
             ring_opposite = torch.stack([torch.count_nonzero(torch.eq(self.signs[i], target, out=self._match))
                                          for i in range(width)]).cpu()
         ring_nonzero = grad.numel() - self.zeros[row] - self.zeros + self._both_zero(row)
+        return LagSums(ring_dot.cpu(), ring_abs.cpu(), ring_opposite.double(), ring_nonzero.double(), layer_dot,
+                       None if layer_opposite is None else layer_opposite.double())
+
+    def _ratios(self, sums: LagSums) -> tuple[LagStats, LayerStats | None]:
+        """The step's ``LagStats`` (and ``LayerStats`` when ``sums`` has them) from its partial sums over the
+        whole vector."""
+        k, width = self.step, self.lags + 1
         # Ring row of lag l is (k - l) mod (L + 1).
         order = torch.tensor([(k - lag) % width for lag in range(width)])
-        dot, overlap = ring_dot.cpu()[order], ring_abs.cpu()[order]
-        flipped = ring_opposite[order].double()
+        dot, overlap, flipped = sums.dot[order], sums.overlap[order], sums.opposite[order]
         # sum |g_j g_k| >= <g_j, g_k>, so the share lies in [0, 1]; float32 blocks can put it 1e-7 outside
         weight = ((overlap - dot) / (2 * overlap)).clamp_(0.0, 1.0)
         weight[0] = weight[0] * 0  # g_k against itself flips nothing (0, or NaN for g_k = 0): not the rounding
-        stats = LagStats(dot, flipped / grad.numel(), flipped / ring_nonzero[order].double(), weight)
+        stats = LagStats(dot, flipped / self.total, flipped / sums.nonzero[order], weight)
         undefined = torch.arange(width) > k
         per_layer = None
-        if layers:
-            per_layer = LayerStats(self.layers.dot(self.values, grad, self._partials).cpu()[:, order],
-                                   layer_opposite[order].T.double() / self.layers.sizes)
+        if sums.layer_dot is not None:
+            per_layer = LayerStats(sums.layer_dot[:, order], sums.layer_opposite[:, order] / self.layer_totals)
         for series in (*stats, *(per_layer or ())):
             series[..., undefined] = float("nan")
         self.step = k + 1
@@ -237,9 +288,8 @@ class _LayerBlocks:
     inside one, and the pieces (one per tensor) of each block that straddles a boundary."""
 
     def __init__(self, sizes: list[int], n_params: int, lags: int, dtype: torch.dtype, device):
-        if sum(sizes) != n_params or min(sizes) < 1:
-            raise ValueError(f"layer sizes sum to {sum(sizes)}, not n_params = {n_params}, or one is < 1")
-        self.sizes = torch.tensor(sizes, dtype=torch.float64).unsqueeze(1)
+        if sum(sizes) != n_params or min(sizes) < 0:
+            raise ValueError(f"layer sizes sum to {sum(sizes)}, not n_params = {n_params}, or one is < 0")
         ends = torch.tensor(sizes).cumsum(0)
         self.bounds = list(zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True))
         starts = torch.arange(0, n_params, CHUNK)

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 
 from zigzag.analysisconfig import AnalysisConfig
 from zigzag.estimate import run_work, train_images
 from zigzag.figurekinds import kind_of, labelled_runs, references
 from zigzag.modelimport import factory_file, is_custom
+from zigzag.settings import PROCESSES
 
 
 def claim_groups(config: dict) -> dict[str, list[str]]:
@@ -120,7 +122,7 @@ def trained_jobs(config: dict) -> list[str]:
 
 
 def single_seed_settings(run: dict, seed: int, dataset_path: str) -> dict:
-    settings = {key: value for key, value in run.items() if key != "seeds"}
+    settings = {key: value for key, value in run.items() if key not in ("seeds", "processes")}
     settings.update(seed=seed, dataset=dataset_path)
     if settings["schedule"].get("kind") == "constant":
         settings["schedule"] = {}
@@ -194,6 +196,20 @@ def analysis_args(config: dict, job: str) -> str:
     """``zigzag analyze`` flags of a job: the config's analysis settings and the windows its figures draw."""
     windows = ",".join(map(str, run_windows(config, job))) or "none"
     return AnalysisConfig(**config["analysis"], windows=windows).args()
+
+
+def run_processes(config: dict, job: str) -> int:
+    """The processes a job's run is split across (its ``processes``, ``settings.PROCESSES``)."""
+    return config["runs"][run_of(config, job)].get("processes", PROCESSES.default)
+
+
+def train_launcher(config: dict, job: str) -> str:
+    """The command that starts a job's ``train``: ``zigzag`` (the workflow's shell function), or torchrun with
+    one process per ``processes`` on this node."""
+    processes = run_processes(config, job)
+    if processes == 1:
+        return "zigzag"
+    return f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone --nproc-per-node {processes} -m zigzag"
 
 
 def uses_gpu(config: dict, job: str) -> int:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from zigzag import fingerprint, store
+from zigzag.distributed import Group
 from zigzag.errors import ZigzagError
 from zigzag.lagstats import FlatGradients, LagRing
 from zigzag.rawdump import RawGradientWriter
@@ -92,13 +93,14 @@ class Recorder:
                  raw_compression: str | None = None, extra_series: dict[str, str] | None = None,
                  parameter_steps: set[int] | int | None = None, attrs: dict | None = None,
                  per_layer: bool = False, closure: Callable[[], torch.Tensor] | None = None,
-                 sharpness: dict | None = None, resume: dict | bool | None = None):
+                 sharpness: dict | None = None, resume: dict | bool | None = None, group: Group | None = None):
         """Create ``path`` (``settings``: the run's settings, stored as its ``config``; ``n_train``: training
         examples; ``attrs``: more file attributes, beside the arithmetic's fingerprint), or with ``resume`` (a
         ``state_dict`` with ``n_steps`` and ``elapsed`` added) reopen the unfinished file there, truncated to its
         first ``n_steps`` steps (``store.ZigzagError`` if it is damaged); ``resume=True``: the same from
         ``<path>.ring.h5`` (see the class); ``parameter_steps``: the steps whose theta_k goes to
-        ``/raw/parameters`` (None: none)."""
+        ``/raw/parameters`` (None: none). ``group``: the processes of a run split across them
+        (zigzag/distributed.py), each keeping the lag ring of its slice of g_k; rank 0 alone writes the file."""
         self.parameters = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
         if not self.parameters or not all(p.requires_grad for p in self.parameters):
             raise ValueError("params must be a non-empty iterable of parameters that require grad")
@@ -114,28 +116,35 @@ class Recorder:
         self.gradients = FlatGradients(model, self.parameters)
         n_params = self.gradients.flat.numel()
         device = self.gradients.flat.device
+        self.group = group or Group()
+        if not self.group.leader:
+            raw_steps = parameter_steps = None
         self.raw_steps, self.parameter_steps = raw_steps, parameter_steps
         names = {id(p): name for name, p in model.named_parameters()}
         layers = {names.get(id(p), f"parameter{i}"): p.numel() for i, p in enumerate(self.parameters)} \
             if per_layer else None
+        self.share = self.group.share(n_params)  # the entries [start, stop) of g_k in this process's ring
         # allocated before the file is touched
-        self.ring = LagRing(n_params, lags, device, layer_sizes=list(layers.values()) if per_layer else None)
+        self.ring = LagRing(self.share[1] - self.share[0], lags, device, total=n_params,
+                            layer_sizes=_clipped(layers.values(), *self.share) if per_layer else None,
+                            layer_totals=list(layers.values()) if per_layer else None)
         self.ring_path = ring_file(path)
         if resume is True:
             resume = self._saved_state(path) if os.path.exists(path) else None
-        if resume is None:
+        self.writer = None  # rank 0's alone
+        if self.group.leader and resume is None:
             self.writer = store.TrajectoryWriter.create(
                 path, settings or {}, n_params=n_params, n_train=n_train, lags=lags,
                 raw_dtype=raw_dtype if raw_steps is not None else None, raw_compression=raw_compression,
                 raw_parameters=parameter_steps is not None, extra_series=extra_series,
                 attrs={**fingerprint.attrs(device), **(attrs or {})}, layers=layers)
-            elapsed = 0.0
-        else:
+        elif self.group.leader:
             self.writer = store.TrajectoryWriter.reopen(path, resume["n_steps"])
-            self.ring.load_state_dict(resume["ring"])
+        if resume is not None:
+            self.load_ring(resume["ring"])
             if self.tracker is not None and "sharpness" in resume:
                 self.tracker.load_state_dict(resume["sharpness"])
-            elapsed = resume["elapsed"]
+        elapsed = 0.0 if resume is None else resume["elapsed"]
         self.raw = RawGradientWriter(self.writer, n_params, raw_dtype, device) if raw_steps is not None else None
         self.started = time.perf_counter() - elapsed
 
@@ -160,9 +169,10 @@ class Recorder:
         except (OSError, KeyError) as err:
             raise ZigzagError(f"{path}: no lag ring to resume from ({self.ring_path}: {err}); delete {path} to start "
                               f"afresh") from None
-        if values.shape != self.ring.values.shape:
+        expected = (self.ring.lags + 1, self.gradients.flat.numel())
+        if tuple(values.shape) != expected:
             raise ZigzagError(f"{self.ring_path}: a lag ring of shape {tuple(values.shape)}, this recorder's is "
-                              f"{tuple(self.ring.values.shape)} (lags + 1, parameters): other lags or parameters")
+                              f"{expected} (lags + 1, parameters): other lags or parameters")
         return state
 
     @property
@@ -181,11 +191,12 @@ class Recorder:
         queued for ``/raw/gradients`` if the step is selected and its norm finite, and theta_k written if its step
         is selected; ``record`` without writing the row (call it before the optimizer step)."""
         k, flat = self.step, self.gradient()
-        layers = {}
+        layers, mine = {}, flat[self.share[0]:self.share[1]]
+        reduce = self.group.sum if self.group.distributed else None
         if self.ring.layers is None:
-            stats = self.ring.push(flat)
+            stats = self.ring.push(mine, reduce)
         else:
-            stats, per_layer = self.ring.push_layers(flat)
+            stats, per_layer = self.ring.push_layers(mine, reduce)
             layers = {"layer_dot": per_layer.dot.numpy(), "layer_opposite": per_layer.opposite.numpy()}
         grad_norm = math.sqrt(stats.dot[0]) if stats.dot[0] >= 0 else math.nan
         if self.raw is not None and selected(self.raw_steps, k) and math.isfinite(grad_norm):
@@ -198,7 +209,8 @@ class Recorder:
     def write(self, row: dict) -> None:
         """Append ``row`` (with ``time`` now, unless it has one) as the next step of the file."""
         row.setdefault("time", time.perf_counter() - self.started)
-        self.writer.append(row)
+        if self.writer is not None:
+            self.writer.append(row)
 
     def record(self, **series) -> dict:
         """Record step k: the lag statistics of g_k (see the class) and ``series`` (e.g. ``loss=``, ``lr=``);
@@ -217,7 +229,8 @@ class Recorder:
         """Put every step recorded so far in the file (raw gradients included)."""
         if self.raw is not None:
             self.raw.drain()
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def checkpoint(self) -> None:
         """Flush the file and save what ``resume=True`` continues from (the class says where and how)."""
@@ -234,12 +247,25 @@ class Recorder:
         os.replace(partial, self.ring_path)
 
     def state_dict(self) -> dict:
-        """What a resume needs besides the file: the lag ring and the file's ``trajectory_id``."""
-        return {"ring": self.ring.state_dict(), "trajectory_id": str(self.writer.f.attrs["trajectory_id"])}
+        """What a resume needs besides the file: the lag ring (the whole vector's, gathered from every process:
+        call it on every rank) and the file's ``trajectory_id``."""
+        ring = self.ring.state_dict()
+        n_params = self.gradients.flat.numel()
+        ring.update({key: self.group.gather(ring[key], n_params) for key in ("values", "signs")})
+        trajectory_id = "" if self.writer is None else str(self.writer.f.attrs["trajectory_id"])
+        return {"ring": ring, "trajectory_id": trajectory_id}
+
+    def load_ring(self, state: dict) -> None:
+        """Restore the lag ring from a ``state_dict``'s whole-vector ring, taking this process's slice."""
+        start, stop = self.share
+        self.ring.load_state_dict({**state, "values": state["values"][:, start:stop],
+                                   "signs": state["signs"][:, start:stop]})
 
     def finish(self, status: str = "completed", **attrs) -> None:
         """Write what is left, set ``status`` and ``attrs`` (``total_steps``, unless the file has it: the steps
         recorded), and close the file."""
+        if self.writer is None:
+            return
         if self.raw is not None:
             self.raw.close()
         if "total_steps" not in self.writer.f.attrs:
@@ -252,8 +278,10 @@ class Recorder:
         saved for ``resume=True`` (``checkpoint``)."""
         if self.raw is not None:
             self.raw.close()
-        self.checkpoint()
-        self.writer.close()
+        if self.writer is not None:
+            if not self.group.distributed:
+                self.checkpoint()
+            self.writer.close()
 
     def __enter__(self) -> Recorder:
         return self
@@ -283,3 +311,12 @@ def _sharpness_settings(sharpness: dict, seed: int) -> SimpleNamespace:
             SHARPNESS[key].check(f"sharpness.{key}", value)
     return SimpleNamespace(sharpness_setting=lambda key: sharpness.get(key, SHARPNESS[key].default), micro_batch=0,
                            seed=seed, loss="cross_entropy")  # the default operator's loss; the closure replaces it
+
+
+def _clipped(sizes, start: int, stop: int) -> list[int]:
+    """The entries of each tensor (``sizes``, in flat order) that lie in [start, stop)."""
+    clipped, offset = [], 0
+    for size in sizes:
+        clipped.append(max(0, min(stop, offset + size) - max(start, offset)))
+        offset += size
+    return clipped

@@ -110,6 +110,13 @@ def _number(bound) -> str:
     return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e16 else f"{bound:g}"
 
 
+# A run's processes: a workflow setting beside seeds (how the train rule launches a run, not what it computes:
+# the numbers are one process's, and a run resumes on any count), so no flag of ``zigzag train``.
+PROCESSES = Spec(help="processes one run is split across on one node (torchrun: the micro-batches of every step "
+                      "shared out, one GPU each on CUDA; zigzag/distributed.py)", type="int", default=1, low=1,
+                 flag=False)
+
+
 def setting(default, help: str, **spec) -> dataclasses.Field:
     """A dataclass field declared with its ``Spec`` (the type comes from the field's annotation)."""
     metadata = {"spec": Spec(help=help, default=default, **spec)}

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zigzag.distributed import Group
 from zigzag.errors import ZigzagError
 from zigzag.losses import logits, loss_sum
 from zigzag.settings import parse_step_selection
@@ -93,14 +94,16 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int,
-                 loss: str = "cross_entropy"):
-        self.model, self.loss = model, loss
+                 loss: str = "cross_entropy", group: Group | None = None):
+        """``loss``: the training loss (zigzag/losses.py); ``group``: the processes a run is split across
+        (zigzag/distributed.py); each takes its chunk of the micro-batches and the products are summed across them."""
+        self.model, self.loss, self.group = model, loss, group or Group()
         self.params = [p.detach().clone(memory_format=torch.contiguous_format).requires_grad_()
                        for p in _trainable(model)]
         self.names = [name for name, p in model.named_parameters() if p.requires_grad]
         self.batches = [(images[i: i + micro_batch].clone(memory_format=torch.contiguous_format),
                          labels[i: i + micro_batch])
-                        for i in range(0, len(images), micro_batch)]
+                        for i in range(*self.group.batch_share(len(images), micro_batch), micro_batch)]
         self.n = len(images)
         self.retain = True  # keep every micro-batch's graph between products
         self.gradients: list[tuple[torch.Tensor, ...]] | None = None
@@ -135,7 +138,7 @@ class HessianOperator:
             hv = torch.autograd.grad(gradient, self.params, grad_outputs=tangents, retain_graph=self.retain,
                                      allow_unused=True, materialize_grads=True)
             result += torch.cat([h.reshape(-1) for h in hv])
-        return result / self.n
+        return self.group.sum(result) / self.n
 
     def __call__(self, vector: torch.Tensor) -> torch.Tensor:
         first = self.params[0]
@@ -221,13 +224,15 @@ def top_eigenpair_of(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
 
 def top_eigenpair(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, micro_batch: int, *,
                   v0: torch.Tensor | None = None, tol: float = TOL, max_iter: int = MAX_ITER,
-                  seed: int = 0, ncv: int | None = None, loss: str = "cross_entropy") -> Eigenpair:
+                  seed: int = 0, ncv: int | None = None, loss: str = "cross_entropy",
+                  group: Group | None = None) -> Eigenpair:
     """Sharpness of the training loss ``loss`` at the model's current parameters: ``top_eigenpair_of`` applied
-    to a ``HessianOperator`` (same arguments and semantics as both; the model is left as found).
+    to a ``HessianOperator`` (same arguments and semantics as both; the model is left as found). Split across
+    ``group``, every rank solves on the same summed products from the same start: the same vectors everywhere.
 
     ``images``/``labels`` should already be on the model's device; the eigenvector comes back there.
     """
-    operator = HessianOperator(model, images, labels, micro_batch, loss)
+    operator = HessianOperator(model, images, labels, micro_batch, loss, group)
     first = operator.params[0]
     return top_eigenpair_of(
         operator, sum(p.numel() for p in operator.params), device=first.device, dtype=first.dtype,
@@ -335,11 +340,11 @@ class SharpnessTracker:
     from the last eigenvector."""
 
     def __init__(self, config, train_x: torch.Tensor | None, train_y: torch.Tensor | None, total_steps: int,
-                 name: str = ""):
+                 name: str = "", group: Group | None = None):
         """``config``: a ``zigzag.runconfig.RunConfig`` (or what has its ``sharpness_setting``, ``micro_batch``,
-        ``seed`` and ``loss``); ``name``: the run, for its warnings. Without ``train_x`` every ``measure`` brings its
-        operator."""
-        self.name, self.setting = name, config.sharpness_setting
+        ``seed`` and ``loss``); ``name``: the run, for its warnings; ``group``: the processes the products are split
+        across. Without ``train_x`` every ``measure`` brings its operator."""
+        self.name, self.setting, self.group = name, config.sharpness_setting, group
         self.micro_batch, self.seed, self.loss = config.micro_batch, config.seed, config.loss
         self.steps = SolveSteps(parse_step_selection(self.setting("every"), total_steps, "sharpness.every"),
                                 *(self.setting(f"refine_{key}") for key in ("every", "from", "until")))
@@ -365,7 +370,7 @@ class SharpnessTracker:
                 operator: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
         """The sharpness row of step k at theta_k (learning rate ``lr``, gradient ``grad`` = g_k); ``operator``:
         v -> H v with ``params`` (default: the ``HessianOperator`` of the run's mean loss on the subset)."""
-        operator = operator or HessianOperator(model, self.x, self.y, self.micro_batch, self.loss)
+        operator = operator or HessianOperator(model, self.x, self.y, self.micro_batch, self.loss, self.group)
         first = operator.params[0]
         pair = top_eigenpair_of(operator, sum(p.numel() for p in operator.params), device=first.device,
                                 dtype=first.dtype, v0=self.eigenvector, tol=self.setting("tol"),

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from zigzag.distributed import BatchNormStatistics, Group
 from zigzag.errors import ZigzagError
 from zigzag.losses import logits, loss_sum
 from zigzag.runconfig import RunConfig
@@ -24,15 +25,16 @@ from zigzag.settings import MAX_STEPS
 
 
 def accumulate_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        micro_batch: int, loss: str = "cross_entropy") -> tuple[torch.Tensor, torch.Tensor]:
+                        micro_batch: int, loss: str = "cross_entropy",
+                        n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Add the gradient of the mean ``loss`` over (x, y) to the parameters' ``.grad``.
 
-    Sum-reduced loss per micro-batch divided by n = len(x), so every example weighs 1/n whatever the
-    micro-batches; returns (loss sum, correct count) as tensors.
+    Sum-reduced loss per micro-batch divided by n (default len(x); for a process's part of a batch, the whole
+    batch's), so every example weighs 1/n whatever the micro-batches; returns (loss sum, correct count) as tensors.
     """
-    n = len(x)
+    n = len(x) if n is None else n
     total, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
-    for i in range(0, n, micro_batch):
+    for i in range(0, len(x), micro_batch):
         xb, yb = x[i:i + micro_batch], y[i:i + micro_batch]
         out = logits(model(xb))
         batch_loss = loss_sum(out, yb, loss)
@@ -40,6 +42,30 @@ def accumulate_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
         total += batch_loss.detach()
         correct += (out.detach().argmax(1) == yb).sum()
     return total, correct
+
+
+class StepGradient:
+    """The gradient of a step's batch into the flat gradient ``flat`` (the parameters' ``.grad``), returning
+    (loss sum, correct count): ``accumulate_gradient`` in one process; split across the processes of ``group``
+    (each its chunk of the micro-batches, ``Group.batch_share``), then one all-reduce of ``flat`` and the
+    scalars, and BatchNorm's running statistics made one process's (``BatchNormStatistics``)."""
+
+    def __init__(self, group: Group, model: torch.nn.Module, config: RunConfig):
+        self.group, self.micro_batch, self.loss = group, config.micro_batch, config.loss
+        self.batch_norm = BatchNormStatistics(model, group) if group.distributed else None
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.group.distributed:
+            return accumulate_gradient(model, x, y, self.micro_batch, self.loss)
+        start, stop = self.group.batch_share(len(x), self.micro_batch)
+        self.batch_norm.before()
+        loss_sum, correct = accumulate_gradient(model, x[start:stop], y[start:stop], self.micro_batch, self.loss,
+                                                n=len(x))
+        self.batch_norm.after(-(-len(x) // self.micro_batch), -(-stop // self.micro_batch))
+        self.group.sum(flat)
+        scalars = self.group.sum(torch.stack((loss_sum, correct)))
+        return scalars[0], scalars[1]
 
 
 @torch.no_grad()

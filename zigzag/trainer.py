@@ -6,7 +6,8 @@ the learning-rate schedule (zigzag/runschedule.py), the sharpness solves (zigzag
 checkpoints that let a rerun resume (zigzag/checkpoints.py). Loss and accuracy of step k come from the same
 forward passes that computed g_k. The finished trajectory is renamed from ``<out>.resume/`` to ``<out>`` at
 the end. A run holds the lock of ``<out>`` (``store.output_lock``) while it trains, so a second run of the
-same output stops at once.
+same output stops at once. Under torchrun the run is split across the launch's processes (zigzag/distributed.py):
+the step's micro-batches, the lag ring and the sharpness's products; rank 0 alone evaluates, writes and prints.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from zigzag import gpulease, store
 from zigzag.checkpoints import Checkpoint, check_run_paths
 from zigzag.device import build_on_device, check_memory, load_data, resolve_device
+from zigzag.distributed import gpu_index, join
 from zigzag.errors import Interrupted, ZigzagError
 from zigzag.models import batch_norm_semantics, count_parameters
 from zigzag.precision import Precision
@@ -31,7 +33,7 @@ from zigzag.runschedule import RunSchedule
 from zigzag.scheduleconfig import WINDOW_H
 from zigzag.settings import parse_step_selection
 from zigzag.sharpness import SharpnessTracker
-from zigzag.step import Batches, accumulate_gradient, diverged, evaluate
+from zigzag.step import Batches, StepGradient, diverged, evaluate
 
 
 class Trainer:
@@ -39,21 +41,25 @@ class Trainer:
 
     def __init__(self, config: RunConfig, out: str | os.PathLike, progress: bool = True,
                  lease: gpulease.Lease | None = None):
-        self.config, self.out, self.progress, self.gpu_attrs = config, Path(out), progress, gpulease.attrs(lease)
+        self.config, self.out, self.group = config, Path(out), join(config.device)  # group: torchrun's processes
+        self.gpu_attrs, self.progress = gpulease.attrs(lease), progress and self.group.leader
         check_run_paths(self.out, [config.dataset])
         store.check_writable(self.out)
-        self.device = resolve_device(config.device, None if lease is None else lease.index)
+        self.device = resolve_device(config.device, gpu_index() if lease is None else lease.index)
         self.precision = Precision(config.precision, self.device)
         self.data = load_data(config.dataset, self.device, self.precision.channels_last)
-        self.checkpoint = Checkpoint(self.out, config, self.device)
+        self.checkpoint = Checkpoint(self.out, config, self.device, self.group.leader)
         self.batches = Batches(config, self.data.train_x, self.data.train_y)
+        self.group.check_launch({"settings": config.to_dict(), **self.checkpoint.binding},
+                                -(-(self.batches.batch_size or len(self.data.train_x)) // config.micro_batch))
         self.total_steps = self.batches.total_steps
         self.raw_selection = parse_step_selection(config.raw_gradients, self.total_steps, "raw_gradients")
-        self.sharpness = SharpnessTracker(config, self.data.train_x, self.data.train_y, self.total_steps, str(out))
+        self.sharpness = SharpnessTracker(config, self.data.train_x, self.data.train_y, self.total_steps, str(out),
+                                          self.group)
         self.model = build_on_device(config, self.data, self.device, self.precision.channels_last)
         # the module the training step calls: compiled (same parameters) when ``compile`` is set
         self.step_model = torch.compile(self.model) if config.compile else self.model
-        self.n_params = count_parameters(self.model)
+        self.n_params, self.gradient = count_parameters(self.model), StepGradient(self.group, self.model, config)
         self.optimizer = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad],
                                          lr=config.effective_lr, momentum=config.momentum, nesterov=config.nesterov,
                                          weight_decay=config.weight_decay)
@@ -70,7 +76,7 @@ class Trainer:
         cfg, (x, y) = self.config, self.batches(k)
         self.recorder.gradients.zero_()
         with self.precision.autocast():
-            loss_sum, correct = accumulate_gradient(self.step_model, x, y, cfg.micro_batch, cfg.loss)
+            loss_sum, correct = self.gradient(self.step_model, x, y, self.recorder.gradients.flat)
         self._scalars.copy_(torch.stack((loss_sum, correct)), non_blocking=True)
         statistics = self.recorder.measure()  # reaches the host after the device is done, so after the copy above
         loss_sum, correct = self._scalars.tolist()
@@ -78,7 +84,7 @@ class Trainer:
                "epoch": k // self.batches.per_epoch, **statistics}
         if diverged(row):
             return row
-        if k % cfg.eval_every == 0 or k == self.total_steps - 1:
+        if self.group.leader and (k % cfg.eval_every == 0 or k == self.total_steps - 1):  # rows: rank 0's
             with self.precision.autocast():
                 row["test_loss"], row["test_accuracy"] = evaluate(self.model, self.data.test_x, self.data.test_y,
                                                                   cfg.micro_batch, cfg.loss)
@@ -93,15 +99,17 @@ class Trainer:
         the final status. Ctrl-C (``KeyboardInterrupt``) raises ``Interrupted`` saying the step and where a
         rerun resumes."""
         try:
-            with store.output_lock(self.out):
-                status = self.checkpoint.finished()
+            with store.output_lock(*[self.out][:self.group.leader]):
+                status = self.group.decide(self.checkpoint.finished(), (None, "completed", "diverged"))
                 if status is not None:
                     return status
                 with self.precision.applied(), warnings.catch_warnings():
                     # CPU weights in channels_last accumulate into gradient views of the default layout on purpose
                     warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
                     return self._loop()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RuntimeError) as err:  # Ctrl-C, SIGTERM, or a peer process gone (torchrun)
+            if not self.group.stopped(err):
+                raise
             where = "before the first step" if self.at_step is None else f"at step {self.at_step} of {self.total_steps}"
             raise Interrupted(f"interrupted {where}; {self.checkpoint.resume_hint()}") from None
 
@@ -125,11 +133,7 @@ class Trainer:
         self.recorder.finish(status, **self.schedule.change_point(),
                              **({} if diverged_at is None else {"diverged_at": diverged_at}))
         progress.close()
-        os.replace(self.checkpoint.partial, self.out)
-        try:
-            self.checkpoint.remove()
-        except ZigzagError as err:  # the output is complete: say what was left, keep the exit status
-            print(f"warning: {err}", file=sys.stderr)
+        self.checkpoint.publish()
         return status
 
     def open_trajectory(self) -> int:
@@ -148,9 +152,8 @@ class Trainer:
             if isinstance(err, RuntimeError) and "memory" not in str(err).lower():
                 raise
             check_memory(self.config, self.n_params, self.device, failed=True)
-        if state is None:
-            self.checkpoint.remove()
-            self.checkpoint.folder.mkdir(parents=True)
+        if self.group.decide(state is None, (False, True)):  # rank 0's file decides
+            self.checkpoint.start_afresh()
             self.recorder = self._recorder()
             return 0
         for part in ("model", "optimizer", "schedule", "sharpness"):
@@ -182,4 +185,4 @@ class Trainer:
                    "total_steps": self.total_steps, "batches_per_epoch": self.batches.per_epoch,
                    "dataset_sha256": bound["dataset_sha256"], "code_hash": bound["code"],
                    **self.gpu_attrs, **self.sharpness.attrs(), **self.precision.attrs()},
-            per_layer=cfg.per_layer, resume=resume)
+            per_layer=cfg.per_layer, resume=resume, group=self.group)
