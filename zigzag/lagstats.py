@@ -34,7 +34,6 @@ of a single float32 product, with no float64 copy of the ring.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -128,13 +127,15 @@ class LagRing:
 
     def push(self, grad: torch.Tensor) -> LagStats:
         """Store g_k (k = number pushed before) and return its ``LagStats`` (float64 on the CPU)."""
-        return self._push(grad, layers=False)[0]
+        with _one_thread(grad.device):
+            return self._push(grad, layers=False)[0]
 
     def push_layers(self, grad: torch.Tensor) -> tuple[LagStats, LayerStats]:
         """``push``, and the same step's ``LayerStats`` (a ring made with ``layer_sizes``)."""
         if self.layers is None:
             raise ValueError("push_layers needs a LagRing made with layer_sizes")
-        return self._push(grad, layers=True)
+        with _one_thread(grad.device):
+            return self._push(grad, layers=True)
 
     def _push(self, grad: torch.Tensor, layers: bool) -> tuple[LagStats, LayerStats | None]:
         k, width = self.step, self.lags + 1
@@ -176,7 +177,7 @@ class LagRing:
         ``|sign(self.values)| @ |sign(grad)|`` (else P each): float32 partial sums over blocks of ``CHUNK`` entries,
         added in float64, each block read once (its absolute values and signs go through ``self._scratch`` while it
         is in cache; the newest ring row there is the gradient's)."""
-        n, width = grad.numel(), self.lags + 1
+        n = grad.numel()
         main = n - n % CHUNK
         sums = (self._partials, self._abs_partials, self._sign_partials, self._nonzero_partials)
         span = self._scratch.shape[1]
@@ -185,11 +186,10 @@ class LagRing:
                 stop, first = min(start + span, main), start // CHUNK
                 out = slice(first, first + (stop - start) // CHUNK)
                 self._block_products(self.values[:, start:stop], grad[start:stop], [p[out] for p in sums], with_zeros)
-        else:  # CPU: per block, straight into its row of partial sums, on one thread (see ``_one_thread``)
-            with _one_thread():
-                for i, start in enumerate(range(0, main, CHUNK)):
-                    self._block_products(self.values[:, start:start + CHUNK], grad[start:start + CHUNK],
-                                         [p[i:i + 1] for p in sums], with_zeros)
+        else:  # CPU: per block, straight into its row of partial sums
+            for i, start in enumerate(range(0, main, CHUNK)):
+                self._block_products(self.values[:, start:start + CHUNK], grad[start:start + CHUNK],
+                                     [p[i:i + 1] for p in sums], with_zeros)
         if main < n:
             self._block_products(self.values[:, main:], grad[main:], [p[-1:] for p in sums], with_zeros)
         totals = [p.double().sum(0) for p in sums[:3]]
@@ -258,24 +258,23 @@ class _LayerBlocks:
             transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``transform(values) @ transform(grad)`` per tensor [n_layers, L+1] (float64, a new tensor) from the ring's
         block partial sums of that product, ``partials``, and one float32 product per piece of a straddling block."""
-        with contextlib.nullcontext() if grad.is_cuda else _one_thread():
-            for i, (a, b) in enumerate(self.pieces):
-                ring, vector = values[:, a:b], grad[a:b]
-                if transform is not None:
-                    ring, vector = transform(ring), transform(vector)
-                torch.mv(ring, vector, out=self._piece_partials[i])
+        for i, (a, b) in enumerate(self.pieces):
+            ring, vector = values[:, a:b], grad[a:b]
+            if transform is not None:
+                ring, vector = transform(ring), transform(vector)
+            torch.mv(ring, vector, out=self._piece_partials[i])
         sums = torch.zeros(len(self.bounds), values.shape[0], dtype=torch.float64, device=grad.device)
         sums.index_add_(0, self.whole_layers, partials[self.whole_blocks].double())
         return sums.index_add_(0, self.piece_layers, self._piece_partials.double())
 
 
 @contextmanager
-def _one_thread():
-    """Run the block loop's small operations on one CPU thread. Each block's ops touch 9 x 16,384 entries that are
-    in cache: split over threads, every op ends in a barrier, and on a busy machine the threads wait for each
-    other at each of a ResNet-18's 682 blocks (measured: 13 times slower with 2 threads, BENCHMARKS.md)."""
+def _one_thread(device: torch.device):
+    """Run a CPU push on one thread. Its operations are memory-bound or small (each block's touch 9 x 16,384 entries
+    that are in cache): split over threads, every op ends in a barrier, and on a busy machine the threads wait for
+    each other at each of a ResNet-18's 682 blocks (measured: 13 times slower with 2 threads, BENCHMARKS.md)."""
     threads = torch.get_num_threads()
-    if threads == 1:
+    if device.type != "cpu" or threads == 1:
         yield
         return
     torch.set_num_threads(1)
