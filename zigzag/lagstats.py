@@ -54,6 +54,20 @@ class LagStats(NamedTuple):
     opposite_weight: torch.Tensor
 
 
+class _Span(NamedTuple):
+    """Columns of the ring that ``LagRing._dot64`` takes in one go, and the views it takes of them."""
+
+    columns: slice
+    blocks: int | None  # blocks of CHUNK for a batched product; None for one matrix-vector product
+    product: Callable  # torch.mv or torch.bmm
+    values: torch.Tensor  # the ring's columns, [L+1, length]
+    ring: torch.Tensor  # the same as the product's first operand
+    out: list[torch.Tensor]  # the span's rows of the four partial sums, as the product's out
+    scratch_values: torch.Tensor  # the scratch buffer's first ``length`` columns
+    scratch: torch.Tensor  # the same as the product's first operand
+    scratch_rows: list[torch.Tensor]  # each of its rows as the product's second operand
+
+
 class LayerStats(NamedTuple):
     """One step's lag statistics per parameter tensor, float64 on the CPU, each [n_layers, L+1] (NaN where
     k - l < 0)."""
@@ -122,6 +136,7 @@ class LagRing:
             torch.empty(blocks, lags + 1, dtype=dtype, device=device) for _ in range(4))
         span = CHUNK * (GPU_SPAN if torch.device(device).type == "cuda" else 1)
         self._scratch = torch.empty(lags + 1, min(span, n_params), dtype=dtype, device=device)
+        self._spans = self._make_spans(span)
         self.layers = None if layer_sizes is None else _LayerBlocks(layer_sizes, n_params, lags, dtype, device)
         self.step = 0  # number of gradients pushed so far
 
@@ -177,46 +192,47 @@ class LagRing:
         ``|sign(self.values)| @ |sign(grad)|`` (else P each): float32 partial sums over blocks of ``CHUNK`` entries,
         added in float64, each block read once (its absolute values and signs go through ``self._scratch`` while it
         is in cache; the newest ring row there is the gradient's)."""
-        n = grad.numel()
-        main = n - n % CHUNK
+        row = self.step % (self.lags + 1)
+        for span in self._spans:
+            vector = grad[span.columns] if span.blocks is None else grad[span.columns].view(span.blocks, -1, 1)
+            span.product(span.ring, vector, out=span.out[0])
+            torch.abs(span.values, out=span.scratch_values)
+            span.product(span.scratch, span.scratch_rows[row], out=span.out[1])
+            torch.sign(span.values, out=span.scratch_values)
+            span.product(span.scratch, span.scratch_rows[row], out=span.out[2])
+            if with_zeros:
+                span.scratch_values.abs_()
+                span.product(span.scratch, span.scratch_rows[row], out=span.out[3])
         sums = (self._partials, self._abs_partials, self._sign_partials, self._nonzero_partials)
-        span = self._scratch.shape[1]
-        if span > CHUNK:  # a GPU: batched products (blocks, L+1, CHUNK) @ (blocks, CHUNK, 1), one kernel per span
-            for start in range(0, main, span):
-                stop, first = min(start + span, main), start // CHUNK
-                out = slice(first, first + (stop - start) // CHUNK)
-                self._block_products(self.values[:, start:stop], grad[start:stop], [p[out] for p in sums], with_zeros)
-        else:  # CPU: per block, straight into its row of partial sums
-            for i, start in enumerate(range(0, main, CHUNK)):
-                self._block_products(self.values[:, start:start + CHUNK], grad[start:start + CHUNK],
-                                     [p[i:i + 1] for p in sums], with_zeros)
-        if main < n:
-            self._block_products(self.values[:, main:], grad[main:], [p[-1:] for p in sums], with_zeros)
         totals = [p.double().sum(0) for p in sums[:3]]
-        nonzero = sums[3].double().sum(0) if with_zeros else torch.full_like(totals[0], n)
+        nonzero = sums[3].double().sum(0) if with_zeros else torch.full_like(totals[0], grad.numel())
         return (*totals, nonzero)
 
-    def _block_products(self, values: torch.Tensor, grad: torch.Tensor, out: list[torch.Tensor],
-                        with_zeros: bool) -> None:
-        """The four products of ``_dot64`` for the ring's columns ``values`` (one or more whole blocks of ``CHUNK``
-        entries, or the tail) into ``out``'s rows, one per block."""
-        width, length = values.shape
-        blocks = len(out[0])
-        row = self.step % width
-        scratch = self._scratch[:, :length]
-
-        def product(ring: torch.Tensor, vector: torch.Tensor, partials: torch.Tensor) -> None:
+    def _make_spans(self, span: int) -> list[_Span]:
+        """The ring's columns in spans of ``span`` entries (whole blocks of ``CHUNK``; the tail a span of its own),
+        with every view ``_dot64`` takes of them made once: a ResNet-18 has 682 blocks. A span of several blocks
+        (a GPU) is one batched product (blocks, L+1, CHUNK) @ (blocks, CHUNK, 1); a block, one matrix-vector
+        product, straight into its row of partial sums."""
+        n, width = self.values.shape[1], self.lags + 1
+        main = n - n % CHUNK
+        bounds = [(start, min(start + span, main)) for start in range(0, main, span)]
+        bounds += [(main, n)] if main < n else []
+        spans = []
+        for start, stop in bounds:
+            values, scratch = self.values[:, start:stop], self._scratch[:, :stop - start]
+            first, blocks = start // CHUNK, -(-(stop - start) // CHUNK)
+            rows = [p[first:first + blocks] for p in
+                    (self._partials, self._abs_partials, self._sign_partials, self._nonzero_partials)]
             if blocks == 1:
-                torch.mv(ring, vector, out=partials[0])
+                spans.append(_Span(slice(start, stop), None, torch.mv, values, values, [r[0] for r in rows],
+                                   scratch, scratch, scratch.unbind(0)))
             else:
-                torch.bmm(ring.view(width, blocks, -1).transpose(0, 1), vector.view(blocks, -1, 1),
-                          out=partials.unsqueeze(-1))
-
-        product(values, grad, out[0])
-        product(torch.abs(values, out=scratch), scratch[row], out[1])
-        product(torch.sign(values, out=scratch), scratch[row], out[2])
-        if with_zeros:
-            product(scratch.abs_(), scratch[row], out[3])
+                def batched(x: torch.Tensor) -> torch.Tensor:
+                    return x.view(width, blocks, CHUNK).transpose(0, 1)
+                spans.append(_Span(slice(start, stop), blocks, torch.bmm, values, batched(values),
+                                   [r.unsqueeze(-1) for r in rows], scratch, batched(scratch),
+                                   [x.view(blocks, CHUNK, 1) for x in scratch.unbind(0)]))
+        return spans
 
     def state_dict(self) -> dict:
         return {"values": self.values.clone(), "step": self.step}
