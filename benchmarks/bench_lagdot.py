@@ -5,10 +5,12 @@ one float32 matrix-vector product (the old code), the whole ring converted to fl
 and ``LagRing._dot64`` (float32 partial sums over blocks of ``CHUNK`` entries, added in float64).
 Prints milliseconds per product, the ratio to the float32 product, and the largest error relative to
 the float64 reference. With ``--push``: the whole ``LagRing.push`` (three sign-flip counts) against the
-push that counted one (dot and opposite only, the code before), on the same ring, and the ratio new/old.
+push that counted one (dot and opposite only, the code before: ``OneCountRing``), alternating on rings of the same
+gradients, and the ratio new/old.
 With ``--per-layer``: ``LagRing.push_layers`` against ``LagRing.push`` on one ring split into the parameter tensors
 of ResNet-18 (width 1, built on the meta device), the ratio, and the extra milliseconds per step.
-Usage: python benchmarks/bench_lagdot.py [--params N] [--lags L] [--repeats R] [--push | --per-layer] [--threads T]
+Usage: python benchmarks/bench_lagdot.py [--params N] [--lags L] [--repeats R] [--push [--zeros Z] | --per-layer]
+       [--threads T]
 """
 
 import argparse
@@ -16,49 +18,57 @@ import time
 
 import torch
 
-from zigzag.lagstats import CHUNK, ZERO_CODE, LagRing
+from zigzag.lagstats import CHUNK, LagRing
 
 
-def push_one_count(ring: LagRing, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``LagRing.push`` as it was with one sign-flip count: the float32 blocks of <g_j, g_k> and the opposite signs
-    of all entries (the ring's state advances the same way)."""
-    k, width = ring.step, ring.lags + 1
-    row = k % width
-    ring.values[row].copy_(grad)
-    code = torch.sign(grad, out=ring._sign).addcmul_(ring._sign, ring._sign, value=-ZERO_CODE).add_(ZERO_CODE)
-    ring.signs[row].copy_(code)
-    target = torch.neg(ring.signs[row], out=ring._target)
-    n, partials = grad.numel(), ring._partials
-    main = n - n % CHUNK
-    for i, start in enumerate(range(0, main, CHUNK)):
-        torch.mv(ring.values[:, start:start + CHUNK], grad[start:start + CHUNK], out=partials[i])
-    if main < n:
-        torch.mv(ring.values[:, main:], grad[main:], out=partials[-1])
-    ring_dot = partials.double().sum(0)
-    ring_opposite = torch.stack([torch.count_nonzero(torch.eq(ring.signs[i], target, out=ring._match))
-                                 for i in range(width)])
-    order = torch.tensor([(k - lag) % width for lag in range(width)])
-    ring.step = k + 1
-    return ring_dot[order], ring_opposite[order].double() / n
+class OneCountRing:
+    """``LagRing.push`` as it was with one sign-flip count: a ring of values and one of int8 sign codes (sign(g),
+    an exact 0 as 3), the float32 blocks of <g_j, g_k> and one comparison with the negated newest code per ring
+    row."""
+
+    def __init__(self, n: int, lags: int):
+        self.lags, self.step = lags, 0
+        self.values = torch.zeros(lags + 1, n)
+        self.signs = torch.zeros(lags + 1, n, dtype=torch.int8)
+        self._sign, self._target = torch.empty(n), torch.empty(n, dtype=torch.int8)
+        self._match = torch.empty(n, dtype=torch.bool)
+        self._partials = torch.empty(-(-n // CHUNK), lags + 1)
+
+    def push(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, width = self.step, self.lags + 1
+        row = k % width
+        self.values[row].copy_(grad)
+        code = torch.sign(grad, out=self._sign).addcmul_(self._sign, self._sign, value=-3).add_(3)
+        self.signs[row].copy_(code)
+        target = torch.neg(self.signs[row], out=self._target)
+        n, partials = grad.numel(), self._partials
+        main = n - n % CHUNK
+        for i, start in enumerate(range(0, main, CHUNK)):
+            torch.mv(self.values[:, start:start + CHUNK], grad[start:start + CHUNK], out=partials[i])
+        if main < n:
+            torch.mv(self.values[:, main:], grad[main:], out=partials[-1])
+        ring_dot = partials.double().sum(0)
+        ring_opposite = torch.stack([torch.count_nonzero(torch.eq(self.signs[i], target, out=self._match))
+                                     for i in range(width)])
+        order = torch.tensor([(k - lag) % width for lag in range(width)])
+        self.step = k + 1
+        return ring_dot[order], ring_opposite[order].double() / n
 
 
 def bench_push(args) -> None:
-    """Milliseconds per push, old (one count) and new (three), alternating on one ring of gradient-like vectors
-    with a quarter of exact zeros (as the CNN's), and the ratio new/old."""
-    torch.manual_seed(0)
-    common = torch.randn(args.params)
-    grads = []
-    for k in range(args.lags + 2):
-        g = (-1) ** k * 0.7 * common + 0.3 * torch.randn(args.params)
-        grads.append(g.masked_fill_(torch.rand(args.params) < 0.25, 0.0))
-    ring = LagRing(args.params, args.lags)
+    """Milliseconds per push, old (one count) and new (three), alternating on rings of gradient-like vectors with
+    a share ``--zeros`` of exact zeros (a quarter as the CNN's; none as ResNet-18's), and the ratio new/old."""
+    grads = gradient_like(args.params, args.lags + 2, args.zeros)
+    rings = {"one count (before)": OneCountRing(args.params, args.lags),
+             "three counts (LagRing.push)": LagRing(args.params, args.lags)}
     for g in grads[:args.lags + 1]:
-        ring.push(g)
-    times = {"one count (before)": [], "three counts (LagRing.push)": []}
+        for ring in rings.values():
+            ring.push(g)
+    times = {name: [] for name in rings}
     for r in range(args.repeats):
-        for name, way in (("one count (before)", push_one_count), ("three counts (LagRing.push)", LagRing.push)):
+        for name, ring in (rings.items() if r % 2 else reversed(rings.items())):
             t0 = time.perf_counter()
-            way(ring, grads[r % len(grads)])
+            ring.push(grads[r % len(grads)])
             times[name].append(time.perf_counter() - t0)
     ms = {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
     for name, value in ms.items():
@@ -67,14 +77,15 @@ def bench_push(args) -> None:
     print(f"new / old = {new / old:.2f}", flush=True)
 
 
-def gradient_like(n: int, steps: int) -> list[torch.Tensor]:
-    """Alternating gradients around a common direction, with a quarter of exact zeros (as the CNN's)."""
+def gradient_like(n: int, steps: int, zeros: float = 0.25) -> list[torch.Tensor]:
+    """Alternating gradients around a common direction, with a share ``zeros`` of exact zeros (a quarter as the
+    CNN's)."""
     torch.manual_seed(0)
     common = torch.randn(n)
     grads = []
     for k in range(steps):
         g = (-1) ** k * 0.7 * common + 0.3 * torch.randn(n)
-        grads.append(g.masked_fill_(torch.rand(n) < 0.25, 0.0))
+        grads.append(g.masked_fill_(torch.rand(n) < zeros, 0.0))
     return grads
 
 
@@ -113,6 +124,7 @@ def main() -> None:
     parser.add_argument("--lags", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--push", action="store_true", help="time the whole push, three sign-flip counts vs one")
+    parser.add_argument("--zeros", type=float, default=0.25, help="share of exact zeros in the --push gradients")
     parser.add_argument("--per-layer", action="store_true",
                         help="time push_layers against push on ResNet-18's tensors (ignores --params)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
@@ -139,7 +151,7 @@ def main() -> None:
         return out
 
     ways = {"float32 product": lambda: (ring.values @ g).double(), "float64 chunks": float64_chunks,
-            "blocked (LagRing)": lambda: ring._dot64(g)}
+            "blocked (LagRing)": lambda: ring._dot64(g, with_zeros=False)[0]}
     base = None
     for name, way in ways.items():
         way()

@@ -172,3 +172,25 @@ def test_push_layers_needs_the_layer_sizes():
         LagRing(4, 1).push_layers(torch.ones(4))
     with pytest.raises(ValueError, match="n_params"):
         LagRing(4, 1, layer_sizes=[1, 2])
+
+
+def test_batched_block_products_give_the_same_statistics_as_the_block_loop():
+    """The GPU's way (batched products over spans of several blocks), run on the CPU: the sign-flip counts equal
+    those of the per-block loop exactly, the dots and overlaps to float32 rounding (the sums run in another order);
+    with and without exact zeros."""
+    lags, n = 2, 5 * CHUNK + 77
+    rng = np.random.default_rng(11)
+    grads = rng.standard_normal((5, n)).astype(np.float32)
+    grads[3:, : 2 * CHUNK][rng.random((2, 2 * CHUNK)) < 0.3] = 0.0  # zeros only in the last two steps
+    loop, batched = LagRing(n, lags), LagRing(n, lags)
+    batched._scratch = torch.empty(lags + 1, 2 * CHUNK)  # spans of two blocks, and a span of one
+    for g in grads:
+        a, b = loop.push(torch.from_numpy(g)), batched.push(torch.from_numpy(g))
+        assert torch.equal(a.opposite.nan_to_num(), b.opposite.nan_to_num())
+        assert torch.equal(a.opposite_nonzero.nan_to_num(), b.opposite_nonzero.nan_to_num())
+        torch.testing.assert_close(b.dot, a.dot, rtol=0, atol=1e-5 * float(a.dot[0]), equal_nan=True)  # of |g|^2
+        torch.testing.assert_close(b.opposite_weight, a.opposite_weight, rtol=1e-5, atol=1e-6, equal_nan=True)
+    ref_dot, ref_opp, ref_nonzero, _ = brute_force(grads, lags)
+    np.testing.assert_allclose(b.dot.numpy(), ref_dot[-1], rtol=0, atol=1e-6 * ref_dot[-1, 0])
+    np.testing.assert_array_equal(b.opposite.numpy(), ref_opp[-1])
+    np.testing.assert_allclose(b.opposite_nonzero.numpy(), ref_nonzero[-1], rtol=0, atol=1e-12)

@@ -83,10 +83,10 @@ def check_memory(config: RunConfig, n_params: int, device: torch.device, failed:
     available memory (or, ``failed``, because an allocation failed).
 
     Per parameter a run keeps at least, in float32, the parameter, its gradient, the momentum buffer and the
-    lag ring's lags + 1 gradients with their int8 signs, and the Lanczos basis in float64 when sharpness is
+    lag ring's lags + 1 gradients, and the Lanczos basis in float64 when sharpness is
     recorded; activations come on top.
     """
-    per_param = 4 * (2 + (config.momentum > 0)) + (config.lags + 1) * (4 + 1)
+    per_param = 4 * (2 + (config.momentum > 0)) + (config.lags + 1) * 4
     if config.sharpness_setting("every") != "none":
         per_param += 8 * ((config.sharpness_setting("ncv") or NCV_COLD) + 1)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()

@@ -16,12 +16,14 @@ matrix with h <= L + 1 and every mean_mu (eq. 3) follow from them exactly. The l
 sign flips two other ways: among the entries non-zero in both gradients, and weighted by |g_k[i] g_j[i]|
 (the flipped entries' share of the overlap sum_i |g_k[i] g_j[i]|, which is what the correlation sees).
 
-``LagRing`` keeps the last L + 1 gradients (values and int8 sign codes) in ring buffers on the training
-device; one step costs one matrix-vector product, one more on the block's absolute values while the block
-is in cache, and one or two sign comparisons per ring row. Per tensor, the dot products are the block
-partial sums added per tensor (a block that straddles a tensor boundary gets one more float32 product per
-piece), and the opposite counts are counted per tensor slice of the same comparison: the whole-vector
-statistics stay bit-identical.
+``LagRing`` keeps the last L + 1 gradients in a ring buffer on the training device. One step reads the ring
+once: per block of ``CHUNK`` entries, while the block is in cache, one matrix-vector product on its values,
+one on their absolute values (the overlap sum_i |g_k[i] g_j[i]|) and one on their signs s = sign(g), whose
+sum_i s_k[i] s_j[i] is exact in float32 (at most ``CHUNK`` terms of -1, 0, 1) and gives the opposite-sign
+count as (nonzero - sum_i s_k[i] s_j[i]) / 2, nonzero = #{i : g_k[i] != 0 != g_j[i]}: P when neither gradient
+has an exact 0, else a fourth product on |s|. Per tensor, each is the block partial sums added per tensor (a
+block that straddles a tensor boundary gets one more float32 product per piece): the whole-vector statistics
+stay bit-identical.
 
 The dot products are summed in two levels: float32 partial sums over blocks of ``CHUNK`` entries
 (one matrix-vector product per block), and the partial sums added in float64. One float32 sum over
@@ -32,16 +34,15 @@ of a single float32 product, with no float64 copy of the ring.
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 CHUNK = 1 << 14  # entries per float32 partial dot product; the partials are summed in float64
-GPU_SPAN = 1 << 6  # blocks of CHUNK entries per batched product on a GPU (the span's |ring| scratch: 37 MB at L = 8)
-ZERO_CODE = 3  # sign code of an exact 0
+GPU_SPAN = 1 << 6  # blocks of CHUNK entries per batched product on a GPU (the span's scratch: 37 MB at L = 8)
 
 
 class LagStats(NamedTuple):
@@ -51,6 +52,20 @@ class LagStats(NamedTuple):
     opposite: torch.Tensor
     opposite_nonzero: torch.Tensor
     opposite_weight: torch.Tensor
+
+
+class _Span(NamedTuple):
+    """Columns of the ring that ``LagRing._dot64`` takes in one go, and the views it takes of them."""
+
+    columns: slice
+    blocks: int | None  # blocks of CHUNK for a batched product; None for one matrix-vector product
+    product: Callable  # torch.mv or torch.bmm
+    values: torch.Tensor  # the ring's columns, [L+1, length]
+    ring: torch.Tensor  # the same as the product's first operand
+    out: list[torch.Tensor]  # the span's rows of the four partial sums, as the product's out
+    scratch_values: torch.Tensor  # the scratch buffer's first ``length`` columns
+    scratch: torch.Tensor  # the same as the product's first operand
+    scratch_rows: list[torch.Tensor]  # each of its rows as the product's second operand
 
 
 class LagSums(NamedTuple):
@@ -97,9 +112,8 @@ class FlatGradients:
     Zero it with ``zero_()``, never with ``optimizer.zero_grad()`` (which would detach the views).
     """
 
-    def __init__(self, model: nn.Module, params: list[torch.Tensor] | None = None):
-        """``params``: the parameters whose gradients to hold, in this order (default: every trainable one)."""
-        self.params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
+    def __init__(self, model: nn.Module):
+        self.params = [p for p in model.parameters() if p.requires_grad]
         first = self.params[0]
         self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=first.dtype, device=first.device)
         offset = 0
@@ -144,21 +158,16 @@ class LagRing:
             raise ValueError("lags must be >= 1")
         self.lags = lags
         self.values = torch.zeros(lags + 1, n_params, dtype=dtype, device=device)
-        # Sign codes: sign(g) with an exact 0 stored as ZERO_CODE, so that the negated code of the newest gradient
-        # (1, -1 or -3) equals an older code exactly where the two signs are opposite and neither is 0.
-        self.signs = torch.zeros(lags + 1, n_params, dtype=torch.int8, device=device)
-        self.zeros = torch.zeros(lags + 1, dtype=torch.int64)  # exact zeros in each ring row
-        # reused buffers: the sign in float, the negated code, one comparison
-        self._sign = torch.empty(n_params, dtype=dtype, device=device)
-        self._target = torch.empty(n_params, dtype=torch.int8, device=device)
-        self._match = torch.empty(n_params, dtype=torch.bool, device=device)
-        # reused float32 partial sums of the blocked products (<g_j, g_k> and <|g_j|, |g_k|>): one row per block of
-        # CHUNK entries; the absolute values of one span of the ring go through a small scratch buffer
+        self.zeros = torch.zeros(lags + 1, dtype=torch.int64)  # exact zeros in each ring row (0 until it is filled)
+        # reused float32 partial sums of the blocked products, one row per block of CHUNK entries: <g_j, g_k>,
+        # <|g_j|, |g_k|>, <s_j, s_k> and <|s_j|, |s_k|> for s = sign(g); the absolute values and signs of one span
+        # of the ring go through a small scratch buffer
         blocks = -(-n_params // CHUNK)
-        self._partials = torch.empty(blocks, lags + 1, dtype=dtype, device=device)
-        self._abs_partials = torch.empty(blocks, lags + 1, dtype=dtype, device=device)
+        self._partials, self._abs_partials, self._sign_partials, self._nonzero_partials = (
+            torch.empty(blocks, lags + 1, dtype=dtype, device=device) for _ in range(4))
         span = CHUNK * (GPU_SPAN if torch.device(device).type == "cuda" else 1)
-        self._abs = torch.empty(lags + 1, min(span, n_params), dtype=dtype, device=device)
+        self._scratch = torch.empty(lags + 1, min(span, n_params), dtype=dtype, device=device)
+        self._spans = self._make_spans(span)
         self.layers = None if layer_sizes is None else _LayerBlocks(layer_sizes, n_params, lags, dtype, device)
         self.total = n_params if total is None else total
         if layer_sizes is not None:
@@ -179,35 +188,27 @@ class LagRing:
         return self._push(grad, layers=True, reduce=reduce)
 
     def _push(self, grad: torch.Tensor, layers: bool, reduce) -> tuple[LagStats, LayerStats | None]:
-        sums = self._sums(grad, layers)
+        with _one_thread(grad.device):
+            sums = self._sums(grad, layers)
         if reduce is not None:
             sums = sums.unflatten(reduce(sums.flatten()))
         return self._ratios(sums)
 
     def _sums(self, grad: torch.Tensor, layers: bool) -> LagSums:
         """Store g_k in the ring and return its partial sums against every ring row (ring order)."""
-        k, width = self.step, self.lags + 1
-        row = k % width
+        row = self.step % (self.lags + 1)
         self.values[row].copy_(grad)
-        # code = s + 3 (1 - s^2) for s = sign(g): -1, 1, and 3 for an exact 0 (never matched by a target)
-        code = torch.sign(grad, out=self._sign).addcmul_(self._sign, self._sign, value=-ZERO_CODE).add_(ZERO_CODE)
-        self.signs[row].copy_(code)
-        self.zeros[row] = int(torch.count_nonzero(torch.eq(self.signs[row], ZERO_CODE, out=self._match)))
-        target = torch.neg(self.signs[row], out=self._target)
-        ring_dot, ring_abs = self._dot64(grad)
-        # Row by row into one reused buffer: no (L+1) x P temporary.
+        self.zeros[row] = grad.numel() - int(torch.count_nonzero(grad))
+        with_zeros = bool(self.zeros.any())  # else every entry is non-zero in both: no fourth product
+        ring_dot, ring_abs, ring_signs, ring_nonzero = self._dot64(grad, with_zeros)
+        # s_k s_j is -1 where the signs are opposite, 1 where they agree, 0 where either is 0
+        ring_opposite = (ring_nonzero - ring_signs) / 2
         layer_dot = layer_opposite = None
-        if layers:  # counted per tensor slice: their sum is the whole count
-            layer_opposite = torch.stack([self.layers.count(torch.eq(self.signs[i], target, out=self._match))
-                                          for i in range(width)]).cpu()
-            ring_opposite = layer_opposite.sum(1)
-            layer_dot, layer_opposite = self.layers.dot(self.values, grad, self._partials).cpu(), layer_opposite.T
-        else:
-            ring_opposite = torch.stack([torch.count_nonzero(torch.eq(self.signs[i], target, out=self._match))
-                                         for i in range(width)]).cpu()
-        ring_nonzero = grad.numel() - self.zeros[row] - self.zeros + self._both_zero(row)
-        return LagSums(ring_dot.cpu(), ring_abs.cpu(), ring_opposite.double(), ring_nonzero.double(), layer_dot,
-                       None if layer_opposite is None else layer_opposite.double())
+        if layers:
+            layer_dot = self.layers.dot(self.values, grad, self._partials).cpu()
+            layer_opposite = self._layer_opposite(grad, with_zeros).cpu()
+        return LagSums(ring_dot.cpu(), ring_abs.cpu(), ring_opposite.cpu(), ring_nonzero.cpu(), layer_dot,
+                       layer_opposite)
 
     def _ratios(self, sums: LagSums) -> tuple[LagStats, LayerStats | None]:
         """The step's ``LagStats`` (and ``LayerStats`` when ``sums`` has them) from its partial sums over the
@@ -229,58 +230,70 @@ class LagRing:
         self.step = k + 1
         return stats, per_layer
 
-    def _both_zero(self, row: int) -> torch.Tensor:
-        """Entries that are an exact 0 in ring row ``row`` and in each ring row (0 without a pass where either has
-        none)."""
-        counts = torch.zeros(self.lags + 1, dtype=torch.int64)
-        if self.zeros[row] == 0:
-            return counts
-        # the zero code where row ``row`` is 0, else 2 (a code no row holds)
-        zero_target = torch.clamp(self.signs[row], min=ZERO_CODE - 1, out=self._target)
-        for i in range(self.lags + 1):
-            if self.zeros[i]:
-                counts[i] = int(torch.count_nonzero(torch.eq(self.signs[i], zero_target, out=self._match)))
-        return counts
+    def _layer_opposite(self, grad: torch.Tensor, with_zeros: bool) -> torch.Tensor:
+        """The opposite-sign count per tensor [n_layers, L+1] (float64), from the blocks' sign products."""
+        signs = self.layers.dot(self.values, grad, self._sign_partials, torch.sign)
+        if not with_zeros:
+            return (self.layers.sizes.to(signs.device) - signs) / 2
+        nonzero = self.layers.dot(self.values, grad, self._nonzero_partials, lambda x: torch.sign(x).abs_())
+        return (nonzero - signs) / 2
 
-    def _dot64(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``self.values @ grad`` and ``|self.values| @ |grad|``: float32 partial sums over blocks of ``CHUNK``
-        entries, added in float64. Each span's absolute values are taken into ``self._abs`` right after its first
-        product, while the span is in cache (the newest ring row there is |grad|)."""
-        n, partials, abs_partials, width = grad.numel(), self._partials, self._abs_partials, self.lags + 1
+    def _dot64(self, grad: torch.Tensor, with_zeros: bool) -> tuple[torch.Tensor, ...]:
+        """``self.values @ grad``, ``|self.values| @ |grad|``, ``sign(self.values) @ sign(grad)`` and, ``with_zeros``,
+        ``|sign(self.values)| @ |sign(grad)|`` (else P each): float32 partial sums over blocks of ``CHUNK`` entries,
+        added in float64, each block read once (its absolute values and signs go through ``self._scratch`` while it
+        is in cache; the newest ring row there is the gradient's)."""
+        row = self.step % (self.lags + 1)
+        for span in self._spans:
+            vector = grad[span.columns] if span.blocks is None else grad[span.columns].view(span.blocks, -1, 1)
+            span.product(span.ring, vector, out=span.out[0])
+            torch.abs(span.values, out=span.scratch_values)
+            span.product(span.scratch, span.scratch_rows[row], out=span.out[1])
+            torch.sign(span.values, out=span.scratch_values)
+            span.product(span.scratch, span.scratch_rows[row], out=span.out[2])
+            if with_zeros:
+                span.scratch_values.abs_()
+                span.product(span.scratch, span.scratch_rows[row], out=span.out[3])
+        sums = (self._partials, self._abs_partials, self._sign_partials, self._nonzero_partials)
+        totals = [p.double().sum(0) for p in sums[:3]]
+        nonzero = sums[3].double().sum(0) if with_zeros else torch.full_like(totals[0], grad.numel())
+        return (*totals, nonzero)
+
+    def _make_spans(self, span: int) -> list[_Span]:
+        """The ring's columns in spans of ``span`` entries (whole blocks of ``CHUNK``; the tail a span of its own),
+        with every view ``_dot64`` takes of them made once: a ResNet-18 has 682 blocks. A span of several blocks
+        (a GPU) is one batched product (blocks, L+1, CHUNK) @ (blocks, CHUNK, 1); a block, one matrix-vector
+        product, straight into its row of partial sums."""
+        n, width = self.values.shape[1], self.lags + 1
         main = n - n % CHUNK
-        row = self.step % width
-        if grad.is_cuda:  # batched products (blocks, L+1, CHUNK) @ (blocks, CHUNK, 1): one kernel per span
-            span = self._abs.shape[1]
-            for start in range(0, main, span):
-                stop, first = min(start + span, main), start // CHUNK
-                blocks = (stop - start) // CHUNK
-                out = slice(first, first + blocks)
-                torch.bmm(self.values[:, start:stop].view(width, blocks, CHUNK).transpose(0, 1),
-                          grad[start:stop].view(blocks, CHUNK, 1), out=partials[out].unsqueeze(-1))
-                scratch = torch.abs(self.values[:, start:stop], out=self._abs[:, :stop - start])
-                torch.bmm(scratch.view(width, blocks, CHUNK).transpose(0, 1),
-                          scratch[row].view(blocks, CHUNK, 1), out=abs_partials[out].unsqueeze(-1))
-        else:  # CPU: per block, straight into its row of partial sums, on one thread (see ``_one_thread``)
-            with _one_thread():
-                for i, start in enumerate(range(0, main, CHUNK)):
-                    block = self.values[:, start:start + CHUNK]
-                    torch.mv(block, grad[start:start + CHUNK], out=partials[i])
-                    scratch = torch.abs(block, out=self._abs)
-                    torch.mv(scratch, scratch[row], out=abs_partials[i])
-        if main < n:
-            torch.mv(self.values[:, main:], grad[main:], out=partials[-1])
-            scratch = torch.abs(self.values[:, main:], out=self._abs[:, :n - main])
-            torch.mv(scratch, scratch[row], out=abs_partials[-1])
-        return partials.double().sum(0), abs_partials.double().sum(0)
+        bounds = [(start, min(start + span, main)) for start in range(0, main, span)]
+        bounds += [(main, n)] if main < n else []
+        spans = []
+        for start, stop in bounds:
+            values, scratch = self.values[:, start:stop], self._scratch[:, :stop - start]
+            first, blocks = start // CHUNK, -(-(stop - start) // CHUNK)
+            rows = [p[first:first + blocks] for p in
+                    (self._partials, self._abs_partials, self._sign_partials, self._nonzero_partials)]
+            if blocks == 1:
+                spans.append(_Span(slice(start, stop), None, torch.mv, values, values, [r[0] for r in rows],
+                                   scratch, scratch, scratch.unbind(0)))
+            else:
+                def batched(x: torch.Tensor) -> torch.Tensor:
+                    return x.view(width, blocks, CHUNK).transpose(0, 1)
+                spans.append(_Span(slice(start, stop), blocks, torch.bmm, values, batched(values),
+                                   [r.unsqueeze(-1) for r in rows], scratch, batched(scratch),
+                                   [x.view(blocks, CHUNK, 1) for x in scratch.unbind(0)]))
+        return spans
 
     def state_dict(self) -> dict:
-        return {"values": self.values.clone(), "signs": self.signs.clone(), "step": self.step}
+        return {"values": self.values.clone(), "step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
+        """Also takes the state of a ring that kept sign codes beside the values (they are not needed)."""
         self.values.copy_(state["values"])
-        self.signs.copy_(state["signs"])
-        self.zeros = (self.signs == ZERO_CODE).sum(1).cpu()
         self.step = int(state["step"])
+        self.zeros = self.values.shape[1] - torch.count_nonzero(self.values, dim=1).cpu()
+        self.zeros[self.step:] = 0  # rows not yet filled
 
 
 class _LayerBlocks:
@@ -290,6 +303,7 @@ class _LayerBlocks:
     def __init__(self, sizes: list[int], n_params: int, lags: int, dtype: torch.dtype, device):
         if sum(sizes) != n_params or min(sizes) < 0:
             raise ValueError(f"layer sizes sum to {sum(sizes)}, not n_params = {n_params}, or one is < 0")
+        self.sizes = torch.tensor(sizes, dtype=torch.float64).unsqueeze(1)
         ends = torch.tensor(sizes).cumsum(0)
         self.bounds = list(zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True))
         starts = torch.arange(0, n_params, CHUNK)
@@ -306,30 +320,28 @@ class _LayerBlocks:
                 piece_layers.append(layer)
         self.piece_layers = torch.tensor(piece_layers, dtype=torch.int64, device=device)
         self._piece_partials = torch.empty(len(self.pieces), lags + 1, dtype=dtype, device=device)
-        self._sums = torch.empty(len(sizes), lags + 1, dtype=torch.float64, device=device)
 
-    def count(self, match: torch.Tensor) -> torch.Tensor:
-        """The true entries of ``match`` in each tensor's slice, [n_layers]."""
-        return torch.stack([torch.count_nonzero(match[a:b]) for a, b in self.bounds])
-
-    def dot(self, values: torch.Tensor, grad: torch.Tensor, partials: torch.Tensor) -> torch.Tensor:
-        """``values @ grad`` per tensor [n_layers, L+1] (float64) from the ring's block partial sums ``partials``
-        and one float32 product per piece of a straddling block."""
-        with contextlib.nullcontext() if grad.is_cuda else _one_thread():
-            for i, (a, b) in enumerate(self.pieces):
-                torch.mv(values[:, a:b], grad[a:b], out=self._piece_partials[i])
-        sums = self._sums.zero_()
+    def dot(self, values: torch.Tensor, grad: torch.Tensor, partials: torch.Tensor,
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``transform(values) @ transform(grad)`` per tensor [n_layers, L+1] (float64, a new tensor) from the ring's
+        block partial sums of that product, ``partials``, and one float32 product per piece of a straddling block."""
+        for i, (a, b) in enumerate(self.pieces):
+            ring, vector = values[:, a:b], grad[a:b]
+            if transform is not None:
+                ring, vector = transform(ring), transform(vector)
+            torch.mv(ring, vector, out=self._piece_partials[i])
+        sums = torch.zeros(len(self.bounds), values.shape[0], dtype=torch.float64, device=grad.device)
         sums.index_add_(0, self.whole_layers, partials[self.whole_blocks].double())
         return sums.index_add_(0, self.piece_layers, self._piece_partials.double())
 
 
 @contextmanager
-def _one_thread():
-    """Run the block loop's small operations on one CPU thread. Each block's ops touch 9 x 16,384 entries that are
-    in cache: split over threads, every op ends in a barrier, and on a busy machine the threads wait for each
-    other at each of a ResNet-18's 682 blocks (measured: 13 times slower with 2 threads, BENCHMARKS.md)."""
+def _one_thread(device: torch.device):
+    """Run a CPU push on one thread. Its operations are memory-bound or small (each block's touch 9 x 16,384 entries
+    that are in cache): split over threads, every op ends in a barrier, and on a busy machine the threads wait for
+    each other at each of a ResNet-18's 682 blocks (measured: 13 times slower with 2 threads, BENCHMARKS.md)."""
     threads = torch.get_num_threads()
-    if threads == 1:
+    if device.type != "cpu" or threads == 1:
         yield
         return
     torch.set_num_threads(1)

@@ -160,9 +160,9 @@ class Recorder:
                 if str(f.attrs["trajectory_id"]) != trajectory_id:
                     raise ZigzagError(f"{self.ring_path} belongs to another trajectory than {path}; delete both "
                                       f"to start afresh")
-                values, signs = torch.from_numpy(f["values"][()]), torch.from_numpy(f["signs"][()])
+                values = torch.from_numpy(f["values"][()])
                 state = {"n_steps": int(f.attrs["step"]), "elapsed": float(f.attrs["elapsed"]),
-                         "ring": {"values": values, "signs": signs, "step": int(f.attrs["step"])}}
+                         "ring": {"values": values, "step": int(f.attrs["step"])}}
                 if "eigenvector" in f:
                     state["sharpness"] = {"eigenvector": torch.from_numpy(f["eigenvector"][()]),
                                           "steps": json.loads(f.attrs["solve_steps"])}
@@ -240,7 +240,7 @@ class Recorder:
         with h5py.File(partial, "w") as f:
             f.attrs.update(trajectory_id=str(self.writer.f.attrs["trajectory_id"]), step=state["step"],
                            elapsed=time.perf_counter() - self.started)
-            f["values"], f["signs"] = state["values"].cpu().numpy(), state["signs"].cpu().numpy()
+            f["values"] = state["values"].cpu().numpy()
             if self.tracker is not None and self.tracker.eigenvector is not None:
                 f["eigenvector"] = self.tracker.eigenvector.cpu().numpy()
                 f.attrs["solve_steps"] = json.dumps(self.tracker.steps.state_dict())
@@ -251,15 +251,14 @@ class Recorder:
         call it on every rank) and the file's ``trajectory_id``."""
         ring = self.ring.state_dict()
         n_params = self.gradients.flat.numel()
-        ring.update({key: self.group.gather(ring[key], n_params) for key in ("values", "signs")})
+        ring["values"] = self.group.gather(ring["values"], n_params)
         trajectory_id = "" if self.writer is None else str(self.writer.f.attrs["trajectory_id"])
         return {"ring": ring, "trajectory_id": trajectory_id}
 
     def load_ring(self, state: dict) -> None:
         """Restore the lag ring from a ``state_dict``'s whole-vector ring, taking this process's slice."""
         start, stop = self.share
-        self.ring.load_state_dict({**state, "values": state["values"][:, start:stop],
-                                   "signs": state["signs"][:, start:stop]})
+        self.ring.load_state_dict({**state, "values": state["values"][:, start:stop]})
 
     def finish(self, status: str = "completed", **attrs) -> None:
         """Write what is left, set ``status`` and ``attrs`` (``total_steps``, unless the file has it: the steps
