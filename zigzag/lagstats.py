@@ -112,8 +112,9 @@ class FlatGradients:
     Zero it with ``zero_()``, never with ``optimizer.zero_grad()`` (which would detach the views).
     """
 
-    def __init__(self, model: nn.Module):
-        self.params = [p for p in model.parameters() if p.requires_grad]
+    def __init__(self, model: nn.Module, params: list[torch.Tensor] | None = None):
+        """``params``: the parameters whose gradients to hold, in this order (default: every trainable one)."""
+        self.params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
         first = self.params[0]
         self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=first.dtype, device=first.device)
         offset = 0
