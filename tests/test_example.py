@@ -11,6 +11,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+from conftest import built_once
 
 from zigzag import store
 
@@ -41,18 +42,19 @@ def commands() -> list[list[str]]:
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
     """A copy of the repository's workflow, package and ``examples/`` (without the files the example writes) in
-    which the section's commands ran from the top, as from a fresh clone. Returns the copy."""
-    work = tmp_path_factory.mktemp("example") / "repo"
-    work.mkdir()
-    shutil.copy(ROOT / "Snakefile", work)
-    leftovers = shutil.ignore_patterns("__pycache__", "*.npz", "*.h5")
-    for folder in ("workflow", "zigzag", "examples"):
-        shutil.copytree(ROOT / folder, work / folder, ignore=leftovers)
-    env = {**os.environ, "PYTHONPATH": str(work)}  # the copied package, as test_workflow runs it
-    for command in commands():
-        result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
-        assert result.returncode == 0, f"{shlex.join(command)} failed:\n{result.stdout}\n{result.stderr}"
-    return work
+    which the section's commands ran from the top, as from a fresh clone; built once per session, also under
+    pytest-xdist (conftest.py, ``built_once``). Returns the copy."""
+    def build(work):
+        shutil.copy(ROOT / "Snakefile", work)
+        leftovers = shutil.ignore_patterns("__pycache__", "*.npz", "*.h5")
+        for folder in ("workflow", "zigzag", "examples"):
+            shutil.copytree(ROOT / folder, work / folder, ignore=leftovers)
+        env = {**os.environ, "PYTHONPATH": str(work)}  # the copied package, as test_workflow runs it
+        for command in commands():
+            result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+            assert result.returncode == 0, f"{shlex.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+
+    return built_once(tmp_path_factory, "example", build)
 
 
 def test_the_readme_shows_the_example_files_as_they_are():
