@@ -308,9 +308,9 @@ def test_snakefiles_are_formatted():
 
 
 def test_python_sources_pass_ruff():
-    """The package, tests and benchmarks pass ruff with the project's rules (pyproject.toml, [tool.ruff])."""
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "zigzag", "tests", "benchmarks"], cwd=ROOT,
-                            capture_output=True, text=True)
+    """The package, tests, benchmarks and examples pass ruff with the project's rules (pyproject.toml, [tool.ruff])."""
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "zigzag", "tests", "benchmarks", "examples"],
+                            cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
