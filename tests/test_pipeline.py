@@ -244,8 +244,9 @@ def test_usable_cpus_are_the_processes_affinity(monkeypatch):
 
 
 def test_a_from_dataset_is_resolved_against_the_config_folder_and_prepared_from_it(tmp_path):
-    """``from`` is relative to the config file's folder: resolved in place, the prepare job's ``--from`` and inputs;
-    a missing one, or one with a torchvision setting, is one line."""
+    """``from`` is relative to the config file's folder: resolved in place, the prepare job's ``--from`` and inputs
+    (a folder's: every file under it, so that the workflow prepares again when one changes, appears or goes; the
+    rerun itself: tests/test_example.py); a missing one, or one with a torchvision setting, is one line."""
     (tmp_path / "mine.npz").write_bytes(b"")
     config = tiny()
     config["datasets"]["tiny"] = {"from": "mine.npz", "train_size": 50}
@@ -253,6 +254,14 @@ def test_a_from_dataset_is_resolved_against_the_config_folder_and_prepared_from_
     path = str(tmp_path / "mine.npz")
     assert pipeline.dataset_args(checked, "tiny") == f"--from {path} --seed 0 --train-size 50"
     assert pipeline.dataset_inputs(checked, "tiny") == [path]
+    for name in ("train/dog/1.png", "train/cat/2.png", "test/dog/3.png"):  # a folder: each of its files, sorted
+        (tmp_path / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "imgs" / name).write_bytes(b"")
+    config["datasets"]["tiny"]["from"] = "imgs"
+    checked = configcheck.checked_config(copy.deepcopy(config), SCHEMA, tmp_path)
+    assert pipeline.dataset_inputs(checked, "tiny") == [str(tmp_path / "imgs" / name) for name in
+                                                        ("test/dog/3.png", "train/cat/2.png", "train/dog/1.png")]
+    config["datasets"]["tiny"]["from"] = "mine.npz"
     with pytest.raises(ZigzagError, match=r"^datasets\.tiny\.from: 'mine\.npz' not found"):
         configcheck.checked_config(copy.deepcopy(config), SCHEMA, tmp_path / "elsewhere")
     config["datasets"]["tiny"]["download"] = True

@@ -1,9 +1,5 @@
 """A trajectory a loop of one's own recorded, as a run of the workflow: checked, analysed and drawn, never trained."""
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -70,32 +66,3 @@ def test_a_file_that_is_no_trajectory_is_refused(folder):
     (folder / "runs" / "notes.h5").write_bytes(b"not hdf5")
     with pytest.raises(ZigzagError, match=r"runs.mine.trajectory: .*notes.h5: not a readable HDF5 file"):
         configcheck.checked_config(config_with({"mine": {"trajectory": "runs/notes.h5"}}), SCHEMA, folder)
-
-
-@pytest.mark.workflow
-def test_the_workflow_analyses_and_draws_a_trajectory_run_and_reanalyses_it_when_it_changes(folder, tmp_path):
-    """A dry run plans the analysis and the figure of a trajectory run and no training, and an analysis older than
-    the file (touched since) is re-run for that reason."""
-    config = config_with({"mine": {"trajectory": "runs/mine.h5"}},
-                         {"fig_mine": {"kind": "trajectory", "run": "mine", "title": "mine"}})
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    work = tmp_path / "work"
-    work.mkdir()
-    figure = "results/figures/fig_mine.png"
-
-    def dry_run():
-        result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", figure, "--configfile",
-                                 str(folder / "config.yaml"), "--directory", str(work), "--snakefile",
-                                 str(ROOT / "Snakefile")], cwd=ROOT, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    analysis = work / "results" / "analysis" / "mine.h5"  # an analysis older than the file: it was touched since
-    analysis.parent.mkdir(parents=True)
-    analysis.touch()
-    later = os.stat(analysis).st_mtime + 10
-    os.utime(folder / "runs" / "mine.h5", (later, later))
-    planned = dry_run()
-    assert "rule analyze:" in planned and "rule figure_fig_mine:" in planned and "rule train:" not in planned
-    assert f"input: {folder / 'runs' / 'mine.h5'}" in planned
-    assert re.search(r"reason: Updated input files: .*mine\.h5", planned)

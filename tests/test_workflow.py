@@ -109,21 +109,6 @@ def test_edited_trainer_reruns_training_and_everything_after(workdir):
                                      "figure_fig_sign": 1, "all_figures": 1}
 
 
-def test_the_factory_file_is_an_input_of_its_training_job(workdir):
-    """A ``module:factory`` model's file (found in the workflow's folder) is the training job's input: touching
-    an edit re-runs that job."""
-    (workdir / "mymodels.py").write_text("from zigzag.models import build_model\n\n\ndef cnn(**sizes):\n"
-                                         "    return build_model('cnn', width=0.25, batch_norm=False, **sizes)\n")
-    edit_config(workdir, lambda c: c["runs"]["cnn_b"].update(model="mymodels:cnn", batch_norm=True))
-    target = "results/runs/cnn_b/trajectory.h5"
-    trained = snakemake(workdir, target)
-    assert re.search(r"^    input: results/data/tiny.h5, mymodels.py$", trained.stdout + trained.stderr, re.M)
-    with open(workdir / "mymodels.py", "a") as f:
-        f.write("# an edit\n")
-    rerun = snakemake(workdir, "-n", target).stdout
-    assert "reason: Updated input files: mymodels.py" in rerun and re.search(r"^train\s+1$", rerun, re.M)
-
-
 BAD_CONFIGS = {
     "model": (lambda c: c["runs"]["cnn_a"].update(model="mlp"),
               "runs.cnn_a: unknown model 'mlp'; valid models: cnn,"),
@@ -314,23 +299,3 @@ def test_python_sources_pass_ruff():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_changed_file_of_a_from_folder_reprepares_it(tmp_path):
-    """A ``from`` folder, relative to the config file's folder: every file under it is an input of the prepare
-    job, so a dry run after one file changed plans that job again, for that file."""
-    from test_userdata import write_folder
-
-    write_folder(tmp_path / "cfg" / "imgs")
-    config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
-    config["datasets"] = {"tiny": {"from": "imgs"}}
-    (tmp_path / "cfg" / "config.yaml").write_text(yaml.safe_dump(config))
-    out = tmp_path / "results" / "data" / "tiny.h5"
-    out.parent.mkdir(parents=True)
-    out.touch()
-    changed = tmp_path / "cfg" / "imgs" / "train" / "dog" / "1.png"
-    os.utime(changed, (out.stat().st_mtime + 5,) * 2)
-    dry = subprocess.run([*SNAKEMAKE, "-n", "--cores", "1", str(out.relative_to(tmp_path)), "--snakefile",
-                          str(ROOT / "Snakefile"), "--configfile", "cfg/config.yaml"], cwd=tmp_path,
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert dry.returncode == 0, dry.stderr
-    assert re.search(r"^rule prepare_dataset:$", dry.stdout, re.M), dry.stdout
-    assert re.search(rf"reason: Updated input files: .*{re.escape(str(changed))}", dry.stdout), dry.stdout
