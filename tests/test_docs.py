@@ -59,12 +59,32 @@ def test_every_python_example_of_the_readme_runs(tmp_path, files):
     examples read (a short trajectory and its analysis, under the default's names), so the examples cannot rot."""
     examples = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     assert len(examples) >= 3
+    arguments = []
     for i, code in enumerate(examples):
         folder = tmp_path / f"example{i}"
         for source, target in ((files["traj"], "results/runs/cnn_lr0.1/trajectory.h5"),
                                (files["analysis"], "results/analysis/cnn_lr0.1.h5")):
             (folder / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, folder / target)
-        result = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert result.returncode == 0, f"README example {i} failed:\n{code}\n{result.stderr}"
+        arguments += [str(folder), code]
+    result = subprocess.run([sys.executable, "-c", EXAMPLES, *arguments], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    failed = re.search(r"^README example (\d+) failed", result.stderr, re.M)
+    assert result.returncode == 0 and not failed, (
+        f"README example {failed and failed.group(1)} failed:\n"
+        f"{examples[int(failed.group(1))] if failed else ''}\n{result.stderr}")
+
+
+# Runs README's examples (folder, code, folder, code, ...) one after the other in one interpreter (one torch
+# import for all), each as a script of its own in its folder.
+EXAMPLES = """
+import os, sys, traceback
+
+for i, (folder, code) in enumerate(zip(sys.argv[1::2], sys.argv[2::2])):
+    os.chdir(folder)
+    try:
+        exec(compile(code, f"<README example {i}>", "exec"), {"__name__": "__main__"})
+    except BaseException:
+        traceback.print_exc()
+        sys.exit(f"README example {i} failed")
+"""

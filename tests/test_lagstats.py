@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from zigzag.lagstats import CHUNK, FlatGradients, LagRing
+from zigzag.lagstats import CHUNK, LANE_BLOCKS, FlatGradients, LagRing
 from zigzag.models import build_model
 
 
@@ -183,7 +183,9 @@ def test_batched_block_products_give_the_same_statistics_as_the_block_loop():
     grads = rng.standard_normal((5, n)).astype(np.float32)
     grads[3:, : 2 * CHUNK][rng.random((2, 2 * CHUNK)) < 0.3] = 0.0  # zeros only in the last two steps
     loop, batched = LagRing(n, lags), LagRing(n, lags)
-    batched._scratch = torch.empty(lags + 1, 2 * CHUNK)  # spans of two blocks, and a span of one
+    batched._scratch = [torch.empty(lags + 1, 2 * CHUNK)]
+    batched._lanes = [batched._make_spans(2 * CHUNK)]  # spans of two blocks, and a span of one
+    assert [span.blocks for span in batched._lanes[0]] == [2, 2, None, None]  # batched, batched, one block, tail
     for g in grads:
         a, b = loop.push(torch.from_numpy(g)), batched.push(torch.from_numpy(g))
         assert torch.equal(a.opposite.nan_to_num(), b.opposite.nan_to_num())
@@ -194,3 +196,30 @@ def test_batched_block_products_give_the_same_statistics_as_the_block_loop():
     np.testing.assert_allclose(b.dot.numpy(), ref_dot[-1], rtol=0, atol=1e-6 * ref_dot[-1, 0])
     np.testing.assert_array_equal(b.opposite.numpy(), ref_opp[-1])
     np.testing.assert_allclose(b.opposite_nonzero.numpy(), ref_nonzero[-1], rtol=0, atol=1e-12)
+
+
+def test_two_lanes_on_two_threads_give_the_statistics_of_one():
+    """A ring of at least ``LANE_BLOCKS`` blocks pushed with two CPU threads runs its blocks in two lanes at once;
+    every statistic equals, bit for bit, the same ring's pushed on one thread (one lane after the other), and the
+    counts equal float64 brute force."""
+    lags, n = 2, LANE_BLOCKS * CHUNK + 5
+    rng = np.random.default_rng(12)
+    grads = rng.standard_normal((4, n)).astype(np.float32)
+    grads[2:, ::3] = 0.0
+    threads = torch.get_num_threads()
+    two, one = LagRing(n, lags), LagRing(n, lags)
+    assert len(two._lanes) == 2
+    try:
+        for g in grads:
+            torch.set_num_threads(2)
+            a = two.push(torch.from_numpy(g))
+            assert two._pool is not None and torch.get_num_threads() == 2
+            torch.set_num_threads(1)
+            b = one.push(torch.from_numpy(g))
+            for x, y in zip(a, b):
+                assert torch.equal(x.nan_to_num(), y.nan_to_num())
+    finally:
+        torch.set_num_threads(threads)
+    _, ref_opp, ref_nonzero, _ = brute_force(grads, lags)
+    np.testing.assert_array_equal(a.opposite.numpy(), ref_opp[-1])
+    np.testing.assert_allclose(a.opposite_nonzero.numpy(), ref_nonzero[-1], rtol=0, atol=1e-12)

@@ -35,6 +35,7 @@ of a single float32 product, with no float64 copy of the ring.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 
 CHUNK = 1 << 14  # entries per float32 partial dot product; the partials are summed in float64
+LANE_BLOCKS = 64  # blocks from which a CPU ring runs two lanes at once (a thread's hand-over costs ~0.1 ms)
 GPU_SPAN = 1 << 6  # blocks of CHUNK entries per batched product on a GPU (the span's scratch: 37 MB at L = 8)
 
 
@@ -166,9 +168,13 @@ class LagRing:
         blocks = -(-n_params // CHUNK)
         self._partials, self._abs_partials, self._sign_partials, self._nonzero_partials = (
             torch.empty(blocks, lags + 1, dtype=dtype, device=device) for _ in range(4))
-        span = CHUNK * (GPU_SPAN if torch.device(device).type == "cuda" else 1)
-        self._scratch = torch.empty(lags + 1, min(span, n_params), dtype=dtype, device=device)
-        self._spans = self._make_spans(span)
+        on_cpu = torch.device(device).type == "cpu"
+        span = CHUNK * (1 if on_cpu else GPU_SPAN)
+        lanes = 2 if on_cpu and blocks >= LANE_BLOCKS else 1
+        self._scratch = [torch.empty(lags + 1, min(span, n_params), dtype=dtype, device=device) for _ in range(lanes)]
+        spans = self._make_spans(span)
+        self._lanes = [spans[lane::lanes] for lane in range(lanes)]  # each its own scratch buffer
+        self._pool: ThreadPoolExecutor | None = None  # the second lane's thread, started at the first push on two
         self.layers = None if layer_sizes is None else _LayerBlocks(layer_sizes, n_params, lags, dtype, device)
         self.total = n_params if total is None else total
         if layer_sizes is not None:
@@ -189,19 +195,20 @@ class LagRing:
         return self._push(grad, layers=True, reduce=reduce)
 
     def _push(self, grad: torch.Tensor, layers: bool, reduce) -> tuple[LagStats, LayerStats | None]:
-        with _one_thread(grad.device):
-            sums = self._sums(grad, layers)
+        with _one_thread(grad.device) as threads:
+            sums = self._sums(grad, layers, threads)
         if reduce is not None:
             sums = sums.unflatten(reduce(sums.flatten()))
         return self._ratios(sums)
 
-    def _sums(self, grad: torch.Tensor, layers: bool) -> LagSums:
-        """Store g_k in the ring and return its partial sums against every ring row (ring order)."""
+    def _sums(self, grad: torch.Tensor, layers: bool, threads: int = 1) -> LagSums:
+        """Store g_k in the ring and return its partial sums against every ring row (ring order); ``threads``: the
+        CPU threads the step may use (two lanes of blocks run at once on two)."""
         row = self.step % (self.lags + 1)
         self.values[row].copy_(grad)
         self.zeros[row] = grad.numel() - int(torch.count_nonzero(grad))
         with_zeros = bool(self.zeros.any())  # else every entry is non-zero in both: no fourth product
-        ring_dot, ring_abs, ring_signs, ring_nonzero = self._dot64(grad, with_zeros)
+        ring_dot, ring_abs, ring_signs, ring_nonzero = self._dot64(grad, with_zeros, threads)
         # s_k s_j is -1 where the signs are opposite, 1 where they agree, 0 where either is 0
         ring_opposite = (ring_nonzero - ring_signs) / 2
         layer_dot = layer_opposite = None
@@ -239,13 +246,31 @@ class LagRing:
         nonzero = self.layers.dot(self.values, grad, self._nonzero_partials, lambda x: torch.sign(x).abs_())
         return (nonzero - signs) / 2
 
-    def _dot64(self, grad: torch.Tensor, with_zeros: bool) -> tuple[torch.Tensor, ...]:
+    def _dot64(self, grad: torch.Tensor, with_zeros: bool, threads: int = 1) -> tuple[torch.Tensor, ...]:
         """``self.values @ grad``, ``|self.values| @ |grad|``, ``sign(self.values) @ sign(grad)`` and, ``with_zeros``,
         ``|sign(self.values)| @ |sign(grad)|`` (else P each): float32 partial sums over blocks of ``CHUNK`` entries,
-        added in float64, each block read once (its absolute values and signs go through ``self._scratch`` while it
-        is in cache; the newest ring row there is the gradient's)."""
+        added in float64, each block read once (its absolute values and signs go through a scratch buffer while it
+        is in cache; the newest ring row there is the gradient's). On a CPU with ``threads`` >= 2 a large ring's
+        blocks alternate between two lanes that run at once, the second on a thread of its own, each op of both on
+        one thread: the partial sums, and so the statistics, are the same as on one lane."""
+        if threads > 1 and len(self._lanes) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,))
+            second = self._pool.submit(self._products, self._lanes[1], grad, with_zeros)
+            self._products(self._lanes[0], grad, with_zeros)
+            second.result()
+        else:
+            for lane in self._lanes:
+                self._products(lane, grad, with_zeros)
+        sums = (self._partials, self._abs_partials, self._sign_partials, self._nonzero_partials)
+        totals = [p.double().sum(0) for p in sums[:3]]
+        nonzero = sums[3].double().sum(0) if with_zeros else torch.full_like(totals[0], grad.numel())
+        return (*totals, nonzero)
+
+    def _products(self, spans: list[_Span], grad: torch.Tensor, with_zeros: bool) -> None:
+        """``_dot64``'s products over ``spans``, into their rows of the partial sums."""
         row = self.step % (self.lags + 1)
-        for span in self._spans:
+        for span in spans:
             vector = grad[span.columns] if span.blocks is None else grad[span.columns].view(span.blocks, -1, 1)
             span.product(span.ring, vector, out=span.out[0])
             torch.abs(span.values, out=span.scratch_values)
@@ -255,10 +280,6 @@ class LagRing:
             if with_zeros:
                 span.scratch_values.abs_()
                 span.product(span.scratch, span.scratch_rows[row], out=span.out[3])
-        sums = (self._partials, self._abs_partials, self._sign_partials, self._nonzero_partials)
-        totals = [p.double().sum(0) for p in sums[:3]]
-        nonzero = sums[3].double().sum(0) if with_zeros else torch.full_like(totals[0], grad.numel())
-        return (*totals, nonzero)
 
     def _make_spans(self, span: int) -> list[_Span]:
         """The ring's columns in spans of ``span`` entries (whole blocks of ``CHUNK``; the tail a span of its own),
@@ -270,8 +291,8 @@ class LagRing:
         bounds = [(start, min(start + span, main)) for start in range(0, main, span)]
         bounds += [(main, n)] if main < n else []
         spans = []
-        for start, stop in bounds:
-            values, scratch = self.values[:, start:stop], self._scratch[:, :stop - start]
+        for i, (start, stop) in enumerate(bounds):  # span i in lane i mod lanes (``__init__``), with its scratch
+            values, scratch = self.values[:, start:stop], self._scratch[i % len(self._scratch)][:, :stop - start]
             first, blocks = start // CHUNK, -(-(stop - start) // CHUNK)
             rows = [p[first:first + blocks] for p in
                     (self._partials, self._abs_partials, self._sign_partials, self._nonzero_partials)]
@@ -343,10 +364,10 @@ def _one_thread(device: torch.device):
     each other at each of a ResNet-18's 682 blocks (measured: 13 times slower with 2 threads, BENCHMARKS.md)."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
-        yield
+        yield threads
         return
     torch.set_num_threads(1)
     try:
-        yield
+        yield threads
     finally:
         torch.set_num_threads(threads)
