@@ -24,7 +24,7 @@ from zigzag.trainer import Trainer
 STEPS = 8
 SETTINGS = dict(model="cnn", width=0.5, lr=0.05, steps=STEPS, lags=3, micro_batch=24, batch_norm=True, eval_every=1,
                 checkpoint_every=2, device="cpu", raw_gradients="every:1", per_layer=True,
-                sharpness={"every": "every:1", "subset": 48, "tol": 1e-6, "ncv": 12})
+                sharpness={"every": "every:3", "subset": 48, "tol": 1e-6, "ncv": 12})
 
 FLIPS = 3  # entries within rounding of zero whose sign the summation order may flip, per tensor
 
