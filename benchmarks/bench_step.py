@@ -44,7 +44,7 @@ from paper_estimate import run_paper
 from precisions import run_precisions
 from step_overhead import CASES, print_summary, run_case
 
-from zigzag.precision import PRECISIONS
+from zigzag.runchoices import PRECISIONS
 from zigzag.runconfig import RunConfig
 
 EXTRA_CASES = ("precisions", "paper")  # not step-overhead cases: their own tables

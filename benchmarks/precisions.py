@@ -10,7 +10,7 @@ import torch
 from setups import TIMED_STEPS, random_dataset, take_step, trainer
 from timing import clock, make_sync
 
-from zigzag.precision import PRECISIONS
+from zigzag.runchoices import PRECISIONS
 from zigzag.step import accumulate_gradient
 
 

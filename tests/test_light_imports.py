@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "matplotlib")
-PLANNING = {"zigzag", "zigzag.figurekinds", "zigzag.pipeline", "zigzag.configcheck"}
+PLANNING = {"zigzag", "zigzag.figurekinds", "zigzag.pipeline", "zigzag.configcheck", "zigzag.runconfig"}
 
 
 def workflow_imports() -> set[str]:
@@ -37,3 +37,24 @@ def test_a_module_that_plans_imports_neither_torch_nor_matplotlib(module):
              f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.split() == [], f"importing {module} imports {result.stdout.strip()}"
+
+
+def test_checking_and_planning_the_shipped_configs_imports_no_torch():
+    """What common.smk runs before any job (the config check, every job's settings and the code hashes), on both
+    shipped configs, in a fresh interpreter, imports no torch (matplotlib it may: titles are checked with its
+    mathtext parser)."""
+    check = """
+import sys, yaml
+from zigzag import codehash, configcheck, pipeline
+for path in ("config.yaml", "presets/paper.yaml"):
+    configcheck.check_unique_keys(path)
+    config = configcheck.checked_config(yaml.safe_load(open(path)), "workflow/schemas/config.schema.yaml")
+    for job in pipeline.all_jobs(config):
+        pipeline.run_settings(config, job, "data.h5")
+for stage in codehash.STAGE_ENTRIES:
+    codehash.code_hash(stage)
+print("torch" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"], "planning imports torch"

@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from zigzag.errors import ZigzagError
-from zigzag.models import MODELS, build_model, count_parameters
+from zigzag.modelimport import MODELS
+from zigzag.models import build_model, count_parameters, has_batch_norm
 
 
 @pytest.mark.parametrize(
@@ -117,3 +118,15 @@ def test_same_seed_same_parameters(name):
     torch.manual_seed(124)
     third = build_model(name, width=0.125)
     assert not all(torch.equal(a, b) for a, b in zip(first.parameters(), third.parameters()))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_declared_batch_norm_of_each_builtin_is_its_built_modules(name):
+    """The config check reads ``modelimport.builtin_has_batch_norm`` instead of building: it must say what the
+    built module has, with and without ``batch_norm``."""
+    from zigzag.modelimport import builtin_has_batch_norm
+
+    for batch_norm in (False, True):
+        with torch.device("meta"):
+            built = has_batch_norm(build_model(name, batch_norm=batch_norm))
+        assert builtin_has_batch_norm(name, batch_norm) == built

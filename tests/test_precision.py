@@ -9,7 +9,8 @@ import torch
 from conftest import zigzag_cli, zigzag_main
 
 from zigzag import store
-from zigzag.precision import PRECISIONS, Precision
+from zigzag.precision import Precision
+from zigzag.runchoices import PRECISIONS
 from zigzag.runconfig import RunConfig
 from zigzag.step import accumulate_gradient
 from zigzag.trainer import Trainer

@@ -13,8 +13,8 @@ from zigzag import store
 from zigzag.errors import ZigzagError
 from zigzag.modelimport import is_custom
 from zigzag.models import build_custom, build_model, check_output, count_parameters, has_batch_norm
+from zigzag.runchoices import NCV_COLD
 from zigzag.runconfig import RunConfig
-from zigzag.sharpness import NCV_COLD
 
 
 @dataclass

@@ -93,7 +93,7 @@ def preset_hours(preset: dict, timings: dict[tuple, dict]) -> list[dict]:
     timings are taken as those of every dataset's images.
     """
     from zigzag.data import SOURCES
-    from zigzag.sharpness import NCV_COLD, NCV_WARM
+    from zigzag.runchoices import NCV_COLD, NCV_WARM
 
     rows = []
     for name, (run, seeds) in preset_runs(preset).items():

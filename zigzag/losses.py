@@ -15,8 +15,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("cross_entropy", "mse")
-
 
 def logits(output) -> torch.Tensor:
     """The logits of a model's output: the tensor itself, or an output object's ``.logits``."""

@@ -14,12 +14,30 @@ from pathlib import Path
 
 from zigzag.errors import ZigzagError
 
+MODELS = ("cnn", "vgg16", "resnet18", "resnet34")  # the built-in networks (zigzag/models.py)
+# The built-ins with BatchNorm whatever the run's ``batch_norm`` says (the cnn has it only with ``batch_norm``), for
+# the config check, which builds nothing (tests/test_models.py checks this against the built modules).
+ALWAYS_BATCH_NORM = ("vgg16", "resnet18", "resnet34")
 IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")  # module:attribute
 
 
 def is_custom(name: str) -> bool:
     """A model given as an import path ``module:factory`` (anything with a colon) rather than a built-in name."""
     return ":" in name
+
+
+def check_model_name(name: str) -> None:
+    """One line unless ``name`` is a built-in model or a well-formed ``package.module:factory``."""
+    if is_custom(name) and not IMPORT_PATH.match(name):
+        raise ZigzagError(f"invalid model={name!r}: an import path must be package.module:factory (dotted Python "
+                          f"names, one colon)")
+    if not is_custom(name) and name not in MODELS:
+        raise ZigzagError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}, or package.module:factory")
+
+
+def builtin_has_batch_norm(name: str, batch_norm: bool) -> bool:
+    """Whether built-in model ``name`` built with ``batch_norm`` has BatchNorm layers."""
+    return name in ALWAYS_BATCH_NORM or batch_norm
 
 
 def factory_file(name: str, search: tuple = ()) -> Path | None:

@@ -18,9 +18,7 @@ import torch
 from torch import nn
 
 from zigzag.errors import ZigzagError
-from zigzag.modelimport import IMPORT_PATH, import_factory, is_custom
-
-MODELS = ("cnn", "vgg16", "resnet18", "resnet34")
+from zigzag.modelimport import check_model_name, import_factory, is_custom
 
 _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 _RESNET_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
@@ -123,15 +121,6 @@ class ResNet(nn.Module):
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.pool(self.layers(out))
         return self.linear(torch.flatten(out, 1))
-
-
-def check_model_name(name: str) -> None:
-    """One line unless ``name`` is a built-in model or a well-formed ``package.module:factory``."""
-    if is_custom(name) and not IMPORT_PATH.match(name):
-        raise ZigzagError(f"invalid model={name!r}: an import path must be package.module:factory (dotted Python "
-                          f"names, one colon)")
-    if not is_custom(name) and name not in MODELS:
-        raise ZigzagError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}, or package.module:factory")
 
 
 def build_custom(name: str, *, in_channels: int, image_size: int, num_classes: int,

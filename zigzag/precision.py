@@ -25,8 +25,6 @@ from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("fp32", "tf32", "bf16")
-
 
 @dataclass(frozen=True)
 class Precision:

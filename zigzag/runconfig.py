@@ -5,16 +5,21 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
-
 from zigzag.errors import ZigzagError
-from zigzag.losses import LOSSES
-from zigzag.modelimport import is_custom
-from zigzag.models import MODELS, build_model, check_model_name, has_batch_norm
-from zigzag.precision import PRECISIONS
+from zigzag.modelimport import MODELS, builtin_has_batch_norm, check_model_name, is_custom
+from zigzag.runchoices import (
+    LOSSES,
+    MAX_ITER,
+    NCV_COLD,
+    NCV_WARM,
+    PRECISIONS,
+    REFINE_EVERY,
+    REFINE_FROM,
+    REFINE_UNTIL,
+    TOL,
+)
 from zigzag.scheduleconfig import SCHEDULE, SCHEDULE_KEYS, schedule_setting
 from zigzag.settings import MAX_SEED, MAX_STEPS, Spec, json_schema, parse_step_selection, setting, specs
-from zigzag.sharpness import MAX_ITER, NCV_COLD, NCV_WARM, REFINE_EVERY, REFINE_FROM, REFINE_UNTIL, TOL
 
 OPTIMIZERS = ("gd", "sgd")
 RAW_DTYPES = ("float32", "float16")
@@ -192,9 +197,8 @@ class RunConfig:
         for key, value in s.items():
             SHARPNESS[key].check(f"sharpness.{key}", value)
         parse_step_selection(s.get("every", "none"), *self.step_bound("sharpness.every"))
-        if "subset" in s and not is_custom(self.model):  # a built-in's layers are known before any import
-            with torch.device("meta"):
-                self.check_sharpness_subset(has_batch_norm(build_model(self.model, batch_norm=self.batch_norm)))
+        if "subset" in s and not is_custom(self.model):  # a built-in's layers are known without building it
+            self.check_sharpness_subset(builtin_has_batch_norm(self.model, self.batch_norm))
 
     def check_sharpness_subset(self, batch_norm: bool) -> None:
         """With BatchNorm (``batch_norm``: read from the built model) the loss depends on how samples are batched:

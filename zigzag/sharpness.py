@@ -41,15 +41,10 @@ from torch import nn
 from zigzag.distributed import Group
 from zigzag.errors import ZigzagError
 from zigzag.losses import logits, loss_sum
+from zigzag.runchoices import MAX_ITER, NCV_COLD, NCV_WARM, REFINE_EVERY, REFINE_FROM, REFINE_UNTIL, TOL
 from zigzag.settings import parse_step_selection
 
-TOL = 1e-3  # relative residual |H v - lambda v| / lambda at which a solve stops: lambda within 0.1 % of an eigenvalue
-MAX_ITER = 100  # cycles of ncv basis vectors at most
-NCV_COLD, NCV_WARM = 20, 8  # Lanczos basis size without and with a start vector v0
 KEPT = 3  # Ritz vectors (the top ones) a full basis restarts from
-# Solves near 2/lr (``SolveSteps``): every 2 steps from half of 2/lr until 0.9 x 2/lr, the analysis's default
-# threshold of the edge of stability (eos_tolerance 0.1).
-REFINE_EVERY, REFINE_FROM, REFINE_UNTIL = 2, 0.5, 0.9
 
 
 class Eigenpair(NamedTuple):
