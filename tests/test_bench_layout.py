@@ -7,7 +7,7 @@ from conftest import benchmark_script
 
 def test_the_layout_benchmark_prints_a_ratio_per_model(monkeypatch, capsys):
     bench = benchmark_script("bench_layout")
-    monkeypatch.setattr("sys.argv", ["bench_layout.py", "--models", "cnn", "--repeats", "1"])
+    monkeypatch.setattr("sys.argv", ["bench_layout.py", "--models", "cnn", "--repeats", "1", "--images", "50"])
     threads = bench.torch.get_num_threads()
     try:
         bench.main()
