@@ -39,7 +39,7 @@ REFERENCE = Path(__file__).parent / "reference" / "default_numbers.npz"
 # The sharpness on 100 of the 250 images of its subset: the same code, at 40 % of the solves' cost (the solves were
 # about two thirds of this test's time).
 SHORTENED = {"cnn_lr0.1": {"steps": 12, "eval_every": 5, "sharpness": {"every": "every:5", "subset": 100}},
-             "sgd_gawu": {"epochs": 3}}
+             "sgd_gawu": {"epochs": 2}}
 # Environment of the runs: the kernels every x86-64 CPU computes alike (see the docstring).
 PINNED = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OPENBLAS_CORETYPE": "Nehalem",
           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
