@@ -644,24 +644,22 @@ class TrajectoryWriter:
         self._flushed_at = time.monotonic()
 
     def append_raw(self, step: int, gradient: np.ndarray) -> None:
-        grads, steps = self.f["raw/gradients"], self.f["raw/steps"]
-        check_free_space(Path(self.f.filename), gradient.nbytes + SPACE_MARGIN,
-                         f"writing the raw gradient of step {step}")
-        r = grads.shape[0]
-        grads.resize(r + 1, axis=0)
-        steps.resize(r + 1, axis=0)
-        grads[r] = gradient
-        steps[r] = step
+        """Append g_k as the next row of ``/raw/gradients``."""
+        self._append_row("raw/gradients", "raw/steps", step, gradient, "raw gradient")
 
     def append_parameters(self, step: int, parameters: np.ndarray) -> None:
         """Append theta_k (float32, flat) as the next row of ``/raw/parameters``."""
-        rows, steps = self.f["raw/parameters"], self.f["raw/parameter_steps"]
-        check_free_space(Path(self.f.filename), parameters.nbytes + SPACE_MARGIN,
-                         f"writing the raw parameters of step {step}")
+        self._append_row("raw/parameters", "raw/parameter_steps", step, parameters, "raw parameters")
+
+    def _append_row(self, name: str, steps_name: str, step: int, row: np.ndarray, what: str) -> None:
+        """``row`` as the next row of dataset ``name`` and ``step`` as the next entry of ``steps_name``, once the
+        disk has room for it (else one line)."""
+        rows, steps = self.f[name], self.f[steps_name]
+        check_free_space(Path(self.f.filename), row.nbytes + SPACE_MARGIN, f"writing the {what} of step {step}")
         r = rows.shape[0]
         rows.resize(r + 1, axis=0)
         steps.resize(r + 1, axis=0)
-        rows[r] = parameters
+        rows[r] = row
         steps[r] = step
 
     def finish(self, status: str, **attrs) -> None:
