@@ -20,10 +20,10 @@ sign flips two other ways: among the entries non-zero in both gradients, and wei
 once: per block of ``CHUNK`` entries, while the block is in cache, one matrix-vector product on its values,
 one on their absolute values (the overlap sum_i |g_k[i] g_j[i]|) and one on their signs s = sign(g), whose
 sum_i s_k[i] s_j[i] is exact in float32 (at most ``CHUNK`` terms of -1, 0, 1) and gives the opposite-sign
-count as (nonzero - sum_i s_k[i] s_j[i]) / 2, nonzero = #{i : g_k[i] != 0 != g_j[i]}: P when neither gradient
-has an exact 0, else a fourth product on |s|. Per tensor, each is the block partial sums added per tensor (a
-block that straddles a tensor boundary gets one more float32 product per piece): the whole-vector statistics
-stay bit-identical.
+count as (nonzero - sum_i s_k[i] s_j[i]) / 2, nonzero = #{i : g_k[i] != 0 != g_j[i]}: g_k's own sum_i s_k[i]^2
+when no older gradient in the ring has an exact 0, else a fourth product on |s|. Per tensor, each is the block
+partial sums added per tensor (a block that straddles a tensor boundary gets one more float32 product per
+piece): the whole-vector statistics stay bit-identical.
 
 The dot products are summed in two levels: float32 partial sums over blocks of ``CHUNK`` entries
 (one matrix-vector product per block), and the partial sums added in float64. One float32 sum over
@@ -205,10 +205,10 @@ class LagRing:
         """Store g_k in the ring and return its partial sums against every ring row (ring order); ``threads``: the
         CPU threads the step may use (two lanes of blocks run at once on two)."""
         row = self.step % (self.lags + 1)
-        self.values[row].copy_(grad)
-        self.zeros[row] = grad.numel() - int(torch.count_nonzero(grad))
-        with_zeros = bool(self.zeros.any())  # else every entry is non-zero in both: no fourth product
+        self.zeros[row] = 0
+        with_zeros = bool(self.zeros.any())  # an older row with an exact 0: the fourth product
         ring_dot, ring_abs, ring_signs, ring_nonzero = self._dot64(grad, with_zeros, threads)
+        self.zeros[row] = grad.numel() - int(ring_signs[row])  # sum_i s_k[i]^2 = #{i : g_k[i] != 0}, exact
         # s_k s_j is -1 where the signs are opposite, 1 where they agree, 0 where either is 0
         ring_opposite = (ring_nonzero - ring_signs) / 2
         layer_dot = layer_opposite = None
@@ -239,20 +239,25 @@ class LagRing:
         return stats, per_layer
 
     def _layer_opposite(self, grad: torch.Tensor, with_zeros: bool) -> torch.Tensor:
-        """The opposite-sign count per tensor [n_layers, L+1] (float64), from the blocks' sign products."""
+        """The opposite-sign count per tensor [n_layers, L+1] (float64), from the blocks' sign products; the entries
+        non-zero in both from the fourth product ``with_zeros``, else g_k's own count per tensor."""
         signs = self.layers.dot(self.values, grad, self._sign_partials, torch.sign)
-        if not with_zeros:
-            return (self.layers.sizes.to(signs.device) - signs) / 2
-        nonzero = self.layers.dot(self.values, grad, self._nonzero_partials, lambda x: torch.sign(x).abs_())
+        if with_zeros:
+            nonzero = self.layers.dot(self.values, grad, self._nonzero_partials, lambda x: torch.sign(x).abs_())
+        else:
+            row = self.step % (self.lags + 1)
+            nonzero = signs[:, row:row + 1]
         return (nonzero - signs) / 2
 
     def _dot64(self, grad: torch.Tensor, with_zeros: bool, threads: int = 1) -> tuple[torch.Tensor, ...]:
-        """``self.values @ grad``, ``|self.values| @ |grad|``, ``sign(self.values) @ sign(grad)`` and, ``with_zeros``,
-        ``|sign(self.values)| @ |sign(grad)|`` (else P each): float32 partial sums over blocks of ``CHUNK`` entries,
-        added in float64, each block read once (its absolute values and signs go through a scratch buffer while it
-        is in cache; the newest ring row there is the gradient's). On a CPU with ``threads`` >= 2 a large ring's
-        blocks alternate between two lanes that run at once, the second on a thread of its own, each op of both on
-        one thread: the partial sums, and so the statistics, are the same as on one lane."""
+        """Copy ``grad`` into its ring row and return ``self.values @ grad``, ``|self.values| @ |grad|``,
+        ``sign(self.values) @ sign(grad)`` and, ``with_zeros``, ``|sign(self.values)| @ |sign(grad)|`` (else, no older
+        row holding an exact 0, g_k's own non-zero count sum_i s_k[i]^2 for each): float32 partial sums over blocks of
+        ``CHUNK`` entries, added in float64, each block read once (copied in, then its absolute values and signs go
+        through a scratch buffer while it is in cache; the newest ring row there is the gradient's). On a CPU with
+        ``threads`` >= 2 a large ring's blocks alternate between two lanes that run at once, the second on a thread of
+        its own, each op of both on one thread: the partial sums, and so the statistics, are the same as on one
+        lane."""
         if threads > 1 and len(self._lanes) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,))
@@ -264,13 +269,16 @@ class LagRing:
                 self._products(lane, grad, with_zeros)
         sums = (self._partials, self._abs_partials, self._sign_partials, self._nonzero_partials)
         totals = [p.double().sum(0) for p in sums[:3]]
-        nonzero = sums[3].double().sum(0) if with_zeros else torch.full_like(totals[0], grad.numel())
-        return (*totals, nonzero)
+        if with_zeros:
+            return (*totals, sums[3].double().sum(0))
+        # no older row has an exact 0: the entries non-zero in both are g_k's, sum_i s_k[i]^2 (its own row)
+        return (*totals, totals[2][self.step % (self.lags + 1)].expand_as(totals[2]).clone())
 
     def _products(self, spans: list[_Span], grad: torch.Tensor, with_zeros: bool) -> None:
         """``_dot64``'s products over ``spans``, into their rows of the partial sums."""
         row = self.step % (self.lags + 1)
         for span in spans:
+            span.values[row].copy_(grad[span.columns])  # g_k into the ring, block by block: then in cache
             vector = grad[span.columns] if span.blocks is None else grad[span.columns].view(span.blocks, -1, 1)
             span.product(span.ring, vector, out=span.out[0])
             torch.abs(span.values, out=span.scratch_values)
@@ -325,7 +333,6 @@ class _LayerBlocks:
     def __init__(self, sizes: list[int], n_params: int, lags: int, dtype: torch.dtype, device):
         if sum(sizes) != n_params or min(sizes) < 0:
             raise ValueError(f"layer sizes sum to {sum(sizes)}, not n_params = {n_params}, or one is < 0")
-        self.sizes = torch.tensor(sizes, dtype=torch.float64).unsqueeze(1)
         ends = torch.tensor(sizes).cumsum(0)
         self.bounds = list(zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True))
         starts = torch.arange(0, n_params, CHUNK)
