@@ -173,6 +173,25 @@ def test_no_convergence_returns_marked_best_estimate():
     assert result.n_hvp > 0
 
 
+def test_a_solve_at_the_products_floor_stops_once_it_stalls():
+    """Products with a noise floor (as float32 products of a BatchNorm network, whose residual levels off near
+    1.5e-3): the solve stops once STALL_PRODUCTS products did not lower the residual by a tenth, marked not
+    converged, with theta within the floor of lambda_max, instead of spending max_iter cycles."""
+    dim, floor = 300, 3e-2
+    h, _ = known_spectrum(dim, np.r_[np.linspace(0.0, 0.8, dim - 1), 1.0])
+    noise = torch.Generator().manual_seed(0)
+
+    def noisy(v):
+        return h @ v + floor * v.norm() * torch.randn(dim, generator=noise, dtype=torch.float64) / dim**0.5
+
+    result = top_eigenpair_of(noisy, dim, tol=1e-3, ncv=20)
+    assert not result.converged and result.residual > 1e-3
+    assert result.n_hvp <= 20 + 3 * 17  # four cycles at most, where max_iter allows 100
+    assert result.eigenvalue == pytest.approx(1.0, abs=floor)
+    exact = top_eigenpair_of(lambda v: h @ v, dim, tol=1e-3, ncv=20)  # the same spectrum without the floor
+    assert exact.converged and exact.residual <= 1e-3
+
+
 def test_gradient_eigenvector_cosine_ignores_sign():
     g = torch.tensor([3.0, 4.0, 0.0])
     v = torch.tensor([0.0, 1.0, 0.0])

@@ -63,8 +63,10 @@ SHARPNESS_SERIES = {
     "sharpness": "top eigenvalue of the training-loss Hessian at theta_k on the sharpness subset "
     "(1/lr units of stability: GD is unstable on a quadratic above 2/lr); NaN where not computed",
     "sharpness_hvps": "Hessian-vector products the Lanczos solve used at step k; NaN where not computed",
-    "sharpness_converged": "1 where the Lanczos solve met its tolerance, 0 where it stopped after max_iter cycles "
-    "(sharpness is then the best Rayleigh quotient found, a lower bound on lambda_max); NaN where not computed",
+    "sharpness_converged": "1 where the Lanczos solve met its tolerance, 0 where it stopped short of it, after "
+    "max_iter cycles or once 34 products in a row had not lowered its residual by a tenth (sharpness is then the "
+    "last Rayleigh quotient, a lower bound on lambda_max within sharpness_residual of an eigenvalue); NaN where "
+    "not computed",
     "sharpness_residual": "|H v - lambda v| / lambda of the solve's eigenpair at step k (the solve stops once it is "
     "at most sharpness.tol); NaN where not computed",
     "grad_eigvec_cosine": "|cos(g_k, v_k)| between the gradient and the top Hessian eigenvector; NaN where "
