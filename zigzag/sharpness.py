@@ -55,7 +55,7 @@ class Eigenpair(NamedTuple):
     ``eigenvalue``: lambda_max (float). ``eigenvector``: unit vector, flattened parameter order, on
     the model's device in the parameters' dtype (its sign is arbitrary). ``n_hvp``: Hessian-vector
     products used. ``converged``: False when the solve stopped short of ``tol``, after ``max_iter`` cycles
-    or at a cycle that stalled; the pair is then the last Ritz pair (its value a Rayleigh quotient: a lower
+    or once it stalled (``STALL_PRODUCTS``); the pair is then the last Ritz pair (its value a Rayleigh quotient: a lower
     bound on lambda_max, within ``residual`` |lambda| of an eigenvalue). ``residual``: |H v - lambda v| /
     |lambda| of the returned pair.
     """
@@ -386,9 +386,9 @@ class SharpnessTracker:
         if not pair.converged:
             print(f"warning: {self.name}: the Lanczos solve at step {k} stopped short of tol={self.setting('tol')} "
                   f"at relative residual {pair.residual:.3g} after {pair.n_hvp} products (max_iter="
-                  f"{self.setting('max_iter')} cycles, or {STALL_PRODUCTS} that did not lower it by a tenth: the "
-                  f"products' rounding floor); its sharpness {pair.eigenvalue:.6g} is a lower bound, within that "
-                  "residual of an eigenvalue (sharpness_converged 0)", file=sys.stderr)
+                  f"{self.setting('max_iter')} cycles, or {STALL_PRODUCTS} products that did not lower it by a "
+                  f"tenth: the products' rounding floor); its sharpness {pair.eigenvalue:.6g} is a lower bound, "
+                  "within that residual of an eigenvalue (sharpness_converged 0)", file=sys.stderr)
         return {"sharpness": pair.eigenvalue, "sharpness_hvps": pair.n_hvp,
                 "sharpness_converged": float(pair.converged), "sharpness_residual": pair.residual,
                 "grad_eigvec_cosine": gradient_eigenvector_cosine(grad, pair.eigenvector)}
