@@ -278,8 +278,9 @@ class LagRing:
         """``_dot64``'s products over ``spans``, into their rows of the partial sums."""
         row = self.step % (self.lags + 1)
         for span in spans:
-            span.values[row].copy_(grad[span.columns])  # g_k into the ring, block by block: then in cache
-            vector = grad[span.columns] if span.blocks is None else grad[span.columns].view(span.blocks, -1, 1)
+            piece = grad[span.columns]
+            span.values[row].copy_(piece)  # g_k into the ring, block by block: then in cache
+            vector = piece if span.blocks is None else piece.view(span.blocks, -1, 1)
             span.product(span.ring, vector, out=span.out[0])
             torch.abs(span.values, out=span.scratch_values)
             span.product(span.scratch, span.scratch_rows[row], out=span.out[1])
